@@ -1,0 +1,1 @@
+"""Object store adapters: memory (tests), local directory, S3 / Cloudflare R2."""

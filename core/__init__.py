@@ -1,0 +1,1 @@
+"""The domain: pure services over the ports. No vendor SDKs, environment or filesystem here."""

@@ -1,0 +1,139 @@
+"""Object names. The protocol version is part of every name, so incompatible releases never
+read each other's objects.
+
+    gradient-{window}-{uid}-v{version}.safetensors
+    aggregator-{window}-v{version}.safetensors
+    peers-{window}-v{version}.json
+    start_window-v{version}.json
+    checkpoints/v{version}/{window}-{uid}/{file}      (manifest.json written last)
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+import attrs
+
+_VERSION = r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}"
+_VERSION_RE = re.compile(rf"^{_VERSION}$")
+_FILE_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
+MANIFEST = "manifest.json"
+
+
+class KeyKind(enum.Enum):
+    GRADIENT = "gradient"
+    AGGREGATOR = "aggregator"
+    PEERS = "peers"
+    START_WINDOW = "start_window"
+    CHECKPOINT = "checkpoint"
+
+
+def check_version(version: str) -> str:
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+        raise ValueError(f"invalid protocol version {version!r}")
+    return version
+
+
+def _nonneg(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
+@attrs.frozen
+class ParsedKey:
+    kind: KeyKind
+    version: str
+    window: int | None = None
+    uid: int | None = None
+    file: str | None = None
+
+
+def gradient(window: int, uid: int, version: str) -> str:
+    _nonneg("window", window)
+    _nonneg("uid", uid)
+    return f"gradient-{window}-{uid}-v{check_version(version)}.safetensors"
+
+
+def aggregator(window: int, version: str) -> str:
+    _nonneg("window", window)
+    return f"aggregator-{window}-v{check_version(version)}.safetensors"
+
+
+def peers(window: int, version: str) -> str:
+    _nonneg("window", window)
+    return f"peers-{window}-v{check_version(version)}.json"
+
+
+def start_window(version: str) -> str:
+    return f"start_window-v{check_version(version)}.json"
+
+
+def checkpoint_prefix(version: str) -> str:
+    """Prefix under which all checkpoints of `version` live."""
+    return f"checkpoints/v{check_version(version)}/"
+
+
+def checkpoint_dir(window: int, uid: int, version: str) -> str:
+    _nonneg("window", window)
+    _nonneg("uid", uid)
+    return f"{checkpoint_prefix(version)}{window}-{uid}/"
+
+
+def checkpoint_file(window: int, uid: int, version: str, file: str) -> str:
+    if not _FILE_RE.fullmatch(file):
+        raise ValueError(f"invalid checkpoint file name {file!r}")
+    return checkpoint_dir(window, uid, version) + file
+
+
+def checkpoint_manifest(window: int, uid: int, version: str) -> str:
+    return checkpoint_file(window, uid, version, MANIFEST)
+
+
+_PATTERNS: list[tuple[KeyKind, re.Pattern[str]]] = [
+    (
+        KeyKind.GRADIENT,
+        re.compile(
+            rf"^gradient-(?P<window>[0-9]+)-(?P<uid>[0-9]+)-v(?P<version>{_VERSION})\.safetensors$"
+        ),
+    ),
+    (
+        KeyKind.AGGREGATOR,
+        re.compile(rf"^aggregator-(?P<window>[0-9]+)-v(?P<version>{_VERSION})\.safetensors$"),
+    ),
+    (KeyKind.PEERS, re.compile(rf"^peers-(?P<window>[0-9]+)-v(?P<version>{_VERSION})\.json$")),
+    (KeyKind.START_WINDOW, re.compile(rf"^start_window-v(?P<version>{_VERSION})\.json$")),
+    (
+        KeyKind.CHECKPOINT,
+        re.compile(
+            rf"^checkpoints/v(?P<version>{_VERSION})/(?P<window>[0-9]+)-(?P<uid>[0-9]+)/"
+            r"(?P<file>[0-9A-Za-z][0-9A-Za-z._-]{0,127})$"
+        ),
+    ),
+]
+
+
+def _canonical_int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if len(text) > 1 and text.startswith("0"):
+        raise ValueError("leading zero")
+    return int(text)
+
+
+def parse(key: str) -> ParsedKey | None:
+    """The parts of a protocol key, or None for any other name (never raises)."""
+    for kind, pattern in _PATTERNS:
+        match = pattern.fullmatch(key)
+        if match is None:
+            continue
+        parts = match.groupdict()
+        try:
+            window = _canonical_int(parts.get("window"))
+            uid = _canonical_int(parts.get("uid"))
+        except ValueError:
+            return None
+        return ParsedKey(
+            kind=kind, version=parts["version"], window=window, uid=uid, file=parts.get("file")
+        )
+    return None

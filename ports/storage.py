@@ -1,0 +1,76 @@
+"""The storage port: one bucket of an object store, and a way to open buckets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Protocol, runtime_checkable
+
+from ports.objects import Blob, Bucket, ObjectMeta
+
+BytesLike = bytes | bytearray | memoryview
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """One bucket. Every key is checked by `ports.objects.check_key` (`InvalidKey` otherwise).
+
+    Any method may raise `AccessDenied` (bad or insufficient credentials),
+    `TransientStorageError` (retryable, after the adapter's own retries) or `StorageError`.
+    Writes are atomic for readers: a reader sees the old whole value or the new whole value.
+    """
+
+    @property
+    def name(self) -> str:
+        """The bucket name."""
+        ...
+
+    async def put(self, key: str, data: BytesLike) -> ObjectMeta:
+        """Store `data` at `key`, replacing any object there; returns once durable."""
+        ...
+
+    async def put_file(self, key: str, path: str) -> ObjectMeta:
+        """Store the file at `path` (streamed, for large objects); returns once durable.
+
+        Raises `FileNotFoundError` if `path` does not exist.
+        """
+        ...
+
+    async def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
+        """Read a whole object.
+
+        Raises `NotFound`, or `TooLarge` when the object is over `max_bytes`, which is decided
+        before any of its body is transferred.
+        """
+        ...
+
+    async def get_file(self, key: str, path: str, *, max_bytes: int | None = None) -> ObjectMeta:
+        """Stream an object into the file `path` (replaced atomically; no partial file is left).
+
+        Raises `NotFound` or `TooLarge` as `get` does.
+        """
+        ...
+
+    async def head(self, key: str) -> ObjectMeta | None:
+        """Metadata of `key`, or None when it does not exist."""
+        ...
+
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectMeta]:
+        """Every object whose key starts with `prefix`, in ascending key order (all pages)."""
+        ...
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        """Delete `keys`; keys that do not exist are not an error."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files; the store may not be used afterwards."""
+        ...
+
+
+@runtime_checkable
+class StoreOpener(Protocol):
+    """Opens a bucket with the credentials carried by a `Bucket`."""
+
+    def open(self, bucket: Bucket) -> ObjectStore:
+        """A store for `bucket`. Cheap: connections are made lazily and reused."""
+        ...

@@ -1,0 +1,82 @@
+"""Every ObjectStore adapter, behind one fixture, so the contract suite runs on each.
+
+To add an adapter: write an async context manager yielding a `StoreCase` and add it to
+`STORE_FACTORIES`. Later adapters (S3 over SeaweedFS, chaos) register here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import attrs
+import pytest
+
+from adapters.clock import FakeClock
+from adapters.storage.local import LocalStoreOpener
+from adapters.storage.memory import MemoryStoreOpener
+from ports import Bucket, ObjectStore
+
+
+@attrs.define
+class StoreCase:
+    store: ObjectStore
+    # Lets time pass between two writes (a fake clock advances, a real one is waited on).
+    tick: Callable[[], Awaitable[None]]
+
+
+def test_bucket(name: str = "contract") -> Bucket:
+    return Bucket(name=name, account_id="acct", access_key_id="key", secret_access_key="secret")
+
+
+test_bucket.__test__ = False  # not a test, despite its name
+
+
+@contextlib.asynccontextmanager
+async def memory_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
+    clock = FakeClock()
+
+    async def tick() -> None:
+        clock.advance(1.0)
+
+    store = MemoryStoreOpener(clock).open(test_bucket())
+    yield StoreCase(store=store, tick=tick)
+    await store.close()
+
+
+@contextlib.asynccontextmanager
+async def local_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
+    clock = FakeClock()
+
+    async def tick() -> None:
+        clock.advance(1.0)
+
+    store = LocalStoreOpener(tmp_path / "buckets", clock=clock).open(test_bucket())
+    yield StoreCase(store=store, tick=tick)
+    await store.close()
+
+
+@contextlib.asynccontextmanager
+async def local_system_clock_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
+    import asyncio
+
+    async def tick() -> None:
+        await asyncio.sleep(0.002)
+
+    store = LocalStoreOpener(tmp_path / "buckets").open(test_bucket())
+    yield StoreCase(store=store, tick=tick)
+    await store.close()
+
+
+STORE_FACTORIES: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[StoreCase]]] = {
+    "memory": memory_case,
+    "local": local_case,
+    "local-system-clock": local_system_clock_case,
+}
+
+
+@pytest.fixture(params=sorted(STORE_FACTORIES))
+async def case(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreCase]:
+    async with STORE_FACTORIES[request.param](tmp_path) as made:
+        yield made

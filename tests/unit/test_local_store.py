@@ -1,0 +1,73 @@
+"""What only the local-directory store must do, beyond the shared contract."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from adapters.storage.local import LocalStore, LocalStoreOpener
+from ports import Bucket, InvalidKey, StorageError
+
+
+def bucket(name: str) -> Bucket:
+    return Bucket(name=name, account_id="a", access_key_id="k", secret_access_key="s")
+
+
+def test_bucket_names_cannot_escape_the_root(tmp_path: Path) -> None:
+    opener = LocalStoreOpener(tmp_path)
+    for name in ("..", "../x", "a/b", ".hidden", "x" * 80):
+        with pytest.raises(ValueError):
+            opener.open(bucket(name))
+    assert opener.open(bucket("good-name.1")).name == "good-name.1"
+
+
+async def test_symlink_out_of_the_bucket_is_refused(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "b")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"do not read")
+    os.symlink(outside, tmp_path / "b" / "objects" / "link")
+    with pytest.raises(InvalidKey):
+        await store.get("link/secret")
+    with pytest.raises(InvalidKey):
+        await store.put("link/new", b"x")
+    assert not (outside / "new").exists()
+
+
+async def test_a_failed_write_leaves_the_old_value_and_no_temp_file(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "b")
+    await store.put("k", b"old")
+
+    def exploding():
+        yield b"partial new bytes"
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        await asyncio.to_thread(store._put, "k", exploding())
+    assert (await store.get("k")).data == b"old"
+    assert list((tmp_path / "b" / ".tmp").iterdir()) == []
+
+
+async def test_key_that_is_a_prefix_of_another_is_a_clear_error(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "b")
+    await store.put("a", b"file")
+    with pytest.raises(StorageError, match="conflicts"):
+        await store.put("a/b", b"nested")
+    assert (await store.get("a")).data == b"file"
+
+
+async def test_deletes_prune_empty_directories(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "b")
+    await store.put("checkpoints/v1/5-0/manifest.json", b"{}")
+    await store.delete(["checkpoints/v1/5-0/manifest.json"])
+    assert list((tmp_path / "b" / "objects").iterdir()) == []
+
+
+async def test_two_stores_on_one_directory_see_each_others_objects(tmp_path: Path) -> None:
+    writer = LocalStoreOpener(tmp_path).open(bucket("shared"))
+    reader = LocalStoreOpener(tmp_path).open(bucket("shared"))
+    await writer.put("gradient-1-2-v1.safetensors", b"payload")
+    assert (await reader.get("gradient-1-2-v1.safetensors")).data == b"payload"
