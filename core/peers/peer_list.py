@@ -1,0 +1,206 @@
+"""Peer lists and the start window: published by validators, read by everyone.
+
+A validator that selects peers at window w publishes `peers-{w + margin}-v{version}.json`;
+a reader of window w takes the newest list effective at w from the highest-stake validator
+that has a valid one, falling back to older lists and then to the next validator. Lists are
+untrusted input: size-bounded before download, schema-checked, and their hotkey must be the
+one the metagraph has at the publishing validator's uid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+
+import attrs
+
+from core import keys
+from ports import Bucket, Metagraph, ObjectMeta, ObjectStore, StorageError, StoreOpener
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+MAX_UIDS = 4096
+MAX_LISTS_TRIED = 3
+
+
+class InvalidPeerList(ValueError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid peer list: {reason}")
+        self.reason = reason
+
+
+@attrs.frozen
+class PeerList:
+    window: int
+    first_effective_window: int
+    peers: tuple[int, ...] = attrs.field(converter=tuple)
+    reserves: tuple[int, ...] = attrs.field(converter=tuple, default=())
+    validator_uid: int = 0
+    hotkey: str = ""
+
+    def restricted_to(self, uids: frozenset[int] | set[int]) -> PeerList:
+        """The same list without the uids not in `uids` (e.g. not on the metagraph)."""
+        return attrs.evolve(
+            self,
+            peers=tuple(u for u in self.peers if u in uids),
+            reserves=tuple(u for u in self.reserves if u in uids),
+        )
+
+    def to_json(self, version: str) -> bytes:
+        body = {
+            "schema": SCHEMA,
+            "version": version,
+            "window": self.window,
+            "first_effective_window": self.first_effective_window,
+            "peers": list(self.peers),
+            "reserves": list(self.reserves),
+            "validator_uid": self.validator_uid,
+            "hotkey": self.hotkey,
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _uint(body: Mapping, name: str) -> int:
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidPeerList(f"{name} must be a non-negative integer")
+    return value
+
+
+def _uids(body: Mapping, name: str) -> tuple[int, ...]:
+    value = body.get(name)
+    if not isinstance(value, list) or len(value) > MAX_UIDS:
+        raise InvalidPeerList(f"{name} must be a list of at most {MAX_UIDS} uids")
+    uids = tuple(_uint({"uid": v}, "uid") for v in value)
+    if len(set(uids)) != len(uids):
+        raise InvalidPeerList(f"{name} has duplicate uids")
+    return uids
+
+
+def parse_peer_list(data: bytes, version: str) -> PeerList:
+    """Decode and validate a published peer list; raises `InvalidPeerList`."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidPeerList("not JSON") from exc
+    if not isinstance(body, dict):
+        raise InvalidPeerList("not a JSON object")
+    if body.get("schema") != SCHEMA:
+        raise InvalidPeerList(f"schema {body.get('schema')!r} is not {SCHEMA}")
+    if body.get("version") != version:
+        raise InvalidPeerList(f"version {body.get('version')!r} is not {version!r}")
+    peers, reserves = _uids(body, "peers"), _uids(body, "reserves")
+    if set(peers) & set(reserves):
+        raise InvalidPeerList("a uid is both a peer and a reserve")
+    window, effective = _uint(body, "window"), _uint(body, "first_effective_window")
+    if effective < window:
+        raise InvalidPeerList("first_effective_window is before window")
+    hotkey = body.get("hotkey")
+    if not isinstance(hotkey, str) or not hotkey or len(hotkey) > 128:
+        raise InvalidPeerList("hotkey must be a non-empty string")
+    return PeerList(
+        window=window,
+        first_effective_window=effective,
+        peers=peers,
+        reserves=reserves,
+        validator_uid=_uint(body, "validator_uid"),
+        hotkey=hotkey,
+    )
+
+
+async def post_peer_list(store: ObjectStore, peer_list: PeerList, version: str) -> ObjectMeta:
+    """Publish `peer_list` in our (validator) bucket under its effective window."""
+    key = keys.peers(peer_list.first_effective_window, version)
+    return await store.put(key, peer_list.to_json(version))
+
+
+def _validators_with_buckets(
+    metagraph: Metagraph, commitments: Mapping[int, Bucket]
+) -> list[tuple[int, Bucket]]:
+    return [(uid, commitments[uid]) for uid in metagraph.validators() if uid in commitments]
+
+
+async def _lists_in(store: ObjectStore, window: int, version: str) -> list[int]:
+    windows = []
+    async for meta in store.list("peers-"):
+        parsed = keys.parse(meta.key)
+        if (
+            parsed is not None
+            and parsed.kind is keys.KeyKind.PEERS
+            and parsed.version == version
+            and parsed.window is not None
+            and parsed.window <= window
+        ):
+            windows.append(parsed.window)
+    return sorted(windows, reverse=True)
+
+
+async def get_peer_list(
+    opener: StoreOpener,
+    metagraph: Metagraph,
+    commitments: Mapping[int, Bucket],
+    window: int,
+    version: str,
+    *,
+    max_bytes: int = 256 * 1024,
+) -> PeerList | None:
+    """The newest valid peer list effective at `window`, uids not on the metagraph removed."""
+    registered = frozenset(metagraph.uids)
+    for vuid, bucket in _validators_with_buckets(metagraph, commitments):
+        store = opener.open(bucket)
+        try:
+            candidates = await _lists_in(store, window, version)
+        except StorageError as exc:
+            log.warning("cannot list peer lists of validator %s: %s", vuid, exc)
+            continue
+        for effective in candidates[:MAX_LISTS_TRIED]:
+            key = keys.peers(effective, version)
+            try:
+                peer_list = parse_peer_list(
+                    (await store.get(key, max_bytes=max_bytes)).data, version
+                )
+            except (StorageError, InvalidPeerList) as exc:
+                log.warning("skipping peer list %s of validator %s: %s", key, vuid, exc)
+                continue
+            if peer_list.hotkey != metagraph.hotkey(vuid) or peer_list.validator_uid != vuid:
+                log.warning("skipping peer list %s: not signed by validator %s", key, vuid)
+                continue
+            unknown = (set(peer_list.peers) | set(peer_list.reserves)) - registered
+            if unknown:
+                log.warning(
+                    "peer list %s names unknown uids %s; ignoring them", key, sorted(unknown)
+                )
+            return peer_list.restricted_to(registered)
+    return None
+
+
+async def post_start_window(
+    store: ObjectStore, start_window: int, hotkey: str, version: str
+) -> None:
+    body = {"schema": SCHEMA, "version": version, "start_window": start_window, "hotkey": hotkey}
+    await store.put(keys.start_window(version), json.dumps(body).encode())
+
+
+async def get_start_window(
+    opener: StoreOpener,
+    metagraph: Metagraph,
+    commitments: Mapping[int, Bucket],
+    version: str,
+    *,
+    max_bytes: int = 4096,
+) -> int | None:
+    """The start window published by the highest-stake validator that has a valid one."""
+    for vuid, bucket in _validators_with_buckets(metagraph, commitments):
+        try:
+            blob = await opener.open(bucket).get(keys.start_window(version), max_bytes=max_bytes)
+            body = json.loads(blob.data)
+            if not isinstance(body, dict) or body.get("version") != version:
+                raise InvalidPeerList("wrong version or shape")
+            if body.get("hotkey") != metagraph.hotkey(vuid):
+                raise InvalidPeerList("hotkey does not match the validator")
+            return _uint(body, "start_window")
+        except (StorageError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+            log.info("no usable start window from validator %s: %s", vuid, exc)
+    return None
