@@ -137,3 +137,16 @@ def parse(key: str) -> ParsedKey | None:
             kind=kind, version=parts["version"], window=window, uid=uid, file=parts.get("file")
         )
     return None
+
+
+def for_kind(kind: KeyKind, window: int, version: str, uid: int | None = None) -> str:
+    """The object name of a per-window payload of `kind` (gradients need the uploader's uid)."""
+    if kind is KeyKind.GRADIENT:
+        if uid is None:
+            raise ValueError("a gradient key needs a uid")
+        return gradient(window, uid, version)
+    if kind is KeyKind.AGGREGATOR:
+        return aggregator(window, version)
+    if kind is KeyKind.PEERS:
+        return peers(window, version)
+    raise ValueError(f"{kind} is not a per-window payload")

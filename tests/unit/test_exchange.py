@@ -1,0 +1,167 @@
+"""Exchange put/get: statuses, time windows, polling and deadlines on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from adapters.clock import FakeClock
+from adapters.storage.memory import MemoryStoreOpener
+from core.exchange import Exchange, ExchangeSettings, Rejected, Status
+from core.keys import KeyKind
+from core.windows import TimeWindow
+from ports import AccessDenied, Bucket, TransientStorageError
+
+V = "1"
+G = KeyKind.GRADIENT
+
+
+def bucket(name: str, key: str = "w") -> Bucket:
+    return Bucket(name=name, account_id="a", access_key_id=key, secret_access_key="s")
+
+
+@pytest.fixture
+def net():
+    clock = FakeClock()
+    opener = MemoryStoreOpener(clock, read_only_keys={"r"})
+    me = Exchange(
+        opener.open(bucket("me")),
+        opener,
+        clock,
+        V,
+        ExchangeSettings(poll_interval=1.0, grace_seconds=2.0),
+    )
+    peer = Exchange(opener.open(bucket("peer")), opener, clock, V)
+    return clock, me, peer
+
+
+def ident(data: bytes) -> bytes:
+    return data
+
+
+async def test_on_time_payload_is_ok(net) -> None:
+    clock, me, peer = net
+    tw = TimeWindow.after(clock.now(), 10)
+    clock.advance(5)
+    stamp = await peer.put(b"grad", 3, G, uid=7)
+    got = await me.get(bucket("peer", "r"), 3, G, ident, uid=7, time_window=tw)
+    assert (got.status, got.payload, got.nbytes, got.uid) == (Status.OK, b"grad", 4, 7)
+    assert got.meta.last_modified == stamp and got.ok
+
+
+async def test_early_and_late_uploads_are_rejected_with_the_times(net) -> None:
+    clock, me, peer = net
+    await peer.put(b"early", 1, G, uid=1)
+    clock.advance(1)
+    tw = TimeWindow.after(clock.now(), 10)
+    clock.advance(10)
+    await peer.put(b"edge", 2, G, uid=2)  # exactly at time_max: on time
+    clock.advance(0.001)
+    await peer.put(b"late", 3, G, uid=3)
+    results = [await me.get(bucket("peer"), w, G, ident, uid=w, time_window=tw) for w in (1, 2, 3)]
+    assert [r.status for r in results] == [Status.TOO_EARLY, Status.OK, Status.TOO_LATE]
+    assert "uploaded" in results[0].reason and results[2].payload is None
+
+
+async def test_polls_until_the_object_appears(net) -> None:
+    clock, me, peer = net
+
+    async def upload_later() -> None:
+        while clock.monotonic() < 4.5:
+            await asyncio.sleep(0)
+        await peer.put(b"late-ish", 9, G, uid=1)
+
+    uploader = asyncio.create_task(upload_later())
+    got = await me.get(bucket("peer"), 9, G, ident, uid=1, timeout=30)
+    await uploader
+    assert got.status is Status.OK
+    assert 4.5 <= clock.monotonic() <= 6.0  # found on the first poll after the upload
+
+
+async def test_missing_payload_gives_up_at_the_deadline(net) -> None:
+    clock, me, _ = net
+    got = await me.get(bucket("peer"), 9, G, ident, uid=1, timeout=7)
+    assert got.status is Status.NOT_FOUND and "not found" in got.reason
+    assert clock.monotonic() == pytest.approx(7)
+    assert got.seconds == pytest.approx(7)
+
+
+async def test_missing_payload_gives_up_after_time_max_plus_grace(net) -> None:
+    clock, me, _ = net
+    tw = TimeWindow.after(clock.now(), 3)
+    got = await me.get(bucket("peer"), 9, G, ident, uid=1, timeout=100, time_window=tw)
+    assert got.status is Status.NOT_FOUND
+    assert clock.now() - tw.end <= timedelta(seconds=3.0)  # grace 2 s + one poll
+
+
+async def test_invalid_oversized_and_broken_decoders(net) -> None:
+    clock, me, peer = net
+    await peer.put(b"x" * 100, 1, G, uid=1)
+
+    def reject(_: bytes) -> bytes:
+        raise Rejected("bad_shape", "shape (3,) is not (4,)")
+
+    def buggy(_: bytes) -> bytes:
+        raise KeyError("oops")
+
+    r1 = await me.get(bucket("peer"), 1, G, reject, uid=1)
+    r2 = await me.get(bucket("peer"), 1, G, ident, uid=1, max_bytes=99)
+    r3 = await me.get(bucket("peer"), 1, G, buggy, uid=1)
+    assert (r1.status, r1.reason.split(":")[0]) == (Status.INVALID, "bad_shape")
+    assert (r2.status, r2.reason.split(":")[0]) == (Status.INVALID, "too_large")
+    assert (r3.status, r3.reason.split(":")[0]) == (Status.ERROR, "decode_error")
+
+
+async def test_storage_failures_become_error_statuses(net, monkeypatch) -> None:
+    clock, me, peer = net
+    await peer.put(b"x", 1, G, uid=1)
+    store_type = type(me.store)
+    for exc, prefix in (
+        (TransientStorageError("503"), "transient"),
+        (AccessDenied("nope"), "access_denied"),
+    ):
+
+        async def failing(self, key, *, max_bytes=None, _exc=exc):
+            raise _exc
+
+        monkeypatch.setattr(store_type, "get", failing)
+        got = await me.get(bucket("peer"), 1, G, ident, uid=1)
+        assert got.status is Status.ERROR and got.reason.startswith(prefix)
+
+
+async def test_background_puts_and_flush(net) -> None:
+    clock, me, peer = net
+    task = peer.put_in_background(b"bg", 4, G, uid=2)
+    await peer.flush()
+    assert task.done()
+    assert (await me.get(bucket("peer"), 4, G, ident, uid=2)).payload == b"bg"
+
+
+async def test_local_path_has_the_same_semantics(tmp_path) -> None:
+    from adapters.storage.local import LocalStore
+
+    clock = FakeClock()
+    opener = MemoryStoreOpener(clock)
+    ex = Exchange(
+        opener.open(bucket("me")),
+        opener,
+        clock,
+        V,
+        local=LocalStore(tmp_path / "local", clock=clock),
+    )
+    tw = TimeWindow.after(clock.now(), 5)
+    await ex.put_local(b"mine", 3, G, uid=0)
+    got = await ex.get_local(3, G, ident, uid=0, time_window=tw)
+    assert got.status is Status.OK and got.payload == b"mine"
+    agg = await ex.put_local(b"agg", 3, KeyKind.AGGREGATOR)
+    assert agg == clock.now()
+    with pytest.raises(RuntimeError):
+        await Exchange(opener.open(bucket("me")), opener, clock, V).put_local(b"", 1, G, uid=1)
+
+
+async def test_bad_requests_are_errors_not_exceptions(net) -> None:
+    _, me, _ = net
+    got = await me.get(bucket("peer"), 1, G, ident, uid=None)
+    assert got.status is Status.ERROR and "uid" in got.reason
