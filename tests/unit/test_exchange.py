@@ -69,7 +69,7 @@ async def test_polls_until_the_object_appears(net) -> None:
     clock, me, peer = net
 
     async def upload_later() -> None:
-        while clock.monotonic() < 4.5:
+        while clock.monotonic() < 4.5:  # noqa: ASYNC110 - spins on the fake clock, no waiting
             await asyncio.sleep(0)
         await peer.put(b"late-ish", 9, G, uid=1)
 
@@ -97,7 +97,7 @@ async def test_missing_payload_gives_up_after_time_max_plus_grace(net) -> None:
 
 
 async def test_invalid_oversized_and_broken_decoders(net) -> None:
-    clock, me, peer = net
+    _, me, peer = net
     await peer.put(b"x" * 100, 1, G, uid=1)
 
     def reject(_: bytes) -> bytes:
@@ -115,7 +115,7 @@ async def test_invalid_oversized_and_broken_decoders(net) -> None:
 
 
 async def test_storage_failures_become_error_statuses(net, monkeypatch) -> None:
-    clock, me, peer = net
+    _, me, peer = net
     await peer.put(b"x", 1, G, uid=1)
     store_type = type(me.store)
     for exc, prefix in (
@@ -132,7 +132,7 @@ async def test_storage_failures_become_error_statuses(net, monkeypatch) -> None:
 
 
 async def test_background_puts_and_flush(net) -> None:
-    clock, me, peer = net
+    _, me, peer = net
     task = peer.put_in_background(b"bg", 4, G, uid=2)
     await peer.flush()
     assert task.done()
