@@ -16,7 +16,9 @@ import pytest
 from adapters.clock import FakeClock
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
+from adapters.storage.s3 import S3StoreOpener
 from ports import Bucket, ObjectStore
+from tests.s3.server import ServerUnavailable, shared_server
 
 
 @attrs.define
@@ -69,10 +71,35 @@ async def local_system_clock_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
     await store.close()
 
 
+@contextlib.asynccontextmanager
+async def s3_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
+    import asyncio
+
+    try:
+        server = shared_server()
+    except ServerUnavailable as exc:
+        pytest.skip(f"SeaweedFS cannot start: {exc}")
+
+    async def tick() -> None:
+        # Last-Modified has one-second resolution on S3 (and on SeaweedFS).
+        await asyncio.sleep(1.05)
+
+    name = await asyncio.to_thread(server.create_bucket, "contract")
+    opener = S3StoreOpener()
+    store = opener.open(server.bucket(name))
+    try:
+        yield StoreCase(store=store, tick=tick)
+    finally:
+        await store.close()
+        opener.close()
+        await asyncio.to_thread(server.delete_bucket, name)
+
+
 STORE_FACTORIES: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[StoreCase]]] = {
     "memory": memory_case,
     "local": local_case,
     "local-system-clock": local_system_clock_case,
+    "s3": s3_case,
 }
 
 

@@ -1,0 +1,482 @@
+"""Object store on any S3-compatible service; Cloudflare R2 is the default endpoint.
+
+One boto3 client per (endpoint, bucket, credentials), shared by every store the opener hands
+out for them and rebuilt after a connection-level failure. Blocking boto3 calls run on the
+opener's own thread pool, as wide as the connection pool: asyncio's default executor has only
+`cpu + 4` threads, which would cap a 64-peer gather at a handful of requests in flight.
+Large objects go through boto3's managed transfer (multipart upload, concurrent ranged
+download). Retries are botocore's (`standard` or `adaptive` mode); what is left after them
+surfaces as `TransientStorageError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import io
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from adapters.storage.files import fsync_dir
+from adapters.storage.s3_errors import (
+    Context,
+    is_connection_error,
+    is_vendor_error,
+    map_error,
+)
+from ports import (
+    Blob,
+    Bucket,
+    BytesLike,
+    NotFound,
+    ObjectMeta,
+    StorageError,
+    TooLarge,
+    TransientStorageError,
+    check_key,
+)
+
+MiB = 1 << 20
+DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
+Progress = Callable[[str, int], None]
+"""Called as `progress(key, bytes_done_since_last_call)` from worker threads."""
+T = TypeVar("T")
+_pos = attrs.validators.gt(0)
+
+
+@attrs.frozen
+class S3Settings:
+    """Tuning for the S3 client. Defaults suit R2 and a gather of up to 64 peers."""
+
+    max_pool_connections: int = attrs.field(default=64, validator=_pos)
+    connect_timeout: float = attrs.field(default=10.0, validator=_pos)
+    read_timeout: float = attrs.field(default=60.0, validator=_pos)
+    retry_mode: str = attrs.field(
+        default="standard", validator=attrs.validators.in_(("standard", "adaptive"))
+    )
+    max_attempts: int = attrs.field(default=5, validator=_pos)
+    # S3 and R2 refuse parts under 5 MiB (except the last one).
+    multipart_threshold: int = attrs.field(default=8 * MiB, validator=_pos)
+    multipart_chunksize: int = attrs.field(default=8 * MiB, validator=attrs.validators.ge(5 * MiB))
+    max_concurrency: int = attrs.field(default=8, validator=_pos)
+    list_page_size: int = attrs.field(default=1000, validator=[_pos, attrs.validators.le(1000)])
+    region: str = "auto"
+    addressing_style: str = attrs.field(
+        default="path", validator=attrs.validators.in_(("path", "virtual", "auto"))
+    )
+
+    def client_config(self) -> Config:
+        return Config(
+            region_name=self.region,
+            signature_version="s3v4",
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
+            # A managed transfer opens up to max_concurrency more connections on the client.
+            max_pool_connections=self.max_pool_connections + self.max_concurrency,
+            s3={"addressing_style": self.addressing_style},
+            tcp_keepalive=True,
+        )
+
+    def transfer_config(self) -> TransferConfig:
+        return TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.multipart_chunksize,
+            max_concurrency=self.max_concurrency,
+            use_threads=True,
+            preferred_transfer_client="classic",
+        )
+
+
+class _ClientSlot:
+    """The client for one bucket and set of credentials, built lazily, dropped on purge."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self.users = 0
+
+    @property
+    def current(self) -> Any:
+        return self._client
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+            return self._client
+
+    def purge(self, client: Any) -> None:
+        """Forget `client` (if still current) so the next call connects afresh."""
+        with self._lock:
+            if self._client is not client:
+                return  # another thread already replaced it
+            self._client = None
+        # Requests in flight on other threads keep their connections until they finish.
+        client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def _etag(raw: str | None) -> str:
+    return (raw or "").strip('"')
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class _SizeGuard:
+    """Progress hook that aborts a download running past the size checked by HEAD.
+
+    The managed transfer makes its own HEAD, so an object replaced by a larger one in between
+    would otherwise be downloaded whole before anyone noticed.
+    """
+
+    def __init__(self, key: str, limit: int, progress: Callable[[int], None] | None) -> None:
+        self._key = key
+        self._limit = limit
+        self._progress = progress
+        self._seen = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, amount: int) -> None:
+        with self._lock:
+            self._seen += amount
+            seen = self._seen
+        if seen > self._limit:
+            raise TransientStorageError(f"{self._key!r} grew past {self._limit} bytes mid-download")
+        if self._progress is not None:
+            self._progress(amount)
+
+
+class S3Store:
+    """One bucket on an S3-compatible service. Use `S3StoreOpener.open` to make one."""
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        slot: _ClientSlot,
+        settings: S3Settings,
+        executor: ThreadPoolExecutor,
+        progress: Progress | None,
+        release: Callable[[], None],
+    ) -> None:
+        self._bucket = bucket
+        self._slot = slot
+        self._settings = settings
+        self._transfer = settings.transfer_config()
+        self._executor = executor
+        self._progress = progress
+        self._release = release
+        self._closed = False
+
+    def __repr__(self) -> str:
+        b = self._bucket
+        return (
+            f"S3Store(bucket={b.name!r}, endpoint={b.endpoint_url!r}, key_id={b.access_key_id!r})"
+        )
+
+    @property
+    def name(self) -> str:
+        return self._bucket.name
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client currently in use (None before the first call or after a purge)."""
+        return self._slot.current
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _ctx(self, op: str, key: str | None) -> Context:
+        b = self._bucket
+        return Context(b.name, b.endpoint_url, b.access_key_id, op, key)
+
+    def _call(self, op: str, key: str | None, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(client, *args)` in a worker thread, mapping vendor errors to port errors."""
+        client = None
+        try:
+            client = self._slot.get()
+            return fn(client, *args)
+        except Exception as exc:
+            if isinstance(exc, StorageError) or not is_vendor_error(exc):
+                raise
+            if client is not None and is_connection_error(exc):
+                self._slot.purge(client)
+            raise map_error(exc, self._ctx(op, key)) from exc
+
+    async def _run(self, op: str, key: str | None, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StorageError(f"the store for bucket {self.name!r} is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._executor, functools.partial(self._call, op, key, fn, *args)
+            )
+        except RuntimeError as exc:
+            if "shutdown" in str(exc):
+                raise StorageError(f"the opener of bucket {self.name!r} is closed") from exc
+            raise
+
+    def _callback(self, key: str) -> Callable[[int], None] | None:
+        return None if self._progress is None else functools.partial(self._progress, key)
+
+    def _meta(self, key: str, resp: dict[str, Any], size: int | None = None) -> ObjectMeta:
+        return ObjectMeta(
+            key=key,
+            size=resp["ContentLength"] if size is None else size,
+            last_modified=_utc(resp["LastModified"]),
+            etag=_etag(resp.get("ETag")),
+        )
+
+    # -- blocking operations (worker threads) ------------------------------------------------
+
+    def _head_sync(self, client: Any, key: str) -> ObjectMeta | None:
+        try:
+            resp = client.head_object(Bucket=self.name, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise
+        return self._meta(key, resp)
+
+    def _written(self, client: Any, key: str, size: int, put: dict[str, Any] | None) -> ObjectMeta:
+        """Metadata of what we just wrote; S3 answers a PUT without Last-Modified."""
+        meta = self._head_sync(client, key)
+        if put is None or (meta is not None and meta.etag == _etag(put.get("ETag"))):
+            if meta is None:
+                raise TransientStorageError(f"{key!r} was written but is not visible yet")
+            return meta
+        # A concurrent writer replaced it already: describe our write from the PUT response.
+        date = put.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        stamp = parsedate_to_datetime(date) if date else datetime.now(UTC)
+        return ObjectMeta(key=key, size=size, last_modified=_utc(stamp), etag=_etag(put["ETag"]))
+
+    def _put_sync(self, client: Any, key: str, data: BytesLike) -> ObjectMeta:
+        size = memoryview(data).nbytes
+        if size < self._settings.multipart_threshold:
+            resp = client.put_object(Bucket=self.name, Key=key, Body=bytes(data))
+            return self._written(client, key, size, resp)
+        client.upload_fileobj(
+            io.BytesIO(data),
+            self.name,
+            key,
+            Config=self._transfer,
+            Callback=self._callback(key),
+        )
+        return self._written(client, key, size, None)
+
+    def _put_file_sync(self, client: Any, key: str, path: str) -> ObjectMeta:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(path)
+        client.upload_file(
+            path, self.name, key, Config=self._transfer, Callback=self._callback(key)
+        )
+        return self._written(client, key, os.path.getsize(path), None)
+
+    def _get_sync(self, client: Any, key: str, max_bytes: int | None) -> Blob:
+        resp = client.get_object(Bucket=self.name, Key=key)
+        # Closing an unread body drops its connection instead of draining it.
+        with contextlib.closing(resp["Body"]) as body:
+            advertised = resp.get("ContentLength")
+            if max_bytes is not None and advertised is not None and advertised > max_bytes:
+                raise TooLarge(key, advertised, max_bytes)
+            # A body longer than advertised must not get past the limit either.
+            data = body.read() if max_bytes is None else body.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise TooLarge(key, len(data), max_bytes)
+        if advertised is not None and len(data) != advertised:
+            raise TransientStorageError(f"{key!r}: read {len(data)} of {advertised} bytes")
+        return Blob(meta=self._meta(key, resp, len(data)), data=data)
+
+    def _get_file_sync(
+        self, client: Any, key: str, dest: Path, max_bytes: int | None
+    ) -> ObjectMeta:
+        meta = self._head_sync(client, key)
+        if meta is None:
+            raise NotFound(key)
+        if max_bytes is not None and meta.size > max_bytes:
+            raise TooLarge(key, meta.size, max_bytes)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            client.download_file(
+                self.name,
+                key,
+                tmp,
+                Config=self._transfer,
+                Callback=_SizeGuard(key, meta.size, self._callback(key)),
+            )
+            if os.path.getsize(tmp) != meta.size:
+                raise TransientStorageError(f"{key!r} changed while it was downloaded")
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        fsync_dir(dest.parent)
+        return meta
+
+    def _list_page(self, client: Any, prefix: str, token: str | None) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "Bucket": self.name,
+            "Prefix": prefix,
+            "MaxKeys": self._settings.list_page_size,
+        }
+        if token:
+            args["ContinuationToken"] = token
+        return client.list_objects_v2(**args)
+
+    def _delete_sync(self, client: Any, keys: list[str]) -> None:
+        resp = client.delete_objects(
+            Bucket=self.name,
+            Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
+        )
+        # DeleteObjects answers 200 and lists per-key failures in its body.
+        for err in resp.get("Errors", []):
+            if err.get("Code") == "NoSuchKey":
+                continue
+            failure = ClientError({"Error": err}, "DeleteObjects")
+            raise map_error(failure, self._ctx("delete", err.get("Key"))) from failure
+
+    # -- the port -----------------------------------------------------------------------------
+
+    async def put(self, key: str, data: BytesLike) -> ObjectMeta:
+        check_key(key)
+        return await self._run("put", key, self._put_sync, key, data)
+
+    async def put_file(self, key: str, path: str) -> ObjectMeta:
+        check_key(key)
+        return await self._run("put_file", key, self._put_file_sync, key, os.fspath(path))
+
+    async def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
+        check_key(key)
+        return await self._run("get", key, self._get_sync, key, max_bytes)
+
+    async def get_file(self, key: str, path: str, *, max_bytes: int | None = None) -> ObjectMeta:
+        check_key(key)
+        return await self._run("get_file", key, self._get_file_sync, key, Path(path), max_bytes)
+
+    async def head(self, key: str) -> ObjectMeta | None:
+        check_key(key)
+        return await self._run("head", key, self._head_sync, key)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectMeta]:
+        token: str | None = None
+        while True:
+            page = await self._run("list", prefix or None, self._list_page, prefix, token)
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                try:
+                    check_key(key)
+                except StorageError:
+                    continue  # written by another tool; no method here could read it
+                yield ObjectMeta(
+                    key=key,
+                    size=item["Size"],
+                    last_modified=_utc(item["LastModified"]),
+                    etag=_etag(item.get("ETag")),
+                )
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    async def delete(self, keys: Iterable[str]) -> None:
+        batch = [check_key(k) for k in keys]
+        for start in range(0, len(batch), DELETE_BATCH):
+            chunk = batch[start : start + DELETE_BATCH]
+            await self._run("delete", None, self._delete_sync, chunk)
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+
+class S3StoreOpener:
+    """Opens buckets on S3-compatible services; clients are shared per bucket and credentials.
+
+    `close()` releases every client and the worker threads; stores opened here stop working.
+    """
+
+    def __init__(self, settings: S3Settings | None = None, *, progress: Progress | None = None):
+        self._settings = settings or S3Settings()
+        self._progress = progress
+        self._session = boto3.session.Session()
+        self._lock = threading.Lock()
+        self._slots: dict[tuple[str, str, str, str], _ClientSlot] = {}
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._settings.max_pool_connections, thread_name_prefix="s3"
+        )
+
+    @property
+    def settings(self) -> S3Settings:
+        return self._settings
+
+    def _make_client(self, bucket: Bucket) -> Any:
+        # boto3 sessions are not thread-safe; creating clients from one under a lock is.
+        with self._lock:
+            return self._session.client(
+                "s3",
+                endpoint_url=bucket.endpoint_url,
+                aws_access_key_id=bucket.access_key_id,
+                aws_secret_access_key=bucket.secret_access_key,
+                config=self._settings.client_config(),
+            )
+
+    def open(self, bucket: Bucket) -> S3Store:
+        # The secret takes part in the identity only as a digest, so it never sits in a key.
+        digest = hashlib.sha256(bucket.secret_access_key.encode()).hexdigest()
+        ident = (bucket.endpoint_url, bucket.name, bucket.access_key_id, digest)
+        with self._lock:
+            slot = self._slots.get(ident)
+            if slot is None:
+                slot = self._slots[ident] = _ClientSlot(
+                    functools.partial(self._make_client, bucket)
+                )
+            slot.users += 1
+        return S3Store(
+            bucket,
+            slot,
+            self._settings,
+            self._executor,
+            self._progress,
+            functools.partial(self._release, ident, slot),
+        )
+
+    def _release(self, ident: tuple[str, str, str, str], slot: _ClientSlot) -> None:
+        with self._lock:
+            slot.users -= 1
+            if slot.users > 0 or self._slots.get(ident) is not slot:
+                return
+            del self._slots[ident]
+        slot.close()
+
+    def close(self) -> None:
+        with self._lock:
+            slots, self._slots = list(self._slots.values()), {}
+        for slot in slots:
+            slot.close()
+        self._executor.shutdown(wait=False)
