@@ -1,0 +1,286 @@
+"""Chunked top-k compression (Templar's ChunkingTransformer + TopKCompressor), batched.
+
+encode: view every parameter as chunks (core.compression.chunking), optionally DCT each
+chunk, keep the k largest-magnitude entries of every chunk, quantise their values per
+parameter (core.compression.quantize) and pack indices to 12 bits and value codes to their
+bit width (core.compression.packing). Chunks of equal (h, w) from all parameters go through
+one `torch.topk`; there is no Python loop over chunks.
+
+Wire tensors (k-entry stream = all parameters in name order, each chunk's k entries):
+    idx     uint8 (ceil(E * 12 / 8),)     within-chunk indices, 12-bit packed
+    val     uint8 (ceil(E * b / 8),)      value codes, b = bits for quantization_bins
+            or float32 (E,)               without quantisation
+    shift   float32 (P,)                  per-parameter mean (quantised only)
+    lookup  float32 (P, bins)             per-parameter bin centres (quantised only)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+import attrs
+import torch
+
+from core.compression import dct, packing
+from core.compression.base import Compressed, Shape, Spec, TensorSpec
+from core.compression.chunking import Plan, PlanCache
+from core.compression.quantize import dequantize, quantize
+from core.invalid import InvalidPayload
+
+INDEX_BITS = 12
+METHOD = "chunked_topk"
+
+
+def _positive(instance, attribute, value) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+@attrs.frozen
+class TopKParams:
+    """Templar's hparams: target_chunk, topk_compression, use_dct, quantization_*.
+
+    quantization_bins = 0 turns quantisation off (float32 values on the wire).
+    """
+
+    target_chunk: int = attrs.field(default=64, validator=attrs.validators.in_(range(1, 65)))
+    topk: int = attrs.field(default=64, validator=_positive)
+    use_dct: bool = False
+    quantization_bins: int = attrs.field(default=4, validator=attrs.validators.in_(range(257)))
+    quantization_range: float = attrs.field(default=6.0, converter=float, validator=_positive)
+
+    @property
+    def quantized(self) -> bool:
+        return self.quantization_bins > 0
+
+    @property
+    def value_bits(self) -> int:
+        return packing.bit_width(self.quantization_bins) if self.quantized else 32
+
+
+class TopKCompressor:
+    """The default compressor (DCT optional, top-k per chunk, quantised values)."""
+
+    def __init__(self, params: TopKParams | None = None, *, reuse_buffers: bool = True):
+        self.params = params or TopKParams()
+        self._plans = PlanCache(self.params.target_chunk, self.params.topk)
+        self._reuse = reuse_buffers
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._encode_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TopKCompressor({self.params!r})"
+
+    @property
+    def spec(self) -> Spec:
+        p = self.params
+        return {
+            "method": METHOD,
+            "target_chunk": p.target_chunk,
+            "topk": p.topk,
+            "use_dct": p.use_dct,
+            "quantization_bins": p.quantization_bins,
+            "quantization_range": p.quantization_range,
+            "index_bits": INDEX_BITS,
+            "value_bits": p.value_bits,
+        }
+
+    # -- sizes -------------------------------------------------------------------------
+
+    def layout(self, shapes: Mapping[str, Shape]) -> dict[str, TensorSpec]:
+        plan = self._plans.get(list(shapes.items()))
+        e = plan.total_entries
+        out = {"idx": TensorSpec(torch.uint8, (packing.packed_nbytes(e, INDEX_BITS),))}
+        p = self.params
+        if p.quantized:
+            out["val"] = TensorSpec(torch.uint8, (packing.packed_nbytes(e, p.value_bits),))
+            out["shift"] = TensorSpec(torch.float32, (len(plan.params),))
+            out["lookup"] = TensorSpec(torch.float32, (len(plan.params), p.quantization_bins))
+        else:
+            out["val"] = TensorSpec(torch.float32, (e,))
+        return out
+
+    def estimate_bytes(self, shapes: Mapping[str, Shape]) -> int:
+        return sum(
+            torch.empty(0, dtype=s.dtype).element_size() * _numel(s.shape)
+            for s in self.layout(shapes).values()
+        )
+
+    # -- encode ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, grads: Mapping[str, torch.Tensor]) -> Compressed:
+        shapes = [(name, tuple(t.shape)) for name, t in grads.items()]
+        plan = self._plans.get(shapes)
+        if not plan.params:
+            raise ValueError("nothing to compress")
+        device = next(iter(grads.values())).device
+        idx_parts: dict[str, torch.Tensor] = {}
+        val_parts: dict[str, torch.Tensor] = {}
+        with self._encode_lock:
+            for (h, w), members in plan.groups.items():
+                self._encode_group(plan, h, w, members, grads, device, idx_parts, val_parts)
+        names = [p.name for p in plan.params]
+        idx = torch.cat([idx_parts[n] for n in names])
+        vals = torch.cat([val_parts[n] for n in names])
+        tensors = {"idx": packing.pack(idx, INDEX_BITS)}
+        p = self.params
+        if p.quantized:
+            q = quantize(
+                vals,
+                plan.param_ids(device),
+                len(plan.params),
+                p.quantization_bins,
+                p.quantization_range,
+            )
+            tensors["val"] = packing.pack(q.codes, p.value_bits)
+            tensors["shift"] = q.shift
+            tensors["lookup"] = q.lookup
+        else:
+            tensors["val"] = vals
+        return Compressed(
+            spec=self.spec,
+            shapes=[(n, plan.params[i].shape) for i, n in enumerate(names)],
+            tensors=tensors,
+        )
+
+    def _encode_group(self, plan: Plan, h, w, members, grads, device, idx_parts, val_parts):
+        total = sum(m.n_chunks for m in members)
+        use_dct = self.params.use_dct
+        buf = self._buffer(("enc", h, w, total, device), (total, h, w), device)
+        start = 0
+        for m in members:
+            src = grads[m.name].detach().reshape(-1)
+            dst = buf[start : start + m.n_chunks].view(*m.grid, h, w)
+            if use_dct:
+                dst.copy_(m.chunked_view(src))
+            elif src.dtype == buf.dtype:
+                # magnitude and chunk layout in one pass; values are read from the source later
+                torch.abs(m.chunked_view(src), out=dst)
+            else:
+                dst.copy_(m.chunked_view(src)).abs_()
+            start += m.n_chunks
+        if use_dct:
+            coeffs = dct.forward(buf).reshape(total, h * w)
+            score = coeffs.abs()
+        else:
+            coeffs = None
+            score = buf.view(total, h * w)
+        k = members[0].k
+        local = torch.topk(score, k, dim=1, largest=True, sorted=False).indices
+        start = 0
+        for m in members:
+            rows = local[start : start + m.n_chunks]
+            if coeffs is None:
+                flat = plan.flat_index(m, rows)
+                vals = grads[m.name].detach().reshape(-1)[flat.reshape(-1)]
+            else:
+                vals = torch.gather(coeffs[start : start + m.n_chunks], 1, rows).reshape(-1)
+            idx_parts[m.name] = rows.reshape(-1)
+            val_parts[m.name] = vals.to(torch.float32)
+            start += m.n_chunks
+
+    def _buffer(self, key, shape, device) -> torch.Tensor:
+        if not self._reuse:
+            return torch.empty(shape, dtype=torch.float32, device=device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(shape, dtype=torch.float32, device=device)
+        return buf
+
+    # -- decode ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(
+        self,
+        compressed: Compressed,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> dict[str, torch.Tensor]:
+        plan = self._plans.get(compressed.shapes)
+        t = compressed.tensors
+        device = torch.device(device) if device is not None else t["idx"].device
+        local, vals = self._entries(plan, t, device)
+        out: dict[str, torch.Tensor] = {}
+        if self.params.use_dct:
+            for (h, w), members in plan.groups.items():
+                self._decode_group_dct(plan, h, w, members, local, vals, dtype, out)
+        else:
+            for m in plan.params:
+                dense = torch.zeros(m.numel, dtype=dtype, device=device)
+                sl = slice(m.offset, m.offset + m.n_entries)
+                flat = plan.flat_index(m, local[sl].view(m.n_chunks, m.k)).reshape(-1)
+                dense[flat] = vals[sl].to(dtype)
+                out[m.name] = dense.view(m.shape)
+        return {m.name: out[m.name] for m in plan.params}
+
+    def _entries(self, plan: Plan, t, device) -> tuple[torch.Tensor, torch.Tensor]:
+        e = plan.total_entries
+        local = packing.unpack(t["idx"].to(device), e, INDEX_BITS)
+        p = self.params
+        if p.quantized:
+            codes = packing.unpack(t["val"].to(device), e, p.value_bits)
+            vals = dequantize(
+                codes, plan.param_ids(device), t["shift"].to(device), t["lookup"].to(device)
+            )
+        else:
+            vals = t["val"].to(device)
+        return local, vals
+
+    def _decode_group_dct(self, plan, h, w, members, local, vals, dtype, out):
+        total = sum(m.n_chunks for m in members)
+        device = local.device
+        coeffs = torch.zeros((total, h * w), dtype=torch.float32, device=device)
+        start = 0
+        for m in members:
+            sl = slice(m.offset, m.offset + m.n_entries)
+            rows = coeffs[start : start + m.n_chunks]
+            rows.scatter_(1, local[sl].view(m.n_chunks, m.k), vals[sl].view(m.n_chunks, m.k))
+            start += m.n_chunks
+        chunks = dct.inverse(coeffs.view(total, h, w))
+        start = 0
+        for m in members:
+            dense = torch.empty(m.numel, dtype=dtype, device=device)
+            m.chunked_view(dense).copy_(chunks[start : start + m.n_chunks].view(*m.grid, h, w))
+            out[m.name] = dense.view(m.shape)
+            start += m.n_chunks
+
+    # -- checks ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self, compressed: Compressed) -> None:
+        plan = self._plans.get(compressed.shapes)
+        t = compressed.tensors
+        p = self.params
+        e = plan.total_entries
+        local = packing.unpack(t["idx"], e, INDEX_BITS)
+        for m in plan.params:
+            rows = local[m.offset : m.offset + m.n_entries].view(m.n_chunks, m.k)
+            if int(rows.max()) >= m.chunk_size:
+                raise InvalidPayload(
+                    "index_out_of_range",
+                    f"{m.name}: index {int(rows.max())} >= chunk size {m.chunk_size}",
+                )
+            if m.k > 1:
+                ordered = rows.sort(dim=1).values
+                if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+                    raise InvalidPayload("duplicate_index", f"{m.name}: repeated index in a chunk")
+        if p.quantized:
+            if p.quantization_bins != 1 << p.value_bits:
+                codes = packing.unpack(t["val"], e, p.value_bits)
+                if int(codes.max()) >= p.quantization_bins:
+                    raise InvalidPayload("bad_value_code", "value code beyond quantization_bins")
+            for name in ("shift", "lookup"):
+                if not bool(torch.isfinite(t[name]).all()):
+                    raise InvalidPayload("non_finite", f"{name} holds NaN or inf")
+        elif not bool(torch.isfinite(t["val"]).all()):
+            raise InvalidPayload("non_finite", "val holds NaN or inf")
+
+
+def _numel(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
