@@ -94,13 +94,20 @@ def denied(code: str, ctx: Context) -> AccessDenied:
         why = "the secret access key does not match the access key id (SignatureDoesNotMatch)"
     elif code in _UNKNOWN_KEY:
         why = f"the endpoint does not know this access key id ({code})"
+    elif code in ("", "403"):
+        # A HEAD answer has no body, hence no reason: say every cause it may have.
+        why = (
+            "access denied (HTTP 403): the secret may not match the access key id, or the key "
+            "may lack permission on this bucket"
+            + (" (read-only credentials cannot write)" if ctx.op in WRITE_OPS else "")
+        )
     elif ctx.op in WRITE_OPS:
         why = (
-            f"access denied ({code or '403'}); these credentials may be read-only - "
+            f"access denied ({code}); these credentials may be read-only - "
             "writes need the bucket's WRITE access key"
         )
     else:
-        why = f"access denied ({code or '403'}); the key may lack permission on this bucket"
+        why = f"access denied ({code}); the key may lack permission on this bucket"
     return AccessDenied(f"{ctx.where()}: {why}")
 
 
