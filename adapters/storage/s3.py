@@ -26,13 +26,11 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import attrs
 import boto3
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from adapters.storage.files import fsync_dir
+from adapters.storage.s3_client import ClientSlot, MiB, Progress, S3Settings, SizeGuard
 from adapters.storage.s3_errors import (
     Context,
     is_connection_error,
@@ -51,91 +49,10 @@ from ports import (
     check_key,
 )
 
-MiB = 1 << 20
+__all__ = ["DELETE_BATCH", "MiB", "Progress", "S3Settings", "S3Store", "S3StoreOpener"]
+
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
-Progress = Callable[[str, int], None]
-"""Called as `progress(key, bytes_done_since_last_call)` from worker threads."""
 T = TypeVar("T")
-_pos = attrs.validators.gt(0)
-
-
-@attrs.frozen
-class S3Settings:
-    """Tuning for the S3 client. Defaults suit R2 and a gather of up to 64 peers."""
-
-    max_pool_connections: int = attrs.field(default=64, validator=_pos)
-    connect_timeout: float = attrs.field(default=10.0, validator=_pos)
-    read_timeout: float = attrs.field(default=60.0, validator=_pos)
-    retry_mode: str = attrs.field(
-        default="standard", validator=attrs.validators.in_(("standard", "adaptive"))
-    )
-    max_attempts: int = attrs.field(default=5, validator=_pos)
-    # S3 and R2 refuse parts under 5 MiB (except the last one).
-    multipart_threshold: int = attrs.field(default=8 * MiB, validator=_pos)
-    multipart_chunksize: int = attrs.field(default=8 * MiB, validator=attrs.validators.ge(5 * MiB))
-    max_concurrency: int = attrs.field(default=8, validator=_pos)
-    list_page_size: int = attrs.field(default=1000, validator=[_pos, attrs.validators.le(1000)])
-    region: str = "auto"
-    addressing_style: str = attrs.field(
-        default="path", validator=attrs.validators.in_(("path", "virtual", "auto"))
-    )
-
-    def client_config(self) -> Config:
-        return Config(
-            region_name=self.region,
-            signature_version="s3v4",
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
-            # A managed transfer opens up to max_concurrency more connections on the client.
-            max_pool_connections=self.max_pool_connections + self.max_concurrency,
-            s3={"addressing_style": self.addressing_style},
-            tcp_keepalive=True,
-        )
-
-    def transfer_config(self) -> TransferConfig:
-        return TransferConfig(
-            multipart_threshold=self.multipart_threshold,
-            multipart_chunksize=self.multipart_chunksize,
-            max_concurrency=self.max_concurrency,
-            use_threads=True,
-            preferred_transfer_client="classic",
-        )
-
-
-class _ClientSlot:
-    """The client for one bucket and set of credentials, built lazily, dropped on purge."""
-
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self._factory = factory
-        self._lock = threading.Lock()
-        self._client: Any = None
-        self.users = 0
-
-    @property
-    def current(self) -> Any:
-        return self._client
-
-    def get(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = self._factory()
-            return self._client
-
-    def purge(self, client: Any) -> None:
-        """Forget `client` (if still current) so the next call connects afresh."""
-        with self._lock:
-            if self._client is not client:
-                return  # another thread already replaced it
-            self._client = None
-        # Requests in flight on other threads keep their connections until they finish.
-        client.close()
-
-    def close(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
 
 
 def _etag(raw: str | None) -> str:
@@ -146,37 +63,13 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-class _SizeGuard:
-    """Progress hook that aborts a download running past the size checked by HEAD.
-
-    The managed transfer makes its own HEAD, so an object replaced by a larger one in between
-    would otherwise be downloaded whole before anyone noticed.
-    """
-
-    def __init__(self, key: str, limit: int, progress: Callable[[int], None] | None) -> None:
-        self._key = key
-        self._limit = limit
-        self._progress = progress
-        self._seen = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, amount: int) -> None:
-        with self._lock:
-            self._seen += amount
-            seen = self._seen
-        if seen > self._limit:
-            raise TransientStorageError(f"{self._key!r} grew past {self._limit} bytes mid-download")
-        if self._progress is not None:
-            self._progress(amount)
-
-
 class S3Store:
     """One bucket on an S3-compatible service. Use `S3StoreOpener.open` to make one."""
 
     def __init__(
         self,
         bucket: Bucket,
-        slot: _ClientSlot,
+        slot: ClientSlot,
         settings: S3Settings,
         executor: ThreadPoolExecutor,
         progress: Progress | None,
@@ -326,7 +219,7 @@ class S3Store:
                 key,
                 tmp,
                 Config=self._transfer,
-                Callback=_SizeGuard(key, meta.size, self._callback(key)),
+                Callback=SizeGuard(key, meta.size, self._callback(key)),
             )
             if os.path.getsize(tmp) != meta.size:
                 raise TransientStorageError(f"{key!r} changed while it was downloaded")
@@ -426,7 +319,7 @@ class S3StoreOpener:
         self._progress = progress
         self._session = boto3.session.Session()
         self._lock = threading.Lock()
-        self._slots: dict[tuple[str, str, str, str], _ClientSlot] = {}
+        self._slots: dict[tuple[str, str, str, str], ClientSlot] = {}
         self._executor = ThreadPoolExecutor(
             max_workers=self._settings.max_pool_connections, thread_name_prefix="s3"
         )
@@ -453,9 +346,7 @@ class S3StoreOpener:
         with self._lock:
             slot = self._slots.get(ident)
             if slot is None:
-                slot = self._slots[ident] = _ClientSlot(
-                    functools.partial(self._make_client, bucket)
-                )
+                slot = self._slots[ident] = ClientSlot(functools.partial(self._make_client, bucket))
             slot.users += 1
         return S3Store(
             bucket,
@@ -466,7 +357,7 @@ class S3StoreOpener:
             functools.partial(self._release, ident, slot),
         )
 
-    def _release(self, ident: tuple[str, str, str, str], slot: _ClientSlot) -> None:
+    def _release(self, ident: tuple[str, str, str, str], slot: ClientSlot) -> None:
         with self._lock:
             slot.users -= 1
             if slot.users > 0 or self._slots.get(ident) is not slot:

@@ -1,0 +1,121 @@
+"""Client-side pieces of the S3 adapter: settings, the shared client slot, a size guard."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from ports import TransientStorageError
+
+MiB = 1 << 20
+Progress = Callable[[str, int], None]
+"""Called as `progress(key, bytes_done_since_last_call)` from worker threads."""
+_pos = attrs.validators.gt(0)
+
+
+@attrs.frozen
+class S3Settings:
+    """Tuning for the S3 client. Defaults suit R2 and a gather of up to 64 peers."""
+
+    max_pool_connections: int = attrs.field(default=64, validator=_pos)
+    connect_timeout: float = attrs.field(default=10.0, validator=_pos)
+    read_timeout: float = attrs.field(default=60.0, validator=_pos)
+    retry_mode: str = attrs.field(
+        default="standard", validator=attrs.validators.in_(("standard", "adaptive"))
+    )
+    max_attempts: int = attrs.field(default=5, validator=_pos)
+    # S3 and R2 refuse parts under 5 MiB (except the last one).
+    multipart_threshold: int = attrs.field(default=8 * MiB, validator=_pos)
+    multipart_chunksize: int = attrs.field(default=8 * MiB, validator=attrs.validators.ge(5 * MiB))
+    max_concurrency: int = attrs.field(default=8, validator=_pos)
+    list_page_size: int = attrs.field(default=1000, validator=[_pos, attrs.validators.le(1000)])
+    region: str = "auto"
+    addressing_style: str = attrs.field(
+        default="path", validator=attrs.validators.in_(("path", "virtual", "auto"))
+    )
+
+    def client_config(self) -> Config:
+        return Config(
+            region_name=self.region,
+            signature_version="s3v4",
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
+            # A managed transfer opens up to max_concurrency more connections on the client.
+            max_pool_connections=self.max_pool_connections + self.max_concurrency,
+            s3={"addressing_style": self.addressing_style},
+            tcp_keepalive=True,
+        )
+
+    def transfer_config(self) -> TransferConfig:
+        return TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.multipart_chunksize,
+            max_concurrency=self.max_concurrency,
+            use_threads=True,
+            preferred_transfer_client="classic",
+        )
+
+
+class ClientSlot:
+    """The client for one bucket and set of credentials, built lazily, dropped on purge."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self.users = 0
+
+    @property
+    def current(self) -> Any:
+        return self._client
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._factory()
+            return self._client
+
+    def purge(self, client: Any) -> None:
+        """Forget `client` (if still current) so the next call connects afresh."""
+        with self._lock:
+            if self._client is not client:
+                return  # another thread already replaced it
+            self._client = None
+        # Requests in flight on other threads keep their connections until they finish.
+        client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+class SizeGuard:
+    """Progress hook that aborts a download running past the size checked by HEAD.
+
+    The managed transfer makes its own HEAD, so an object replaced by a larger one in between
+    would otherwise be downloaded whole before anyone noticed.
+    """
+
+    def __init__(self, key: str, limit: int, progress: Callable[[int], None] | None) -> None:
+        self._key = key
+        self._limit = limit
+        self._progress = progress
+        self._seen = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, amount: int) -> None:
+        with self._lock:
+            self._seen += amount
+            seen = self._seen
+        if seen > self._limit:
+            raise TransientStorageError(f"{self._key!r} grew past {self._limit} bytes mid-download")
+        if self._progress is not None:
+            self._progress(amount)
