@@ -42,7 +42,6 @@ __all__ = [
 
 SCHEMA = "templar-comms.gradient"
 SCHEMA_VERSION = "1"
-DEFAULT_MAX_HEADER_BYTES = 1 << 20
 _DIGEST_DOMAIN = b"templar-comms/payload-digest/v1\n"
 _SIGNATURE_KEYS = ("signature", "signature_scheme")
 _REQUIRED_KEYS = ("schema", "schema_version", "version", "window", "uid", "hotkey",
@@ -91,7 +90,8 @@ class PayloadMeta:
 class Expected:
     """What the receiver accepts; everything `decode` checks a payload against.
 
-    `max_bytes` None means: exactly the compressor's tensor bytes plus `max_header_bytes`.
+    `max_bytes` None means: exactly the compressor's tensor bytes plus the header limit;
+    `max_header_bytes` None means: 16 KiB plus a few bytes per parameter name and dimension.
     `window`/`uid`/`hotkey` None means: not checked. With `require_signature` the payload
     must be signed by `hotkey` (the one the metagraph lists for `uid`).
     """
@@ -104,7 +104,7 @@ class Expected:
     window: int | None = None
     uid: int | None = None
     max_bytes: int | None = None
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_header_bytes: int | None = None
     require_signature: bool = False
     hotkey: str | None = None
 
@@ -115,10 +115,17 @@ class Expected:
     def layout(self) -> dict[str, TensorSpec]:
         return self.codec.layout(self.shapes)
 
+    def header_limit(self) -> int:
+        """`max_header_bytes`, or an allowance generous for these parameter names."""
+        if self.max_header_bytes is not None:
+            return self.max_header_bytes
+        # names appear twice-escaped in the params JSON; 16 KiB covers fields and signature
+        return 16384 + sum(4 * len(n) + 16 * len(s) + 64 for n, s in self.shapes.items())
+
     def size_limit(self) -> int:
         if self.max_bytes is not None:
             return self.max_bytes
-        return 8 + self.max_header_bytes + self.codec.estimate_bytes(self.shapes)
+        return 8 + self.header_limit() + self.codec.estimate_bytes(self.shapes)
 
 
 @attrs.frozen(eq=False)
@@ -213,7 +220,7 @@ def _decode(data: bytes, expected: Expected, verifier: Verifier | None) -> Paylo
     limit = expected.size_limit()
     if len(data) > limit:
         raise InvalidPayload("too_large", f"{len(data)} bytes > limit {limit}")
-    header, metadata = _read_header(data, expected.max_header_bytes)
+    header, metadata = _read_header(data, expected.header_limit())
     meta = _check_metadata(metadata, expected)
     _check_layout(header, expected.layout())
     try:

@@ -122,6 +122,10 @@ class Plan:
         """For every stream entry, the position of its parameter (int64)."""
         return self._cached(device, "param_ids", self._make_param_ids)
 
+    def chunk_sizes(self, device: torch.device) -> torch.Tensor:
+        """For every stream entry, the size of its chunk (int64): indices must be below it."""
+        return self._cached(device, "chunk_sizes", self._make_chunk_sizes)
+
     def flat_index(self, p: ParamPlan, local: torch.Tensor) -> torch.Tensor:
         """Row-major offsets into parameter `p` of within-chunk indices `local` (n_chunks, k)."""
         device = local.device
@@ -133,6 +137,11 @@ class Plan:
         counts = torch.tensor([p.n_entries for p in self.params], dtype=torch.int64)
         ids = torch.repeat_interleave(torch.arange(len(self.params)), counts)
         return ids.to(device)
+
+    def _make_chunk_sizes(self, device: torch.device) -> torch.Tensor:
+        counts = torch.tensor([p.n_entries for p in self.params], dtype=torch.int64)
+        sizes = torch.tensor([p.chunk_size for p in self.params], dtype=torch.int64)
+        return torch.repeat_interleave(sizes, counts).to(device)
 
     def _cached(self, device: torch.device, key: str, make):
         device = torch.device(device)
