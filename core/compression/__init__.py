@@ -4,9 +4,17 @@
   12-bit indices; `TopKParams(quantization_bins=0)` is the top-k-only variant.
 - `DenseCompressor`: no compression.
 - `compress_with_feedback`: the error-feedback step the caller runs each window.
+- `accumulate`: fold a decoded gradient into an aggregate in place (sparse when possible).
 """
 
-from core.compression.base import Compressed, Compressor, Shape, Spec, TensorSpec
+from core.compression.base import (
+    Compressed,
+    Compressor,
+    Shape,
+    Spec,
+    TensorSpec,
+    accumulate,
+)
 from core.compression.dense import DenseCompressor
 from core.compression.feedback import FeedbackStep, compress_with_feedback
 from core.compression.topk import TopKCompressor, TopKParams
@@ -34,6 +42,7 @@ __all__ = [
     "TensorSpec",
     "TopKCompressor",
     "TopKParams",
+    "accumulate",
     "compress_with_feedback",
     "default_compressor",
     "topk_only_compressor",

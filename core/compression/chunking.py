@@ -115,6 +115,14 @@ class Plan:
         self.groups: dict[tuple[int, int], tuple[ParamPlan, ...]] = {
             key: tuple(members) for key, members in groups.items()
         }
+        # consecutive parameters with equal k form one (rows, k) block of the stream
+        runs: list[list[int]] = []
+        for p in self.params:
+            if runs and runs[-1][2] == p.k:
+                runs[-1][1] += p.n_chunks
+            else:
+                runs.append([p.offset, p.n_chunks, p.k])
+        self.runs: tuple[tuple[int, int, int], ...] = tuple(tuple(r) for r in runs)
         self._device_cache: dict[torch.device, dict[str, object]] = {}
         self._lock = threading.Lock()
 

@@ -216,6 +216,33 @@ class TopKCompressor:
                 out[m.name] = dense.view(m.shape)
         return {m.name: out[m.name] for m in plan.params}
 
+    @torch.no_grad()
+    def accumulate(
+        self, compressed: Compressed, into: Mapping[str, torch.Tensor], *, weight: float = 1.0
+    ) -> None:
+        """into[name] += weight * decode(compressed)[name], without building dense tensors.
+
+        Without DCT only the kept entries are touched (O(k) per chunk); `into` tensors must be
+        contiguous and have the parameter shapes.
+        """
+        plan = self._plans.get(compressed.shapes)
+        if self.params.use_dct:
+            device = next(iter(into.values())).device
+            for name, t in self.decode(compressed, device=device).items():
+                into[name].add_(t.to(into[name].dtype), alpha=weight)
+            return
+        device = next(iter(into.values())).device
+        local, vals = self._entries(plan, compressed.tensors, device)
+        if weight != 1.0:
+            vals = vals * weight
+        for m in plan.params:
+            target = into[m.name]
+            if tuple(target.shape) != m.shape or not target.is_contiguous():
+                raise ValueError(f"{m.name}: accumulator must be contiguous of shape {m.shape}")
+            sl = slice(m.offset, m.offset + m.n_entries)
+            flat = plan.flat_index(m, local[sl].view(m.n_chunks, m.k)).reshape(-1)
+            target.view(-1).index_add_(0, flat, vals[sl].to(target.dtype))
+
     def _entries(self, plan: Plan, t, device) -> tuple[torch.Tensor, torch.Tensor]:
         e = plan.total_entries
         local = packing.unpack(t["idx"].to(device), e, INDEX_BITS)
@@ -263,12 +290,12 @@ class TopKCompressor:
             raise InvalidPayload(
                 "index_out_of_range", f"{name}: index {int(local[first])} beyond its chunk"
             )
-        for m in plan.params:
-            rows = local[m.offset : m.offset + m.n_entries].view(m.n_chunks, m.k)
-            if m.k > 1:
+        for offset, n_rows, k in plan.runs:
+            if k > 1:
+                rows = local[offset : offset + n_rows * k].view(n_rows, k)
                 ordered = rows.sort(dim=1).values
                 if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
-                    raise InvalidPayload("duplicate_index", f"{m.name}: repeated index in a chunk")
+                    raise InvalidPayload("duplicate_index", "an index repeats within a chunk")
         if p.quantized:
             if p.quantization_bins != 1 << p.value_bits:
                 codes = packing.unpack(t["val"], e, p.value_bits)

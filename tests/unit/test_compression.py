@@ -8,6 +8,7 @@ from core.compression import (
     DenseCompressor,
     TopKCompressor,
     TopKParams,
+    accumulate,
     compress_with_feedback,
     default_compressor,
     topk_only_compressor,
@@ -267,3 +268,37 @@ def test_cuda_encode_decodes_the_same_on_cpu():
     for n in g:
         assert torch.equal(gpu[n] != 0, cpu[n] != 0)
         assert torch.allclose(gpu[n], cpu[n], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "compressor",
+    [
+        default_compressor(),
+        TopKCompressor(TopKParams(target_chunk=8, topk=6, use_dct=True)),
+        DenseCompressor(),
+    ],
+    ids=["topk", "dct", "dense"],
+)
+def test_accumulate_adds_the_decoded_gradient_in_place(compressor):
+    g = grads(11)
+    compressed = compressor.encode(g)
+    decoded = compressor.decode(compressed)
+    into = {n: torch.ones(s) for n, s in SHAPES.items()}
+    accumulate(compressor, compressed, into, weight=0.5)
+    accumulate(compressor, compressed, into, weight=0.5)
+    for n in SHAPES:
+        assert torch.allclose(into[n], 1 + decoded[n], atol=1e-5), n
+
+
+def test_accumulate_falls_back_to_dense_decode_for_plain_compressors():
+    class Plain:
+        def __init__(self):
+            self.inner = DenseCompressor()
+
+        def decode(self, compressed, *, device=None, dtype=torch.float32):
+            return self.inner.decode(compressed, device=device, dtype=dtype)
+
+    g = grads(12)
+    into = {n: torch.zeros(s) for n, s in SHAPES.items()}
+    accumulate(Plain(), DenseCompressor().encode(g), into, weight=2.0)
+    assert all(torch.allclose(into[n], 2 * g[n]) for n in g)
