@@ -113,7 +113,12 @@ class BittensorChain:
                 substrate = self._make_substrate()
                 # Connect the substrate, not the Client: Client.connect also scans every
                 # subnet's token symbol into a cache under ~/.bittensor, which we never show.
-                await substrate.connect()
+                try:
+                    await substrate.connect()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await substrate.close()
+                    raise
                 self._client = bt.Client(self.network, substrate=substrate)
             return self._client
 
@@ -142,9 +147,11 @@ class BittensorChain:
         try:
             async for attempt in retrying:
                 with attempt:
-                    client = await self._connected()
+                    client: bt.Client | None = None
                     try:
+                        # The timeout covers connecting too: a silent endpoint must not hang us.
                         async with asyncio.timeout(self._call_timeout):
+                            client = await self._connected()
                             return await op(client)
                     except TRANSIENT_ERRORS as exc:
                         log.warning(
@@ -154,7 +161,8 @@ class BittensorChain:
                             self._attempts,
                             type(exc).__name__,
                         )
-                        await self._discard(client)
+                        if client is not None:
+                            await self._discard(client)
                         raise
         except TRANSIENT_ERRORS as exc:
             raise ChainError(f"chain {what} failed after {self._attempts} attempts: {exc}") from exc

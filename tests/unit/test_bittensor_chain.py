@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -10,7 +11,7 @@ from adapters.chain.bittensor import BittensorChain
 from adapters.clock import FakeClock
 from ports import ChainError
 from tests.contract.chain_cases import make_bucket
-from tests.support.fake_substrate import FakeSubtensor
+from tests.support.fake_substrate import FakeSubstrate, FakeSubtensor
 
 
 @pytest.fixture
@@ -26,11 +27,11 @@ def node(clock: FakeClock) -> FakeSubtensor:
 def open_chain(node: FakeSubtensor, name: str = "alice", **options: object) -> BittensorChain:
     hotkey = node.new_hotkey(name)
     node.register(hotkey)
+    options.setdefault("substrate_factory", node.substrate)
     return BittensorChain(
         netuid=node.netuid,
         wallet=node.wallet(hotkey),
         network="local",
-        substrate_factory=node.substrate,
         clock=node.clock,
         **options,
     )
@@ -153,3 +154,23 @@ async def test_head_instead_of_finalised_block_is_an_option(node: FakeSubtensor)
     finalised = open_chain(node)
     head = open_chain(node, "bob", finalized=False)
     assert await head.current_block() == await finalised.current_block() + 2
+
+
+async def test_a_silent_endpoint_times_out_and_is_replaced(node: FakeSubtensor) -> None:
+    class Silent(FakeSubstrate):
+        async def finalized_block_number(self) -> int:
+            await asyncio.Event().wait()
+            raise AssertionError("never answers")
+
+    made: list[FakeSubstrate] = []
+
+    def factory() -> FakeSubstrate:
+        # The first connection never answers; the rebuilt one does.
+        substrate = node.substrate() if made else Silent(node)
+        made.append(substrate)
+        return substrate
+
+    chain = open_chain(node, substrate_factory=factory, call_timeout=0.05)
+    assert await chain.current_block() >= 0
+    assert len(made) == 2
+    assert made[0].open is False
