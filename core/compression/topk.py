@@ -30,6 +30,7 @@ from core.invalid import InvalidPayload
 
 INDEX_BITS = 12
 METHOD = "chunked_topk"
+_MAX_BUFFERS = 16
 
 
 def _positive(instance, attribute, value) -> None:
@@ -186,6 +187,8 @@ class TopKCompressor:
             return torch.empty(shape, dtype=torch.float32, device=device)
         buf = self._buffers.get(key)
         if buf is None:
+            if len(self._buffers) >= _MAX_BUFFERS:  # a new model: drop the old workspaces
+                self._buffers.clear()
             buf = self._buffers[key] = torch.empty(shape, dtype=torch.float32, device=device)
         return buf
 
