@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -26,16 +28,24 @@ DEFAULT_EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 class FakeClock:
     """A clock that only moves when told to, or when someone sleeps on it.
 
-    `sleep(s)` returns at once, after letting other tasks run, with the clock at least `s`
-    past the moment the sleep began. Concurrent sleepers overlap: ten tasks sleeping one
-    second each advance the clock by one second, not ten, as they would in real time.
+    `sleep(s)` never waits for real. Sleepers wake in order of their wake-up times: the
+    earliest one, after letting every ready task run, moves the clock to its wake-up time
+    and returns. So concurrent sleeps overlap as in real time (ten tasks sleeping one second
+    advance the clock by one second), and a task sleeping 100 s does not drag a task sleeping
+    1 s along with it.
     """
+
+    # Event-loop rounds a sleeper lets pass before it may move time, so that tasks made ready
+    # by the previous step reach their own sleep (or finish) first.
+    SETTLE_ROUNDS = 8
 
     def __init__(self, start: datetime = DEFAULT_EPOCH) -> None:
         if start.tzinfo is None:
             raise ValueError("FakeClock needs a timezone-aware start time")
         self._start = start.astimezone(UTC)
         self._elapsed = 0.0
+        self._sleepers: list[tuple[float, int]] = []
+        self._seq = itertools.count()
 
     def now(self) -> datetime:
         return self._start + timedelta(seconds=self._elapsed)
@@ -54,6 +64,18 @@ class FakeClock:
         self.advance((when - self.now()).total_seconds())
 
     async def sleep(self, seconds: float) -> None:
-        wake = self._elapsed + max(0.0, seconds)
-        await asyncio.sleep(0)
-        self._elapsed = max(self._elapsed, wake)
+        entry = (self._elapsed + max(0.0, seconds), next(self._seq))
+        heapq.heappush(self._sleepers, entry)
+        try:
+            while True:
+                for _ in range(self.SETTLE_ROUNDS):
+                    await asyncio.sleep(0)
+                if self._sleepers[0] == entry:
+                    heapq.heappop(self._sleepers)
+                    self._elapsed = max(self._elapsed, entry[0])
+                    return
+        except BaseException:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+                heapq.heapify(self._sleepers)
+            raise

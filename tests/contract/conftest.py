@@ -14,6 +14,7 @@ import attrs
 import pytest
 
 from adapters.clock import FakeClock
+from adapters.storage.chaos import ChaosStore
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
 from adapters.storage.s3 import S3StoreOpener
@@ -72,6 +73,19 @@ async def local_system_clock_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
 
 
 @contextlib.asynccontextmanager
+async def chaos_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
+    """The chaos wrapper with no faults must be a transparent proxy."""
+    clock = FakeClock()
+
+    async def tick() -> None:
+        clock.advance(1.0)
+
+    store = ChaosStore(MemoryStoreOpener(clock).open(test_bucket()), clock)
+    yield StoreCase(store=store, tick=tick)
+    await store.close()
+
+
+@contextlib.asynccontextmanager
 async def s3_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
     import asyncio
 
@@ -99,6 +113,7 @@ STORE_FACTORIES: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManag
     "memory": memory_case,
     "local": local_case,
     "local-system-clock": local_system_clock_case,
+    "chaos": chaos_case,
     "s3": s3_case,
 }
 

@@ -1,0 +1,198 @@
+"""The concurrent fetch engine under gather: deadlines, reserves, bounds, streaming."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from adapters.clock import FakeClock
+from adapters.storage.chaos import NO_FAULT, ChaosOpener, Fault
+from adapters.storage.memory import MemoryStoreOpener
+from core.exchange import Exchange, ExchangeSettings, Rejected, Status
+from core.gather import FetchSettings, fetch_peers, stream_peers
+from core.windows import TimeWindow
+from ports import Bucket
+
+V = "1"
+W = 5
+
+
+def bucket(uid: int) -> Bucket:
+    return Bucket(name=f"peer-{uid}", account_id="a", access_key_id="k", secret_access_key="s")
+
+
+def decode(data: bytes) -> bytes:
+    if data.startswith(b"bad"):
+        raise Rejected("bad_shape", "a broken payload")
+    return data
+
+
+class Net:
+    def __init__(self, latency: dict[int, float] | None = None) -> None:
+        self.clock = FakeClock()
+        self.base = MemoryStoreOpener(self.clock)
+        latency = latency or {}
+
+        def faults(name: str, op: str, key: str) -> Fault:
+            uid = int(name.split("-")[1])
+            return Fault(latency=latency[uid]) if uid in latency and op == "get" else NO_FAULT
+
+        opener = ChaosOpener(self.base, self.clock, faults)
+        self.me = Exchange(
+            self.base.open(bucket(0)),
+            opener,
+            self.clock,
+            V,
+            ExchangeSettings(decode_in_thread=False),
+        )
+        self.buckets = {u: bucket(u) for u in range(1, 40)}
+
+    async def upload(self, uid: int, data: bytes, window: int = W) -> None:
+        await self.base.open(bucket(uid)).put(f"gradient-{window}-{uid}-v{V}.safetensors", data)
+
+
+async def collect_ok(net: Net, uids, **kw):
+    folded: list[int] = []
+
+    async def on_ok(f) -> None:
+        folded.append(f.uid)
+
+    records = await fetch_peers(net.me, net.buckets, uids, W, decode, on_ok, **kw)
+    return folded, {r.uid: r for r in records}
+
+
+async def test_mixed_peers_get_the_right_statuses() -> None:
+    net = Net()
+    await net.upload(1, b"early")
+    net.clock.advance(1)
+    tw = TimeWindow.after(net.clock.now(), 10)
+    await net.upload(2, b"fine")
+    await net.upload(3, b"bad payload")
+    net.clock.advance(11)
+    await net.upload(4, b"late")
+    folded, rec = await collect_ok(
+        net, [1, 2, 3, 4, 5, 2], time_window=tw, settings=FetchSettings(timeout=30)
+    )
+    assert folded == [2]
+    assert {u: r.status for u, r in rec.items()} == {
+        1: Status.TOO_EARLY,
+        2: Status.OK,
+        3: Status.INVALID,
+        4: Status.TOO_LATE,
+        5: Status.NOT_FOUND,
+    }
+    assert rec[3].reason.startswith("bad_shape")
+    assert all(r.payload is None for r in rec.values())  # records never keep payloads
+
+
+async def test_reserves_replace_failures_in_order_up_to_the_requested_count() -> None:
+    net = Net()
+    tw = TimeWindow.after(net.clock.now(), 10)
+    for uid in (1, 3, 11, 13, 14):
+        await net.upload(uid, b"ok")
+    net.clock.advance(60)  # gathering after the window: missing peers fail at once
+    folded, rec = await collect_ok(
+        net,
+        [1, 2, 3, 4],
+        reserve_uids=[10, 11, 12, 13, 14, 3],
+        time_window=tw,
+        settings=FetchSettings(timeout=5),
+    )
+    # 2 and 4 fail; 10 (missing) and 11 replace them, 10's failure brings 12 (missing), then 13.
+    assert sorted(folded) == [1, 3, 11, 13]
+    assert 14 not in rec
+    assert sorted(u for u, r in rec.items() if not r.ok) == [2, 4, 10, 12]
+
+
+async def test_peer_timeout_leaves_time_for_reserves() -> None:
+    net = Net()
+    await net.upload(7, b"ok")
+    folded, rec = await collect_ok(
+        net, [1], reserve_uids=[7], settings=FetchSettings(timeout=30, peer_timeout=10)
+    )
+    assert folded == [7] and rec[1].status is Status.NOT_FOUND
+    assert net.clock.monotonic() == pytest.approx(10)
+
+
+async def test_slow_peer_past_the_deadline_is_skipped_and_others_kept() -> None:
+    net = Net(latency={3: 100.0})
+    for uid in (1, 2, 3):
+        await net.upload(uid, b"ok")
+    folded, rec = await collect_ok(net, [1, 2, 3], settings=FetchSettings(timeout=30))
+    assert sorted(folded) == [1, 2]
+    assert rec[3].status is Status.ERROR and rec[3].reason.startswith("timeout")
+
+
+async def test_peers_without_buckets_and_failing_consumers_are_skipped() -> None:
+    net = Net()
+    await net.upload(1, b"ok")
+    await net.upload(2, b"ok")
+
+    async def picky(f) -> None:
+        if f.uid == 2:
+            raise ValueError("shape mismatch while folding")
+
+    records = await fetch_peers(
+        net.me, net.buckets, [1, 2, 99], W, decode, picky, settings=FetchSettings(timeout=1)
+    )
+    rec = {r.uid: r for r in records}
+    assert rec[1].ok and rec[99].reason.startswith("no_bucket")
+    assert rec[2].status is Status.ERROR and "shape mismatch" in rec[2].reason
+
+
+async def test_live_payloads_are_bounded_by_concurrency() -> None:
+    net = Net(latency={u: 0.1 * u for u in range(1, 40)})
+    for uid in range(1, 40):
+        await net.upload(uid, b"x" * 10)
+    alive = peak = 0
+
+    def counting_decode(data: bytes) -> bytes:
+        nonlocal alive, peak
+        alive += 1
+        peak = max(peak, alive)
+        return data
+
+    async def slow_fold(f) -> None:
+        nonlocal alive
+        await net.clock.sleep(1.0)
+        alive -= 1
+
+    records = await fetch_peers(
+        net.me,
+        net.buckets,
+        range(1, 40),
+        W,
+        counting_decode,
+        slow_fold,
+        settings=FetchSettings(concurrency=4, timeout=1000),
+    )
+    assert sum(r.ok for r in records) == 39
+    assert peak <= 4
+
+
+async def test_stream_yields_valid_payloads_then_failures_and_can_stop_early() -> None:
+    net = Net()
+    for uid in (1, 2, 3):
+        await net.upload(uid, b"payload-%d" % uid)
+    items = [
+        f
+        async for f in stream_peers(
+            net.me, net.buckets, [1, 2, 3, 4], W, decode, settings=FetchSettings(timeout=2)
+        )
+    ]
+    assert sorted(f.payload for f in items if f.ok) == [b"payload-1", b"payload-2", b"payload-3"]
+    assert [(f.uid, f.status) for f in items if not f.ok] == [(4, Status.NOT_FOUND)]
+    assert all(f.ok for f in items[:3])
+    async with contextlib.aclosing(stream_peers(net.me, net.buckets, [1, 2, 3], W, decode)) as it:
+        async for first in it:
+            assert first.ok
+            break  # leaving early cancels the rest cleanly
+
+
+@pytest.mark.parametrize("timeout", [0.0, 0.5])
+async def test_zero_or_tiny_deadline_never_hangs(timeout: float) -> None:
+    net = Net(latency={1: 5.0})
+    await net.upload(1, b"ok")
+    folded, rec = await collect_ok(net, [1, 2], settings=FetchSettings(timeout=timeout))
+    assert folded == [] and set(rec) == {1, 2}
