@@ -24,10 +24,12 @@ from pathlib import Path
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from ports import Bucket
 
 LOOPBACK = "127.0.0.1"
+_PROBE_BUCKET = "readiness-probe"
 # Every listener of `weed mini`, so that none collides with another test run's defaults.
 _PORT_FLAGS = (
     "master.port",
@@ -151,13 +153,26 @@ class SeaweedServer:
             if self._proc is None or self._proc.poll() is not None:
                 raise ServerUnavailable(f"weed mini exited early:\n{self.log_tail()}")
             try:
-                self.admin_client().list_buckets()
+                self._probe()
                 return
-            except Exception as exc:  # not up yet: refused, 503, filer not ready
+            except Exception as exc:  # not up yet: refused, 503, filer or volumes not ready
                 last = exc
                 time.sleep(0.2)
         self.stop()
         raise ServerUnavailable(f"weed mini not ready in {timeout}s ({last}):\n{self.log_tail()}")
+
+    def _probe(self) -> None:
+        """Ready means a write lands: after a restart the volume server needs to re-register."""
+        client = self.admin_client()
+        try:
+            client.create_bucket(Bucket=_PROBE_BUCKET)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
+        client.put_object(Bucket=_PROBE_BUCKET, Key="probe", Body=b"ok")
 
     def log_tail(self, lines: int = 20) -> str:
         try:

@@ -69,6 +69,8 @@ async def test_killed_server_gives_transient_errors_then_recovers_on_a_fresh_cli
 
     assert all(type(exc) is TransientStorageError for exc in failures), failures
     assert "connection failed" in str(failures[0])
+    for exc in failures:
+        assert server.admin[1] not in f"{exc} {exc!r} {exc.__cause__} {exc.__cause__!r}"
     assert store.client is not before  # purged: the broken pool is not reused
     with pytest.raises(TransientStorageError):
         await store.head("obj")
