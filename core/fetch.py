@@ -1,4 +1,4 @@
-"""Gathering many peers' payloads concurrently, under one deadline, with reserves.
+"""The concurrent fetch engine under gather: many peers, one deadline, reserves.
 
 Each peer is fetched, time-checked and decoded by `Exchange.get`; a successful payload is
 handed to `on_ok` while the fetch still holds its concurrency slot, so at most `concurrency`
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
@@ -48,7 +49,7 @@ async def fetch_peers(
     buckets: Mapping[int, Bucket],
     uids: Iterable[int],
     window: int,
-    decode: Callable[[bytes], T],
+    decode: Callable[[int, bytes], T],
     on_ok: Callable[[Fetched[T]], Awaitable[None]],
     *,
     reserve_uids: Iterable[int] = (),
@@ -58,6 +59,7 @@ async def fetch_peers(
 ) -> list[Fetched[T]]:
     """Fetch every uid (and reserves for failures); returns one payload-free record per try.
 
+    `decode(uid, data)` validates one peer's bytes (raising `Rejected` / ValueError).
     `on_ok` runs for each valid payload inside the fetch's slot; if it raises, that peer is
     recorded as an ERROR and a reserve is tried. Never raises for a peer's fault.
     """
@@ -86,7 +88,7 @@ async def fetch_peers(
                 bucket,
                 window,
                 kind,
-                decode,
+                functools.partial(decode, uid),
                 uid=uid,
                 time_window=time_window,
                 timeout=remaining,
@@ -142,7 +144,7 @@ async def stream_peers(
     buckets: Mapping[int, Bucket],
     uids: Iterable[int],
     window: int,
-    decode: Callable[[bytes], T],
+    decode: Callable[[int, bytes], T],
     **kwargs: object,
 ) -> AsyncIterator[Fetched[T]]:
     """Yield each valid peer's `Fetched` (payload included) as it arrives, then one

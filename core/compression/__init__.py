@@ -14,6 +14,7 @@ from core.compression.base import (
     Spec,
     TensorSpec,
     accumulate,
+    fold,
 )
 from core.compression.dense import DenseCompressor
 from core.compression.feedback import FeedbackStep, compress_with_feedback
@@ -45,5 +46,6 @@ __all__ = [
     "accumulate",
     "compress_with_feedback",
     "default_compressor",
+    "fold",
     "topk_only_compressor",
 ]

@@ -17,13 +17,13 @@ Wire tensors (k-entry stream = all parameters in name order, each chunk's k entr
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 import torch
 
 from core.compression import dct, packing
-from core.compression.base import Compressed, Shape, Spec, TensorSpec
+from core.compression.base import Compressed, Shape, Spec, TensorSpec, fold_dense
 from core.compression.chunking import Plan, PlanCache
 from core.compression.quantize import dequantize, quantize
 from core.invalid import InvalidPayload
@@ -245,6 +245,55 @@ class TopKCompressor:
             sl = slice(m.offset, m.offset + m.n_entries)
             flat = plan.flat_index(m, local[sl].view(m.n_chunks, m.k)).reshape(-1)
             target.view(-1).index_add_(0, flat, vals[sl].to(target.dtype))
+
+    @torch.no_grad()
+    def fold(
+        self,
+        compressed: Compressed,
+        into: Mapping[str, torch.Tensor],
+        weigh: Callable[[dict[str, float]], Mapping[str, float]],
+    ) -> dict[str, float]:
+        """into[name] += w[name] * decode(compressed)[name], w = weigh(per-parameter L2 norms).
+
+        The norms come from the kept values alone (a top-k gradient is zero elsewhere), so
+        normalising a peer costs O(payload) like `accumulate`. Returns the norms.
+        """
+        if self.params.use_dct:
+            return fold_dense(self, compressed, into, weigh)
+        plan = self._plans.get(compressed.shapes)
+        device = next(iter(into.values())).device
+        local, vals = self._entries(plan, compressed.tensors, device)
+        ids = plan.param_ids(device)
+        squares = torch.zeros(len(plan.params), dtype=torch.float64, device=device)
+        squares.index_add_(0, ids, vals.double().square())
+        norms = dict(zip((m.name for m in plan.params), squares.sqrt().tolist(), strict=True))
+        weights = weigh(norms)
+        per_param = torch.tensor(
+            [float(weights[m.name]) for m in plan.params], dtype=vals.dtype, device=device
+        )
+        vals = vals * per_param[ids]
+        for m in plan.params:
+            target = into[m.name]
+            if tuple(target.shape) != m.shape or not target.is_contiguous():
+                raise ValueError(f"{m.name}: accumulator must be contiguous of shape {m.shape}")
+            sl = slice(m.offset, m.offset + m.n_entries)
+            flat = plan.flat_index(m, local[sl].view(m.n_chunks, m.k)).reshape(-1)
+            target.view(-1).index_add_(0, flat, vals[sl].to(target.dtype))
+        return norms
+
+    @torch.no_grad()
+    def positions(self, compressed: Compressed) -> torch.Tensor:
+        """Every kept entry as one int64: parameter number << 40 | offset in the parameter
+        (the chunk-domain offset under DCT). Two payloads keeping the same entries have the
+        same positions, whatever their values."""
+        plan = self._plans.get(compressed.shapes)
+        local = packing.unpack(compressed.tensors["idx"], plan.total_entries, INDEX_BITS)
+        parts = []
+        for number, m in enumerate(plan.params):
+            sl = slice(m.offset, m.offset + m.n_entries)
+            flat = plan.flat_index(m, local[sl].view(m.n_chunks, m.k)).reshape(-1)
+            parts.append(flat + (number << 40))
+        return torch.cat(parts)
 
     def _entries(self, plan: Plan, t, device) -> tuple[torch.Tensor, torch.Tensor]:
         e = plan.total_entries

@@ -10,7 +10,7 @@ from adapters.clock import FakeClock
 from adapters.storage.chaos import NO_FAULT, ChaosOpener, Fault
 from adapters.storage.memory import MemoryStoreOpener
 from core.exchange import Exchange, ExchangeSettings, Rejected, Status
-from core.gather import FetchSettings, fetch_peers, stream_peers
+from core.fetch import FetchSettings, fetch_peers, stream_peers
 from core.windows import TimeWindow
 from ports import Bucket
 
@@ -22,7 +22,7 @@ def bucket(uid: int) -> Bucket:
     return Bucket(name=f"peer-{uid}", account_id="a", access_key_id="k", secret_access_key="s")
 
 
-def decode(data: bytes) -> bytes:
+def decode(uid: int, data: bytes) -> bytes:
     if data.startswith(b"bad"):
         raise Rejected("bad_shape", "a broken payload")
     return data
@@ -147,7 +147,7 @@ async def test_live_payloads_are_bounded_by_concurrency() -> None:
         await net.upload(uid, b"x" * 10)
     alive = peak = 0
 
-    def counting_decode(data: bytes) -> bytes:
+    def counting_decode(uid: int, data: bytes) -> bytes:
         nonlocal alive, peak
         alive += 1
         peak = max(peak, alive)

@@ -1,0 +1,183 @@
+"""Gather: fetch, validate, normalise and average many peers' gradients for one window.
+
+The result says who contributed, who was skipped and why, and what it cost. A peer can only
+ever cost us its own skip: every failure (missing, early, late, oversized, malformed,
+unsigned, a copy of another peer) becomes a reason in `skipped`, never an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+
+import attrs
+import torch
+
+from core import codec, duplicates
+from core.aggregate import Aggregator, Normalisation
+from core.codec import Expected, InvalidPayload, Payload
+from core.exchange import Exchange, Fetched, Rejected
+from core.fetch import FetchSettings, fetch_peers, stream_peers
+from core.keys import KeyKind
+from core.windows import TimeWindow
+from ports import Bucket
+from ports.signing import Verifier
+
+
+@attrs.frozen(kw_only=True)
+class GatherSettings:
+    fetch: FetchSettings = attrs.Factory(FetchSettings)
+    normalisation: Normalisation = Normalisation.UNIT
+    # Fewer valid peers than this and there is no aggregate (the reasons are still reported).
+    min_peers: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    # Flag pairs of peers whose kept-index sets are at least this similar (None: off).
+    duplicate_threshold: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class GatherResult:
+    window: int
+    # Mean of the normalised gradients per parameter; None below min_peers.
+    aggregate: dict[str, torch.Tensor] | None = attrs.field(repr=False)
+    uids: tuple[int, ...]
+    skipped: dict[int, str]
+    global_steps: dict[int, int]
+    # Valid peers over peers asked for (reserves fill in for failures, not on top).
+    success_rate: float
+    download_bytes: int
+    seconds: float
+    norms: dict[int, dict[str, float]] = attrs.field(repr=False, factory=dict)
+    duplicates: tuple[tuple[int, int, float], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.aggregate is not None
+
+
+class PeerDecoder:
+    """Decodes one peer's bytes against what we expect of that uid (run in a worker thread)."""
+
+    def __init__(
+        self,
+        expected: Expected,
+        window: int,
+        hotkeys: Mapping[int, str] | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self._expected = expected
+        self._window = window
+        self._hotkeys = hotkeys or {}
+        self._verifier = verifier
+
+    def __call__(self, uid: int, data: bytes) -> Payload:
+        hotkey = self._hotkeys.get(uid)
+        if self._expected.require_signature and hotkey is None:
+            raise Rejected("unsigned", f"uid {uid} has no hotkey on the metagraph")
+        expected = attrs.evolve(self._expected, window=self._window, uid=uid, hotkey=hotkey)
+        try:
+            return codec.decode(data, expected, verifier=self._verifier)
+        except InvalidPayload as exc:
+            raise Rejected(exc.reason, exc.message) from None
+
+
+def _reason(record: Fetched) -> str:
+    return f"{record.status.value}: {record.reason}" if record.reason else record.status.value
+
+
+async def gather(
+    exchange: Exchange,
+    buckets: Mapping[int, Bucket],
+    uids: Iterable[int],
+    window: int,
+    expected: Expected,
+    *,
+    reserve_uids: Iterable[int] = (),
+    time_window: TimeWindow | None = None,
+    hotkeys: Mapping[int, str] | None = None,
+    verifier: Verifier | None = None,
+    settings: GatherSettings | None = None,
+    device: torch.device | str = "cpu",
+    kind: KeyKind = KeyKind.GRADIENT,
+) -> GatherResult:
+    """Gather `uids` (reserves replacing failures) for `window` into one normalised mean."""
+    settings = settings or GatherSettings()
+    clock = exchange.clock
+    started = clock.monotonic()
+    uids = list(dict.fromkeys(uids))
+    aggregator = Aggregator(
+        expected.codec, expected.shapes, device=device, normalisation=settings.normalisation
+    )
+    global_steps: dict[int, int] = {}
+    norms: dict[int, dict[str, float]] = {}
+    signatures: dict[int, torch.Tensor] = {}
+    folding = asyncio.Lock()
+
+    def fold(uid: int, payload: Payload) -> None:
+        norms[uid] = aggregator.add(payload.compressed)
+        if settings.duplicate_threshold is not None:
+            signatures[uid] = duplicates.signature(expected.codec, payload.compressed)
+
+    async def on_ok(fetched: Fetched[Payload]) -> None:
+        payload = fetched.payload
+        assert payload is not None and fetched.uid is not None
+        # One fold at a time (the accumulator is shared), off the event loop when allowed.
+        async with folding:
+            if exchange.settings.decode_in_thread:
+                await asyncio.to_thread(fold, fetched.uid, payload)
+            else:
+                fold(fetched.uid, payload)
+        global_steps[fetched.uid] = payload.meta.global_step
+
+    fetch = settings.fetch
+    if fetch.max_bytes is None:  # refuse oversized objects before downloading them
+        fetch = attrs.evolve(fetch, max_bytes=expected.size_limit())
+    records = await fetch_peers(
+        exchange,
+        buckets,
+        uids,
+        window,
+        PeerDecoder(expected, window, hotkeys, verifier),
+        on_ok,
+        reserve_uids=reserve_uids,
+        time_window=time_window,
+        settings=fetch,
+        kind=kind,
+    )
+    used = tuple(r.uid for r in records if r.ok and r.uid is not None)
+    skipped = {r.uid: _reason(r) for r in records if not r.ok and r.uid is not None}
+    aggregate = aggregator.finish() if len(used) >= max(settings.min_peers, 1) else None
+    pairs: tuple[tuple[int, int, float], ...] = ()
+    if settings.duplicate_threshold is not None:
+        pairs = duplicates.similar_pairs(signatures, settings.duplicate_threshold)
+    return GatherResult(
+        window=window,
+        aggregate=aggregate,
+        uids=used,
+        skipped=skipped,
+        global_steps=global_steps,
+        success_rate=len(used) / len(uids) if uids else 0.0,
+        download_bytes=sum(r.nbytes for r in records),
+        seconds=clock.monotonic() - started,
+        norms=norms,
+        duplicates=pairs,
+    )
+
+
+async def stream(
+    exchange: Exchange,
+    buckets: Mapping[int, Bucket],
+    uids: Iterable[int],
+    window: int,
+    expected: Expected,
+    *,
+    hotkeys: Mapping[int, str] | None = None,
+    verifier: Verifier | None = None,
+    **kwargs: object,
+) -> AsyncIterator[Fetched[Payload]]:
+    """Each valid peer's decoded payload as it arrives, then a record per failed peer.
+
+    For validators that evaluate peers one by one; use `contextlib.aclosing` to stop early.
+    """
+    decoder = PeerDecoder(expected, window, hotkeys, verifier)
+    async for fetched in stream_peers(exchange, buckets, uids, window, decoder, **kwargs):
+        yield fetched
