@@ -193,8 +193,16 @@ class SeaweedServer:
             proc.kill()
         proc.wait(timeout=30)
 
+    def _remove_sockets(self) -> None:
+        """weed leaves `seaweedfs-<part>-<port>.sock` in the temp dir when it is killed."""
+        for tmp in {Path("/tmp"), Path(tempfile.gettempdir())}:
+            for port in self.ports.values():
+                for path in tmp.glob(f"seaweedfs-*-{port}.sock"):
+                    path.unlink(missing_ok=True)
+
     def destroy(self) -> None:
         self.stop()
+        self._remove_sockets()
         if self._admin_client is not None:
             self._admin_client.close()
             self._admin_client = None
