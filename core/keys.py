@@ -5,6 +5,7 @@ read each other's objects.
     aggregator-{window}-v{version}.safetensors
     peers-{window}-v{version}.json
     start_window-v{version}.json
+    debug-{window}-{uid}-v{version}.json
     checkpoints/v{version}/{window}-{uid}/{file}      (manifest.json written last)
 """
 
@@ -27,6 +28,7 @@ class KeyKind(enum.Enum):
     PEERS = "peers"
     START_WINDOW = "start_window"
     CHECKPOINT = "checkpoint"
+    DEBUG = "debug"
 
 
 def check_version(version: str) -> str:
@@ -69,6 +71,13 @@ def start_window(version: str) -> str:
     return f"start_window-v{check_version(version)}.json"
 
 
+def debug(window: int, uid: int, version: str) -> str:
+    """A neuron's per-window debug dict (JSON, never pickle); removed by the janitor."""
+    _nonneg("window", window)
+    _nonneg("uid", uid)
+    return f"debug-{window}-{uid}-v{check_version(version)}.json"
+
+
 def checkpoint_prefix(version: str) -> str:
     """Prefix under which all checkpoints of `version` live."""
     return f"checkpoints/v{check_version(version)}/"
@@ -103,6 +112,10 @@ _PATTERNS: list[tuple[KeyKind, re.Pattern[str]]] = [
     ),
     (KeyKind.PEERS, re.compile(rf"^peers-(?P<window>[0-9]+)-v(?P<version>{_VERSION})\.json$")),
     (KeyKind.START_WINDOW, re.compile(rf"^start_window-v(?P<version>{_VERSION})\.json$")),
+    (
+        KeyKind.DEBUG,
+        re.compile(rf"^debug-(?P<window>[0-9]+)-(?P<uid>[0-9]+)-v(?P<version>{_VERSION})\.json$"),
+    ),
     (
         KeyKind.CHECKPOINT,
         re.compile(

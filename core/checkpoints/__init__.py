@@ -1,0 +1,61 @@
+"""Checkpoints: save, load with verification and fallback, the newest across buckets, catch-up.
+
+    tree.py      nested state <-> JSON tree + tensors (faithful, no pickle)
+    shards.py    streaming safetensors files, hashed while written and read
+    manifest.py  the manifest (written last) and the advisory latest pointer
+    state.py     CheckpointState (model, optimizer, scheduler, momentum, others), CheckpointMeta
+    settings.py  CheckpointSettings, checkpoint_due
+    save.py      Checkpointer (snapshot, then upload), BackgroundSaver
+    load.py      listing, verification, fallback; load_checkpoint
+    latest.py    the newest checkpoint across local and validators' buckets
+    catchup.py   replaying aggregated windows after a checkpoint
+
+See docs/checkpoints.md.
+"""
+
+from core.checkpoints.catchup import CatchUp, CatchUpStatus, aggregator_updates, catch_up
+from core.checkpoints.latest import Latest, Source, get_latest, load_latest, validator_sources
+from core.checkpoints.load import (
+    Candidate,
+    Loaded,
+    NoCheckpoint,
+    Skipped,
+    VersionRefused,
+    complete_manifests,
+    list_candidates,
+    load_checkpoint,
+)
+from core.checkpoints.manifest import Manifest, ManifestError, pointer_key
+from core.checkpoints.save import BackgroundSaver, Checkpointer, Upload
+from core.checkpoints.settings import CheckpointSettings, checkpoint_due
+from core.checkpoints.state import CheckpointMeta, CheckpointState
+
+__all__ = [
+    "BackgroundSaver",
+    "Candidate",
+    "CatchUp",
+    "CatchUpStatus",
+    "CheckpointMeta",
+    "CheckpointSettings",
+    "CheckpointState",
+    "Checkpointer",
+    "Latest",
+    "Loaded",
+    "Manifest",
+    "ManifestError",
+    "NoCheckpoint",
+    "Skipped",
+    "Source",
+    "Upload",
+    "VersionRefused",
+    "aggregator_updates",
+    "catch_up",
+    "checkpoint_due",
+    "complete_manifests",
+    "get_latest",
+    "list_candidates",
+    "load_checkpoint",
+    "load_latest",
+    "pointer_key",
+    "validator_sources",
+]

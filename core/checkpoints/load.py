@@ -1,0 +1,312 @@
+"""Finding and loading checkpoints: verify everything, fall back to older ones, never unpickle.
+
+A candidate is tried in full: manifest (bounded, strictly parsed), every listed file present
+with its size, sizes within the configured bounds (checked before any download), each file's
+sha256, each shard's safetensors header, and the JSON trees that tie tensors to the state
+structure. Any defect skips the candidate with a reason and the next older one is tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from core import keys
+from core.checkpoints.manifest import Manifest, ManifestError
+from core.checkpoints.settings import CheckpointSettings
+from core.checkpoints.shards import ShardError, read_shard
+from core.checkpoints.state import CheckpointState
+from core.checkpoints.tree import TreeError, join
+from ports import ObjectMeta, ObjectStore, StorageError
+from ports.scratch import Scratch
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Candidate",
+    "Loaded",
+    "NoCheckpoint",
+    "Skipped",
+    "VersionRefused",
+    "complete_manifests",
+    "list_candidates",
+    "load_candidates",
+    "load_checkpoint",
+]
+
+
+class VersionRefused(ValueError):
+    """A checkpoint of another protocol version was asked for without allow_other_version."""
+
+
+class _Corrupt(Exception):
+    pass
+
+
+@attrs.frozen
+class Candidate:
+    """A checkpoint directory seen in a listing: where, which window and uid, its files."""
+
+    source: str
+    store: ObjectStore = attrs.field(repr=False, eq=False)
+    version: str
+    window: int
+    uid: int
+    files: dict[str, int] = attrs.field(repr=False, eq=False)  # name -> size from the listing
+
+
+@attrs.frozen
+class Skipped:
+    source: str
+    window: int
+    uid: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: window {self.window} (uid {self.uid}): {self.reason}"
+
+
+@attrs.frozen
+class Loaded:
+    source: str
+    manifest: Manifest
+    state: CheckpointState
+    skipped: tuple[Skipped, ...] = ()
+    requested_window: int | None = None
+
+    @property
+    def window(self) -> int:
+        return self.manifest.window
+
+    @property
+    def global_step(self) -> int:
+        return self.manifest.global_step
+
+    @property
+    def fell_back(self) -> bool:
+        return bool(self.skipped)
+
+    def describe(self) -> str:
+        text = (
+            f"loaded checkpoint window {self.window} (uid {self.manifest.uid}) from {self.source}"
+        )
+        if self.skipped:
+            text += "; fell back past " + "; ".join(str(s) for s in self.skipped)
+        return text
+
+
+class NoCheckpoint(LookupError):
+    """No candidate could be loaded; `skipped` says why each was refused."""
+
+    def __init__(self, message: str, skipped: Sequence[Skipped] = ()) -> None:
+        reasons = "; ".join(str(s) for s in skipped)
+        super().__init__(message + (f" ({reasons})" if reasons else ""))
+        self.skipped = tuple(skipped)
+
+
+async def list_candidates(
+    store: ObjectStore, version: str, *, source: str = "", uid: int | None = None
+) -> list[Candidate]:
+    """Checkpoint directories with a manifest under `version`, newest window first."""
+    dirs: dict[tuple[int, int], dict[str, int]] = {}
+    meta: ObjectMeta
+    async for meta in store.list(keys.checkpoint_prefix(version)):
+        parsed = keys.parse(meta.key)
+        if parsed is None or parsed.kind is not keys.KeyKind.CHECKPOINT:
+            continue
+        if parsed.version != version or (uid is not None and parsed.uid != uid):
+            continue
+        dirs.setdefault((parsed.window, parsed.uid), {})[parsed.file] = meta.size
+    found = [
+        Candidate(source or store.name, store, version, w, u, files)
+        for (w, u), files in dirs.items()
+        if keys.MANIFEST in files
+    ]
+    found.sort(key=lambda c: (-c.window, c.uid))
+    return found
+
+
+async def _manifest(c: Candidate, settings: CheckpointSettings) -> Manifest:
+    size = c.files[keys.MANIFEST]
+    if size > settings.max_manifest_bytes:
+        raise _Corrupt(f"manifest is {size} bytes, over {settings.max_manifest_bytes}")
+    blob = await c.store.get(
+        keys.checkpoint_manifest(c.window, c.uid, c.version), max_bytes=settings.max_manifest_bytes
+    )
+    try:
+        manifest = Manifest.from_json(blob.data)
+    except ManifestError as exc:
+        raise _Corrupt(f"bad manifest: {exc}") from None
+    if (manifest.version, manifest.window, manifest.uid) != (c.version, c.window, c.uid):
+        raise _Corrupt("manifest names another version, window or uid than its key")
+    if manifest.total_bytes > settings.max_checkpoint_bytes:
+        raise _Corrupt(f"{manifest.total_bytes} bytes, over {settings.max_checkpoint_bytes}")
+    for entry in manifest.files:
+        listed = c.files.get(entry.name)
+        if listed is None:
+            raise _Corrupt(f"missing file {entry.name}")
+        if listed != entry.size:
+            raise _Corrupt(f"{entry.name} is {listed} bytes, the manifest says {entry.size}")
+    for name, section in manifest.sections.items():
+        if manifest.file(section.tree).size > settings.max_tree_bytes:
+            raise _Corrupt(f"{name} tree over {settings.max_tree_bytes} bytes")
+    return manifest
+
+
+async def complete_manifests(
+    candidates: Sequence[Candidate], settings: CheckpointSettings, limit: int = 1
+) -> list[tuple[Candidate, Manifest]]:
+    """Up to `limit` candidates, newest first, whose manifest is sound and whose files are all
+    present with the right sizes (hashes are checked only by a load)."""
+    out = []
+    for c in candidates:
+        if len(out) >= limit:
+            break
+        try:
+            out.append((c, await _manifest(c, settings)))
+        except (_Corrupt, StorageError) as exc:
+            log.info("checkpoint %s/%d-%d incomplete: %s", c.source, c.window, c.uid, exc)
+    return out
+
+
+async def _tree(c: Candidate, manifest: Manifest, name: str) -> Any:
+    entry = manifest.file(name)
+    blob = await c.store.get(manifest.key(name), max_bytes=entry.size)
+    if hashlib.sha256(blob.data).hexdigest() != entry.sha256:
+        raise _Corrupt(f"sha256 mismatch in {name}")
+    try:
+        return json.loads(blob.data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _Corrupt(f"{name} is not JSON: {exc}") from None
+
+
+async def _shard(
+    c: Candidate,
+    manifest: Manifest,
+    name: str,
+    scratch: Scratch,
+    settings: CheckpointSettings,
+    device: torch.device | str,
+    gate: asyncio.Semaphore,
+) -> dict[str, torch.Tensor]:
+    entry = manifest.file(name)
+    async with gate:
+        path = scratch.create(name)
+        try:
+            await c.store.get_file(manifest.key(name), path, max_bytes=entry.size)
+
+            def parse() -> tuple[dict[str, torch.Tensor], str]:
+                with scratch.open_read(path) as fh:
+                    tensors, _meta, sha = read_shard(
+                        fh, size=entry.size, max_header_bytes=settings.max_header_bytes,
+                        device=device,
+                    )  # fmt: skip
+                return tensors, sha
+
+            try:
+                tensors, sha = await asyncio.to_thread(parse)
+            except ShardError as exc:
+                raise _Corrupt(f"{name}: {exc}") from None
+        finally:
+            scratch.remove(path)
+    if sha != entry.sha256:
+        raise _Corrupt(f"sha256 mismatch in {name}")
+    return tensors
+
+
+async def _load_one(
+    c: Candidate, scratch: Scratch, settings: CheckpointSettings, device: torch.device | str
+) -> tuple[Manifest, CheckpointState]:
+    manifest = await _manifest(c, settings)
+    gate = asyncio.Semaphore(settings.download_concurrency)
+    sections = {}
+    for name, section in manifest.sections.items():
+        tree = await _tree(c, manifest, section.tree)
+        tasks = [
+            asyncio.create_task(_shard(c, manifest, s, scratch, settings, device, gate))
+            for s in section.shards
+        ]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        tensors: dict[str, torch.Tensor] = {}
+        for part in parts:
+            if tensors.keys() & part.keys():
+                raise _Corrupt(f"section {name}: a tensor appears in two shards")
+            tensors.update(part)
+        try:
+            sections[name] = join(tree, tensors)
+        except TreeError as exc:
+            raise _Corrupt(f"section {name}: {exc}") from None
+    if "model" not in sections:
+        raise _Corrupt("no model section")
+    return manifest, CheckpointState.from_sections(sections)
+
+
+async def load_candidates(
+    candidates: Sequence[Candidate],
+    scratch: Scratch,
+    settings: CheckpointSettings,
+    *,
+    device: torch.device | str = "cpu",
+    requested_window: int | None = None,
+    skipped: Sequence[Skipped] = (),
+) -> Loaded:
+    """The first of `candidates` (in the given order) that loads and verifies completely."""
+    skipped = list(skipped)
+    for c in candidates[: settings.max_fallbacks + 1]:
+        try:
+            manifest, state = await _load_one(c, scratch, settings, device)
+        except (_Corrupt, StorageError) as exc:
+            skipped.append(Skipped(c.source, c.window, c.uid, str(exc)))
+            log.warning("checkpoint %s unusable, falling back: %s", skipped[-1], exc)
+            continue
+        loaded = Loaded(c.source, manifest, state, tuple(skipped), requested_window)
+        log.log(logging.WARNING if skipped else logging.INFO, "%s", loaded.describe())
+        return loaded
+    raise NoCheckpoint("no loadable checkpoint", skipped)
+
+
+async def load_checkpoint(
+    store: ObjectStore,
+    scratch: Scratch,
+    settings: CheckpointSettings,
+    *,
+    window: int | None = None,
+    uid: int | None = None,
+    device: torch.device | str = "cpu",
+    version: str | None = None,
+    allow_other_version: bool = False,
+) -> Loaded:
+    """Load the checkpoint of `window` (None: the newest) from `store`, falling back to the
+    newest older complete one when it is missing or corrupt (`Loaded.skipped` says why).
+
+    Raises `NoCheckpoint` when nothing loads, `VersionRefused` for another protocol version
+    unless `allow_other_version`.
+    """
+    version = version or settings.version
+    if version != settings.version and not allow_other_version:
+        raise VersionRefused(
+            f"checkpoint version {version!r} differs from ours ({settings.version!r}); "
+            "pass allow_other_version=True to load it anyway"
+        )
+    candidates = await list_candidates(store, version, uid=uid)
+    skipped: list[Skipped] = []
+    if window is not None:
+        if not any(c.window == window for c in candidates):
+            skipped.append(Skipped(store.name, window, uid or 0, "no manifest for this window"))
+        candidates = [c for c in candidates if c.window <= window]
+    return await load_candidates(
+        candidates, scratch, settings, device=device, requested_window=window, skipped=skipped
+    )

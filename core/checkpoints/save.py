@@ -1,0 +1,227 @@
+"""Saving: files first, then the manifest, then the latest pointer.
+
+Order is the crash-safety argument (docs/checkpoints.md): until the manifest is written the
+new checkpoint does not exist for any reader, so a crash or failed upload at any point leaves
+the previous checkpoint the newest complete one. Re-saving a window that already has a
+manifest deletes that manifest first, so its files are never replaced under a reader's feet.
+
+Saving is two phases. `snapshot` serialises every tensor into scratch files (a worker thread,
+one tensor at a time, no second copy in RAM); once it returns the caller may change the model
+again. `Upload.publish` sends the files (already started during the snapshot), then the
+manifest and the pointer. `BackgroundSaver` runs the second phase as a task so the training
+loop only waits for the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+
+from core import keys
+from core.checkpoints.manifest import (
+    FileEntry,
+    Manifest,
+    ManifestError,
+    Section,
+    parse_pointer,
+    pointer_json,
+    pointer_key,
+)
+from core.checkpoints.settings import CheckpointSettings
+from core.checkpoints.shards import Written, plan_shards, write_shard
+from core.checkpoints.state import CheckpointMeta, CheckpointState
+from core.checkpoints.tree import split
+from ports import Clock, NotFound, ObjectStore, StorageError
+from ports.scratch import Scratch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BackgroundSaver", "Checkpointer", "Upload"]
+
+
+class Upload:
+    """The second phase of one save: uploads in flight, then manifest and pointer."""
+
+    def __init__(self, saver: Checkpointer, meta: CheckpointMeta) -> None:
+        self._saver = saver
+        self._meta = meta
+        self._gate = asyncio.Semaphore(saver.settings.upload_concurrency)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._paths: list[str] = []
+        self.files: list[FileEntry] = []
+        self.sections: dict[str, Section] = {}
+
+    def _key(self, name: str) -> str:
+        s = self._saver
+        return keys.checkpoint_file(self._meta.window, self._meta.uid, s.settings.version, name)
+
+    def add_file(self, name: str, path: str, written: Written) -> None:
+        self._paths.append(path)
+        self.files.append(FileEntry(name, written.size, written.sha256))
+        self._tasks.append(asyncio.create_task(self._send(self._saver.store.put_file, name, path)))
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self.files.append(FileEntry(name, len(data), hashlib.sha256(data).hexdigest()))
+        self._tasks.append(asyncio.create_task(self._send(self._saver.store.put, name, data)))
+
+    async def _send(self, put: Callable, name: str, body: object) -> None:
+        async with self._gate:
+            await put(self._key(name), body)
+
+    def _cleanup(self) -> None:
+        for path in self._paths:
+            self._saver.scratch.remove(path)
+        self._paths.clear()
+
+    async def abort(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._cleanup()
+
+    async def publish(self) -> Manifest:
+        """Wait for the files, then write the manifest and advance the pointer.
+
+        Raises the first upload error; no manifest is written then, so the checkpoint stays
+        invisible and the previous one remains the newest complete checkpoint.
+        """
+        s, meta = self._saver, self._meta
+        try:
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            self._cleanup()
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        manifest = Manifest(
+            version=s.settings.version,
+            window=meta.window,
+            uid=meta.uid,
+            global_step=meta.global_step,
+            hotkey=meta.hotkey,
+            created_at=s.clock.now(),
+            sections=self.sections,
+            files=self.files,
+            extra=meta.extra,
+        )
+        body = manifest.to_json()
+        await s.store.put(keys.checkpoint_manifest(meta.window, meta.uid, s.settings.version), body)
+        await s.advance_pointer(manifest, hashlib.sha256(body).hexdigest())
+        log.info(
+            "checkpoint saved: window %d, step %d, %d files, %d bytes",
+            meta.window,
+            meta.global_step,
+            len(self.files),
+            manifest.total_bytes,
+        )
+        return manifest
+
+
+class Checkpointer:
+    """Saves checkpoints of one neuron into one store (its own bucket, or a local store)."""
+
+    def __init__(
+        self, store: ObjectStore, scratch: Scratch, clock: Clock, settings: CheckpointSettings
+    ) -> None:
+        self.store = store
+        self.scratch = scratch
+        self.clock = clock
+        self.settings = settings
+
+    async def save(self, state: CheckpointState, meta: CheckpointMeta) -> Manifest:
+        """Snapshot and upload; returns once the checkpoint is complete in the store."""
+        upload = await self.snapshot(state, meta)
+        return await upload.publish()
+
+    async def snapshot(self, state: CheckpointState, meta: CheckpointMeta) -> Upload:
+        """Phase one: every section serialised to scratch files, uploads started.
+
+        The tensors in `state` must not change until this returns (do not step the optimizer
+        concurrently); afterwards they may. Call `publish()` on the result to finish.
+        """
+        json.dumps(dict(meta.extra), allow_nan=False)  # refuse unstorable metadata up front
+        version = self.settings.version
+        manifest_key = keys.checkpoint_manifest(meta.window, meta.uid, version)
+        if await self.store.head(manifest_key) is not None:
+            await self.store.delete([manifest_key])
+        upload = Upload(self, meta)
+        try:
+            for section, value in state.sections().items():
+                tree, tensors = split(value, section)
+                shards = []
+                for i, names in enumerate(plan_shards(tensors, self.settings.shard_bytes)):
+                    name = f"{section}-{i:05d}.safetensors"
+                    path = self.scratch.create(name)
+                    part = {n: tensors[n] for n in names}
+                    written = await asyncio.to_thread(self._write, path, part, section)
+                    upload.add_file(name, path, written)
+                    shards.append(name)
+                tree_name = f"{section}.json"
+                upload.add_bytes(tree_name, json.dumps(tree, separators=(",", ":")).encode())
+                upload.sections[section] = Section(tree_name, shards)
+        except BaseException:
+            await upload.abort()
+            raise
+        return upload
+
+    def _write(self, path: str, tensors: dict, section: str) -> Written:
+        meta = {"schema": "templar-comms.checkpoint-shard", "section": section}
+        with self.scratch.open_write(path) as fh:
+            return write_shard(fh, tensors, meta)
+
+    async def advance_pointer(self, manifest: Manifest, manifest_sha256: str) -> None:
+        """Point `latest.json` at `manifest` unless it already names a newer window."""
+        key = pointer_key(manifest.version)
+        with contextlib.suppress(NotFound):
+            try:
+                current, _ = parse_pointer((await self.store.get(key, max_bytes=4096)).data)
+            except (ManifestError, StorageError):
+                current = -1
+            if current > manifest.window:
+                return
+        await self.store.put(key, pointer_json(manifest, manifest_sha256))
+
+
+class BackgroundSaver:
+    """Saves without holding up the training loop: `await start(...)` returns after the
+    snapshot; the upload continues as a task. One save at a time: `start` while the previous
+    upload still runs skips this checkpoint (returns False) rather than stall training."""
+
+    def __init__(self, checkpointer: Checkpointer) -> None:
+        self._checkpointer = checkpointer
+        self._task: asyncio.Task[Manifest] | None = None
+        self.last: Manifest | None = None
+        self.last_error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self, state: CheckpointState, meta: CheckpointMeta) -> bool:
+        if self.busy:
+            log.warning("checkpoint for window %d skipped: the previous upload runs", meta.window)
+            return False
+        await self._collect()
+        upload = await self._checkpointer.snapshot(state, meta)
+        self._task = asyncio.create_task(upload.publish())
+        return True
+
+    async def _collect(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        try:
+            self.last = await task
+            self.last_error = None
+        except Exception as exc:  # reported, not raised: the training loop goes on
+            self.last_error = exc
+            log.error("checkpoint upload failed: %s", exc)
+
+    async def wait(self) -> Manifest | None:
+        """Wait for the upload in flight; the last saved manifest (None if it failed)."""
+        await self._collect()
+        return None if self.last_error else self.last

@@ -1,0 +1,139 @@
+"""The janitor: removes stale objects from our own buckets, local and remote.
+
+Rules (docs/checkpoints.md, "Retention"):
+
+- a per-window object of a pruned kind (gradients and debug dicts by default) is stale when
+  its window is older than `current_window - stale_retention`;
+- per protocol version, the newest `keep_checkpoints` complete checkpoints are always kept;
+  any other checkpoint directory (complete or not) goes once it is older than the cutoff, so
+  a save in progress (always near the current window) is never touched;
+- only names `core.keys.parse` recognises are ever deleted: the latest pointer and anything
+  another tool wrote stay;
+- at most `max_deletes` keys per call, oldest first; a checkpoint's manifest is deleted in an
+  earlier request than its files, so a half-deleted checkpoint is never complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import attrs
+from attrs.validators import ge, gt
+
+from core import keys
+from core.checkpoints.load import Candidate, complete_manifests
+from core.checkpoints.settings import CheckpointSettings
+from core.keys import KeyKind
+from ports import ObjectStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RetentionPolicy", "Sweep", "sweep", "sweep_all"]
+
+
+@attrs.frozen(kw_only=True)
+class RetentionPolicy:
+    stale_retention: int = attrs.field(default=10, validator=ge(0))
+    keep_checkpoints: int = attrs.field(default=3, validator=gt(0))
+    max_deletes: int = attrs.field(default=1000, validator=gt(0))
+    # Aggregator objects are left alone by default: catch-up replays them, so they must outlive
+    # checkpoint_frequency + sync_max_steps_behind windows.
+    kinds: frozenset[KeyKind] = attrs.field(
+        default=frozenset({KeyKind.GRADIENT, KeyKind.DEBUG}), converter=frozenset
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if KeyKind.CHECKPOINT in self.kinds or KeyKind.START_WINDOW in self.kinds:
+            raise ValueError("checkpoints follow their own rule; start_window is never stale")
+
+
+@attrs.frozen
+class Sweep:
+    store: str
+    deleted: tuple[str, ...]
+    kept_checkpoints: tuple[tuple[str, int, int], ...]  # (version, window, uid)
+    more: bool  # stopped at max_deletes: call again
+
+    @property
+    def count(self) -> int:
+        return len(self.deleted)
+
+
+async def sweep(
+    store: ObjectStore,
+    current_window: int,
+    policy: RetentionPolicy,
+    *,
+    settings: CheckpointSettings | None = None,
+) -> Sweep:
+    """Delete what `policy` says is stale from `store` (at most `policy.max_deletes` keys)."""
+    cutoff = current_window - policy.stale_retention
+    stale: list[tuple[int, str]] = []
+    dirs: dict[tuple[str, int, int], dict[str, int]] = {}
+    async for meta in store.list(""):
+        parsed = keys.parse(meta.key)
+        if parsed is None:
+            continue
+        if parsed.kind is KeyKind.CHECKPOINT:
+            dirs.setdefault((parsed.version, parsed.window, parsed.uid), {})[parsed.file] = (
+                meta.size
+            )
+        elif parsed.kind in policy.kinds and parsed.window is not None and parsed.window < cutoff:
+            stale.append((parsed.window, meta.key))
+
+    kept: set[tuple[str, int, int]] = set()
+    for version in sorted({v for v, _, _ in dirs}):
+        candidates = [
+            Candidate(store.name, store, v, w, u, files)
+            for (v, w, u), files in dirs.items()
+            if v == version and keys.MANIFEST in files
+        ]
+        candidates.sort(key=lambda c: (-c.window, c.uid))
+        bounds = settings or CheckpointSettings(version=version)
+        complete = await complete_manifests(candidates, bounds, limit=policy.keep_checkpoints)
+        kept.update((c.version, c.window, c.uid) for c, _ in complete)
+
+    doomed_dirs = sorted((w, v, u) for (v, w, u) in dirs if (v, w, u) not in kept and w < cutoff)
+    manifests, files = [], []
+    budget = policy.max_deletes
+    plan = sorted(
+        [(w, 0, key) for w, key in stale]
+        + [(w, 1, (v, w, u)) for w, v, u in doomed_dirs],
+        key=lambda item: (item[0], item[1]),
+    )  # fmt: skip
+    more = False
+    for _window, what, item in plan:
+        if budget <= 0:
+            more = True
+            break
+        if what == 0:
+            files.append(item)
+            budget -= 1
+            continue
+        v, w, u = item
+        names = sorted(dirs[(v, w, u)], key=lambda n: n != keys.MANIFEST)
+        for name in names[:budget]:
+            key = keys.checkpoint_file(w, u, v, name)
+            (manifests if name == keys.MANIFEST else files).append(key)
+        more = more or len(names) > budget
+        budget -= min(budget, len(names))
+    if manifests:
+        await store.delete(manifests)
+    if files:
+        await store.delete(files)
+    deleted = tuple(manifests + files)
+    if deleted:
+        log.info("janitor: deleted %d stale objects from %s", len(deleted), store.name)
+    return Sweep(store.name, deleted, tuple(sorted(kept)), more or budget < 0)
+
+
+async def sweep_all(
+    stores: Sequence[ObjectStore] | Iterable[ObjectStore],
+    current_window: int,
+    policy: RetentionPolicy,
+    *,
+    settings: CheckpointSettings | None = None,
+) -> list[Sweep]:
+    """`sweep` each of our stores (the local one and our remote bucket)."""
+    return [await sweep(s, current_window, policy, settings=settings) for s in stores]
