@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from bench.common import machine, stats
 from core import codec
 from core.compression import (
     Compressor,
@@ -71,10 +69,6 @@ def _timed(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> 
     return times
 
 
-def _stats(times: list[float]) -> dict[str, float]:
-    return {"min_s": min(times), "median_s": statistics.median(times), "runs": len(times)}
-
-
 def measure(
     name: str, compressor: Compressor, grads, device: str, repeats: int, sync
 ) -> dict[str, object]:
@@ -107,10 +101,10 @@ def measure(
     return {
         "name": name,
         "spec": dict(compressor.spec),
-        "encode": _stats(enc),
-        "decode": _stats(dec),
-        "encode_plus_decode": _stats(total),
-        "decode_into_aggregate": _stats(acc),
+        "encode": stats(enc),
+        "decode": stats(dec),
+        "encode_plus_decode": stats(total),
+        "decode_into_aggregate": stats(acc),
         "payload_bytes": len(data),
         "tensor_bytes": payload.compressed.nbytes(),
         "estimate_bytes": compressor.estimate_bytes(shapes),
@@ -156,15 +150,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict[str, object]:
         "benchmark": "compression",
         "model_params": n_params,
         "dense_float32_bytes": 4 * n_params,
-        "machine": {
-            "device": device,
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
-            "cuda": torch.cuda.get_device_name() if device.startswith("cuda") else None,
-        },
+        "machine": machine(device),
         "quick": quick,
         "goals": {
             "encode_plus_decode_median_s": GOAL_SECONDS,

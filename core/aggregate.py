@@ -4,7 +4,7 @@ Each peer's gradient is weighted per parameter before it is added, so one peer w
 gradient cannot dominate the mean:
 
 - `UNIT`: every parameter of every peer is scaled to unit L2 norm (Templar's original rule).
-  Folds each peer as it arrives: memory is the dense accumulator, whatever the peer count.
+  Folds each peer as it arrives: memory is one model-sized sum, whatever the peer count.
 - `MEDIAN_CLIP`: a parameter is scaled down to the median norm of that parameter across the
   gathered peers when larger, and left alone when smaller. The median needs every peer's
   norm first, so the compressed payloads (not dense tensors) are held until `finish`:
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 import torch
 
-from core.compression import Compressed, Compressor, Shape, fold
+from core.compression import Compressed, Compressor, Shape, make_sum
 
 _TINY = 1e-12
 
@@ -41,6 +41,10 @@ def _ones(norms: dict[str, float]) -> dict[str, float]:
     return dict.fromkeys(norms, 1.0)
 
 
+def _zeros(norms: dict[str, float]) -> dict[str, float]:
+    return dict.fromkeys(norms, 0.0)
+
+
 class Aggregator:
     """Accumulates peers' compressed gradients into one dense mean per parameter."""
 
@@ -52,38 +56,37 @@ class Aggregator:
         device: torch.device | str = "cpu",
         normalisation: Normalisation = Normalisation.UNIT,
     ) -> None:
-        self._compressor = compressor
         self._mode = normalisation
-        self._sum = {
-            name: torch.zeros(tuple(shape), dtype=torch.float32, device=device)
-            for name, shape in shapes.items()
-        }
+        self._sum = make_sum(compressor, shapes, device)
         self._held: list[tuple[Compressed, dict[str, float]]] = []
         self.count = 0
-        self.norms: list[dict[str, float]] = []
 
-    def add(self, compressed: Compressed) -> dict[str, float]:
-        """Fold one peer in; returns its per-parameter norms (before normalisation)."""
+    def prepare(self, compressed: Compressed) -> object:
+        """The part of `add` that may run in parallel threads, ahead of the serial part."""
+        return self._sum.prepare(compressed)
+
+    def add(self, compressed: Compressed, prepared: object | None = None) -> dict[str, float]:
+        """Fold one peer in (from `prepare`'s result when given); returns its norms."""
+        if prepared is None:
+            prepared = self._sum.prepare(compressed)
         if self._mode is Normalisation.MEDIAN_CLIP:
-            norms = self._measure(compressed)
+            norms = getattr(prepared, "norms", None)
+            if norms is None:  # weight 0 adds nothing: the sum just measures the norms
+                norms = self._sum.commit(prepared, _zeros)
             self._held.append((compressed, norms))
         else:
             weigh = _unit if self._mode is Normalisation.UNIT else _ones
-            norms = fold(self._compressor, compressed, self._sum, weigh)
+            norms = self._sum.commit(prepared, weigh)
         self.count += 1
-        self.norms.append(norms)
         return norms
-
-    def _measure(self, compressed: Compressed) -> dict[str, float]:
-        # Weight 0 adds nothing: this is the cheap way to get the compressor's norms.
-        return fold(self._compressor, compressed, self._sum, lambda n: dict.fromkeys(n, 0.0))
 
     def finish(self) -> dict[str, torch.Tensor] | None:
         """The mean of the normalised gradients, or None when nothing was added."""
         if self.count == 0:
             return None
-        if self._mode is Normalisation.MEDIAN_CLIP:
-            median = {name: statistics.median(n[name] for _, n in self._held) for name in self._sum}
+        if self._held:
+            names = self._held[0][1]
+            median = {name: statistics.median(n[name] for _, n in self._held) for name in names}
 
             def clip(norms: dict[str, float]) -> dict[str, float]:
                 return {
@@ -92,9 +95,6 @@ class Aggregator:
                 }
 
             for compressed, _ in self._held:
-                fold(self._compressor, compressed, self._sum, clip)
+                self._sum.fold(compressed, clip)
             self._held.clear()
-        scale = 1.0 / self.count
-        for tensor in self._sum.values():
-            tensor.mul_(scale)
-        return self._sum
+        return self._sum.result(1.0 / self.count)

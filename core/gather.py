@@ -112,20 +112,28 @@ async def gather(
     signatures: dict[int, torch.Tensor] = {}
     folding = asyncio.Lock()
 
-    def fold(uid: int, payload: Payload) -> None:
-        norms[uid] = aggregator.add(payload.compressed)
+    decoder = PeerDecoder(expected, window, hotkeys, verifier)
+
+    def decode(uid: int, data: bytes) -> tuple[Payload, object]:
+        # Runs in a worker thread, several peers at a time: validate and prepare the fold
+        # here, so the serial part (adding into the shared sum) stays short.
+        payload = decoder(uid, data)
+        return payload, aggregator.prepare(payload.compressed)
+
+    def fold(uid: int, payload: Payload, prepared: object) -> None:
+        norms[uid] = aggregator.add(payload.compressed, prepared)
         if settings.duplicate_threshold is not None:
             signatures[uid] = duplicates.signature(expected.codec, payload.compressed)
 
-    async def on_ok(fetched: Fetched[Payload]) -> None:
-        payload = fetched.payload
-        assert payload is not None and fetched.uid is not None
-        # One fold at a time (the accumulator is shared), off the event loop when allowed.
+    async def on_ok(fetched: Fetched[tuple[Payload, object]]) -> None:
+        assert fetched.payload is not None and fetched.uid is not None
+        payload, prepared = fetched.payload
+        # One fold at a time (the sum is shared), off the event loop when allowed.
         async with folding:
             if exchange.settings.decode_in_thread:
-                await asyncio.to_thread(fold, fetched.uid, payload)
+                await asyncio.to_thread(fold, fetched.uid, payload, prepared)
             else:
-                fold(fetched.uid, payload)
+                fold(fetched.uid, payload, prepared)
         global_steps[fetched.uid] = payload.meta.global_step
 
     fetch = settings.fetch
@@ -136,7 +144,7 @@ async def gather(
         buckets,
         uids,
         window,
-        PeerDecoder(expected, window, hotkeys, verifier),
+        decode,
         on_ok,
         reserve_uids=reserve_uids,
         time_window=time_window,

@@ -14,10 +14,10 @@ from core.compression.base import (
     Spec,
     TensorSpec,
     accumulate,
-    fold,
 )
 from core.compression.dense import DenseCompressor
 from core.compression.feedback import FeedbackStep, compress_with_feedback
+from core.compression.summing import ChunkSum, DenseSum, make_sum
 from core.compression.topk import TopKCompressor, TopKParams
 
 
@@ -34,9 +34,11 @@ def topk_only_compressor(target_chunk: int = 64, topk: int = 64, use_dct: bool =
 
 
 __all__ = [
+    "ChunkSum",
     "Compressed",
     "Compressor",
     "DenseCompressor",
+    "DenseSum",
     "FeedbackStep",
     "Shape",
     "Spec",
@@ -46,6 +48,6 @@ __all__ = [
     "accumulate",
     "compress_with_feedback",
     "default_compressor",
-    "fold",
+    "make_sum",
     "topk_only_compressor",
 ]

@@ -10,7 +10,7 @@ these six members; the codec and gather do not change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -110,40 +110,3 @@ def accumulate(
     device = next(iter(into.values())).device
     for name, t in compressor.decode(compressed, device=device).items():
         into[name].add_(t.to(into[name].dtype), alpha=weight)
-
-
-Weigh = Callable[[dict[str, float]], Mapping[str, float]]
-
-
-@torch.no_grad()
-def fold_dense(
-    compressor: Compressor,
-    compressed: Compressed,
-    into: Mapping[str, torch.Tensor],
-    weigh: Weigh,
-) -> dict[str, float]:
-    """`fold` by decoding to dense tensors: right for any compressor, O(model) per peer."""
-    device = next(iter(into.values())).device
-    dense = compressor.decode(compressed, device=device)
-    norms = {name: float(t.double().norm()) for name, t in dense.items()}
-    weights = weigh(norms)
-    for name, t in dense.items():
-        into[name].add_(t.to(into[name].dtype), alpha=float(weights[name]))
-    return norms
-
-
-def fold(
-    compressor: Compressor,
-    compressed: Compressed,
-    into: Mapping[str, torch.Tensor],
-    weigh: Weigh,
-) -> dict[str, float]:
-    """into[name] += w[name] * decoded[name] with w = weigh(per-parameter L2 norms).
-
-    This is how gather normalises and aggregates a peer in one pass. Compressors may provide
-    a faster `fold` of their own (the top-k one works on the kept entries only).
-    """
-    own = getattr(compressor, "fold", None)
-    if own is not None:
-        return own(compressed, into, weigh)
-    return fold_dense(compressor, compressed, into, weigh)

@@ -17,15 +17,17 @@ Wire tensors (k-entry stream = all parameters in name order, each chunk's k entr
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import attrs
+import numpy as np
 import torch
 
 from core.compression import dct, packing
-from core.compression.base import Compressed, Shape, Spec, TensorSpec, fold_dense
+from core.compression.base import Compressed, Shape, Spec, TensorSpec
 from core.compression.chunking import Plan, PlanCache
 from core.compression.quantize import dequantize, quantize
+from core.compression.summing import ChunkSum
 from core.invalid import InvalidPayload
 
 INDEX_BITS = 12
@@ -246,40 +248,9 @@ class TopKCompressor:
             flat = plan.flat_index(m, local[sl].view(m.n_chunks, m.k)).reshape(-1)
             target.view(-1).index_add_(0, flat, vals[sl].to(target.dtype))
 
-    @torch.no_grad()
-    def fold(
-        self,
-        compressed: Compressed,
-        into: Mapping[str, torch.Tensor],
-        weigh: Callable[[dict[str, float]], Mapping[str, float]],
-    ) -> dict[str, float]:
-        """into[name] += w[name] * decode(compressed)[name], w = weigh(per-parameter L2 norms).
-
-        The norms come from the kept values alone (a top-k gradient is zero elsewhere), so
-        normalising a peer costs O(payload) like `accumulate`. Returns the norms.
-        """
-        if self.params.use_dct:
-            return fold_dense(self, compressed, into, weigh)
-        plan = self._plans.get(compressed.shapes)
-        device = next(iter(into.values())).device
-        local, vals = self._entries(plan, compressed.tensors, device)
-        ids = plan.param_ids(device)
-        squares = torch.zeros(len(plan.params), dtype=torch.float64, device=device)
-        squares.index_add_(0, ids, vals.double().square())
-        norms = dict(zip((m.name for m in plan.params), squares.sqrt().tolist(), strict=True))
-        weights = weigh(norms)
-        per_param = torch.tensor(
-            [float(weights[m.name]) for m in plan.params], dtype=vals.dtype, device=device
-        )
-        vals = vals * per_param[ids]
-        for m in plan.params:
-            target = into[m.name]
-            if tuple(target.shape) != m.shape or not target.is_contiguous():
-                raise ValueError(f"{m.name}: accumulator must be contiguous of shape {m.shape}")
-            sl = slice(m.offset, m.offset + m.n_entries)
-            flat = plan.flat_index(m, local[sl].view(m.n_chunks, m.k)).reshape(-1)
-            target.view(-1).index_add_(0, flat, vals[sl].to(target.dtype))
-        return norms
+    def chunk_sum(self, shapes: Mapping[str, Shape], device: torch.device | str = "cpu"):
+        """A running sum of payloads for these parameter shapes (see core.compression.summing)."""
+        return ChunkSum(self, self._plans.get(sorted(shapes.items())), device)
 
     @torch.no_grad()
     def positions(self, compressed: Compressed) -> torch.Tensor:
@@ -343,11 +314,8 @@ class TopKCompressor:
                 "index_out_of_range", f"{name}: index {int(local[first])} beyond its chunk"
             )
         for offset, n_rows, k in plan.runs:
-            if k > 1:
-                rows = local[offset : offset + n_rows * k].view(n_rows, k)
-                ordered = rows.sort(dim=1).values
-                if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
-                    raise InvalidPayload("duplicate_index", "an index repeats within a chunk")
+            if k > 1 and _has_repeats(local[offset : offset + n_rows * k].view(n_rows, k)):
+                raise InvalidPayload("duplicate_index", "an index repeats within a chunk")
         if p.quantized:
             if p.quantization_bins != 1 << p.value_bits:
                 codes = packing.unpack(t["val"], e, p.value_bits)
@@ -358,6 +326,17 @@ class TopKCompressor:
                     raise InvalidPayload("non_finite", f"{name} holds NaN or inf")
         elif not bool(torch.isfinite(t["val"]).all()):
             raise InvalidPayload("non_finite", "val holds NaN or inf")
+
+
+def _has_repeats(rows: torch.Tensor) -> bool:
+    """Whether any row holds a value twice (indices are below 4096, so int16 holds them)."""
+    if rows.device.type == "cpu":
+        # numpy's vectorised small-row sort is ~30x faster than torch's here (0.3 ms
+        # against 8.7 ms for 6,280 rows of 64), and this check runs for every peer.
+        ordered = np.sort(rows.to(torch.int16).numpy(), axis=1)
+        return bool((ordered[:, 1:] == ordered[:, :-1]).any())
+    ordered = rows.sort(dim=1).values
+    return bool((ordered[:, 1:] == ordered[:, :-1]).any())
 
 
 def _numel(shape: Shape) -> int:

@@ -1,0 +1,162 @@
+"""Running sums of many peers' gradients, for gather.
+
+`DenseSum` works for any compressor: decode each peer to dense tensors and add them.
+`ChunkSum` is the top-k compressor's fast path: the sum lives in the chunk domain (each
+parameter as rows of chunks, under DCT as coefficients), so a peer is one `index_add_` of
+its kept entries, and the parameter layout (and the inverse DCT) is computed once, at the
+end, instead of once per peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import attrs
+import torch
+
+from core.compression import dct, packing
+from core.compression.base import Compressed, Compressor, Shape
+
+INDEX_BITS = 12  # as core.compression.topk (which imports this module)
+
+Weigh = Callable[[dict[str, float]], Mapping[str, float]]
+
+
+class DenseSum:
+    def __init__(
+        self, compressor: Compressor, shapes: Mapping[str, Shape], device: torch.device | str
+    ) -> None:
+        self._compressor = compressor
+        self._device = torch.device(device)
+        self._sum = {n: torch.zeros(tuple(s), device=self._device) for n, s in shapes.items()}
+
+    def prepare(self, compressed: Compressed) -> Compressed:
+        # Decoding here would hold a dense model per waiting peer: keep the compressed form.
+        return compressed
+
+    def commit(self, prepared: Compressed, weigh: Weigh) -> dict[str, float]:
+        return self.fold(prepared, weigh)
+
+    @torch.no_grad()
+    def fold(self, compressed: Compressed, weigh: Weigh) -> dict[str, float]:
+        dense = self._compressor.decode(compressed, device=self._device)
+        norms = {name: float(t.double().norm()) for name, t in dense.items()}
+        weights = weigh(norms)
+        for name, t in dense.items():
+            self._sum[name].add_(t.to(torch.float32), alpha=float(weights[name]))
+        return norms
+
+    def result(self, scale: float = 1.0) -> dict[str, torch.Tensor]:
+        for t in self._sum.values():
+            t.mul_(scale)
+        return self._sum
+
+
+@attrs.frozen(eq=False)
+class Prepared:
+    """A peer ready to be added: its norms, chunk-domain positions and values (or codes and
+    the per-parameter value table when quantised)."""
+
+    norms: dict[str, float]
+    index: torch.Tensor
+    values: torch.Tensor
+    table: torch.Tensor | None
+
+
+class ChunkSum:
+    """The sum of top-k payloads of one model, kept in the chunk domain."""
+
+    def __init__(self, compressor, plan, device: torch.device | str) -> None:
+        self._compressor = compressor
+        self._plan = plan
+        self._device = torch.device(device)
+        self._buf = torch.zeros(sum(m.numel for m in plan.params), device=self._device)
+        self._starts = {}
+        start = 0
+        for m in plan.params:
+            self._starts[m.name] = start
+            start += m.numel
+        self._rows = plan._cached(self._device, "chunk_rows", self._make_rows)
+
+    def _make_rows(self, device: torch.device) -> torch.Tensor:
+        parts = []
+        for m in self._plan.params:
+            chunk = torch.arange(m.n_chunks, dtype=torch.int64).repeat_interleave(m.k)
+            parts.append(self._starts[m.name] + chunk * m.chunk_size)
+        return torch.cat(parts).to(device)
+
+    @torch.no_grad()
+    def prepare(self, compressed: Compressed) -> Prepared:
+        """Everything of a peer's fold that does not touch the sum (safe to run in parallel)."""
+        plan, t, dev = self._plan, compressed.tensors, self._device
+        p = self._compressor.params
+        entries = plan.total_entries
+        local = packing.unpack(t["idx"].to(dev), entries, INDEX_BITS)
+        # int32 positions: the whole model is < 2**31 entries, and half the memory while a
+        # prepared peer waits for its turn to be added.
+        index = (self._rows + local).to(torch.int32)
+        ids = plan.param_ids(dev)
+        if p.quantized:
+            # A quantised value is table[param, code]: its norms follow from how often each
+            # code occurs in each parameter, with no per-entry float work.
+            bins = p.quantization_bins
+            codes = packing.unpack(t["val"].to(dev), entries, p.value_bits)
+            table = t["lookup"].to(dev, torch.float64) + t["shift"].to(dev, torch.float64)[:, None]
+            counts = torch.bincount(ids * bins + codes, minlength=table.numel()).view_as(table)
+            squares = (counts * table.square()).sum(1)
+            return Prepared(self._names(squares.sqrt()), index, codes.to(torch.uint8), table)
+        vals = t["val"].to(dev, torch.float32)
+        squares = torch.bincount(ids, weights=vals.square(), minlength=len(plan.params))
+        return Prepared(self._names(squares.sqrt()), index, vals, None)
+
+    @torch.no_grad()
+    def commit(self, prepared: Prepared, weigh: Weigh) -> dict[str, float]:
+        """Add a prepared peer with per-parameter weights `weigh(norms)`; returns the norms."""
+        plan, dev = self._plan, self._device
+        weights = weigh(prepared.norms)
+        per_param = torch.tensor([float(weights[m.name]) for m in plan.params], device=dev)
+        ids = plan.param_ids(dev)
+        if prepared.table is not None:
+            bins = prepared.table.shape[1]
+            weighted = (prepared.table * per_param.to(torch.float64)[:, None]).to(torch.float32)
+            values = weighted.reshape(-1)[ids * bins + prepared.values]
+        else:
+            values = prepared.values * per_param[ids]
+        # scatter_add_ beats index_add_ here (measured ~3.4 ms against ~5.5 ms for 400K entries)
+        self._buf.scatter_add_(0, prepared.index.to(torch.int64), values)
+        return prepared.norms
+
+    def fold(self, compressed: Compressed, weigh: Weigh) -> dict[str, float]:
+        return self.commit(self.prepare(compressed), weigh)
+
+    def _names(self, norms: torch.Tensor) -> dict[str, float]:
+        # The DCT is orthonormal, so chunk-domain norms are the parameters' norms.
+        return dict(zip((m.name for m in self._plan.params), norms.tolist(), strict=True))
+
+    @torch.no_grad()
+    def result(self, scale: float = 1.0) -> dict[str, torch.Tensor]:
+        if scale != 1.0:
+            self._buf.mul_(scale)
+        out: dict[str, torch.Tensor] = {}
+        use_dct = self._compressor.params.use_dct
+        for (h, w), members in self._plan.groups.items():
+            for m in members:
+                region = self._buf[self._starts[m.name] : self._starts[m.name] + m.numel]
+                chunks = region.view(*m.grid, h, w)
+                if use_dct:
+                    chunks = dct.inverse(chunks)
+                dense = torch.empty(m.numel, device=self._device)
+                m.chunked_view(dense).copy_(chunks)
+                out[m.name] = dense.view(m.shape)
+        self._buf = torch.zeros(0, device=self._device)  # the sum is handed over, once
+        return {m.name: out[m.name] for m in self._plan.params}
+
+
+def make_sum(
+    compressor: Compressor, shapes: Mapping[str, Shape], device: torch.device | str = "cpu"
+) -> DenseSum | ChunkSum:
+    """The fastest running sum this compressor supports."""
+    own = getattr(compressor, "chunk_sum", None)
+    if own is not None:
+        return own(shapes, device)
+    return DenseSum(compressor, shapes, device)
