@@ -20,7 +20,7 @@ test: lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/templar-comms localnet
+	$(VENV)/bin/templar-comms localnet --faulty garbage
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from importlib import metadata
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+
+from neurons.config import ConfigError, load_hparams, load_settings, parse_assignment
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -13,6 +20,49 @@ app = typer.Typer(
     help="templar-comms: gradients, peers and checkpoints for decentralised training.",
 )
 console = Console()
+err_console = Console(stderr=True)
+
+HParamsFile = Annotated[
+    Path | None, typer.Option("--hparams", help="hparams JSON file (overrides the defaults)")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override one hparam: name=value (repeatable; beats --hparams)"),
+]
+Opt = typer.Option
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+    )
+
+
+def _neuron(
+    role: str,
+    hparams_file: Path | None,
+    assignments: list[str] | None,
+    flags: dict,
+    max_windows: int | None,
+    threads: int | None,
+) -> None:
+    from neurons.runner import run_neuron  # torch loads here, not for `version`
+
+    try:
+        overrides = dict(parse_assignment(a) for a in assignments or [])
+        hparams = load_hparams(hparams_file, overrides)
+        settings = load_settings(os.environ, flags)
+        done = run_neuron(role, hparams, settings, max_windows=max_windows, threads=threads)
+    except ConfigError as exc:
+        err_console.print(f"[red]configuration error[/red] {exc}")
+        raise typer.Exit(2) from None
+    err_console.print(f"{role}: stopped after {done} windows")
+
+
+def _flags(**values) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
 
 
 @app.command()
@@ -21,13 +71,96 @@ def version() -> None:
     console.print(metadata.version("templar-comms"))
 
 
+def _neuron_command(role: str):
+    def command(
+        hparams_file: HParamsFile = None,
+        assignments: SetOption = None,
+        storage: Annotated[str | None, Opt(help="r2 | local | memory")] = None,
+        storage_root: Annotated[str | None, Opt(help="local storage root")] = None,
+        s3_endpoint: Annotated[str | None, Opt(help="S3 endpoint instead of R2's")] = None,
+        chain: Annotated[str | None, Opt(help="bittensor | fake | memory")] = None,
+        chain_path: Annotated[str | None, Opt(help="the fake chain's file")] = None,
+        block_time: Annotated[float | None, Opt(help="fake chain block time (s)")] = None,
+        netuid: Annotated[int | None, Opt(help="subnet uid")] = None,
+        network: Annotated[str | None, Opt(help="bittensor network")] = None,
+        wallet_name: Annotated[str | None, Opt(help="bittensor wallet name")] = None,
+        wallet_hotkey: Annotated[str | None, Opt(help="bittensor wallet hotkey")] = None,
+        hotkey: Annotated[str | None, Opt(help="hotkey (required on fake chains)")] = None,
+        device: Annotated[str | None, Opt(help="torch device")] = None,
+        state_dir: Annotated[str | None, Opt(help="where to keep resume state")] = None,
+        events: Annotated[str | None, Opt(help="append a JSON line per window here")] = None,
+        block_poll_interval: Annotated[
+            float | None, Opt(help="seconds between block polls")
+        ] = None,
+        faulty: Annotated[str | None, Opt(help="miner misbehaviour: late|garbage|silent")] = None,
+        windows: Annotated[int | None, Opt(help="stop after this many windows")] = None,
+        threads: Annotated[int | None, Opt(help="torch CPU threads")] = None,
+        log_level: Annotated[str, Opt(help="logging level")] = "WARNING",
+    ) -> None:
+        _setup_logging(log_level)
+        flags = _flags(
+            storage=storage,
+            storage_root=storage_root,
+            s3_endpoint=s3_endpoint,
+            chain=chain,
+            chain_path=chain_path,
+            block_time=block_time,
+            netuid=netuid,
+            network=network,
+            wallet_name=wallet_name,
+            wallet_hotkey=wallet_hotkey,
+            hotkey=hotkey,
+            device=device,
+            state_dir=state_dir,
+            events=events,
+            block_poll_interval=block_poll_interval,
+            faulty=faulty,
+        )
+        _neuron(role, hparams_file, assignments, flags, windows, threads)
+
+    command.__doc__ = f"Run a {role} (settings: flags > TEMPLAR_* env > defaults)."
+    return command
+
+
+app.command("miner")(_neuron_command("miner"))
+app.command("validator")(_neuron_command("validator"))
+
+
 @app.command()
-def localnet() -> None:
-    """Run one validator and several miners on this machine (not yet implemented)."""
-    console.print(
-        "[yellow]localnet: not yet[/yellow] - it arrives with the neurons issue (#9). "
-        "Meanwhile `make test` exercises the foundation."
-    )
+def localnet(
+    miners: Annotated[int, Opt(help="honest miners")] = 3,
+    windows: Annotated[int, Opt(help="stop after this many validator windows")] = 30,
+    faulty: Annotated[
+        str, Opt(help="add one misbehaving miner: late | garbage | silent (empty: none)")
+    ] = "",
+    block_time: Annotated[float, Opt(help="seconds per block")] = 0.5,
+    directory: Annotated[
+        Path | None, Opt("--dir", help="run directory (default: a new temp directory)")
+    ] = None,
+    json_out: Annotated[Path | None, Opt("--json", help="write the table as JSON here")] = None,
+    hparams_file: HParamsFile = None,
+    assignments: SetOption = None,
+) -> None:
+    """Run one validator and several miners on this machine (separate processes)."""
+    from neurons.localnet import LocalnetOptions, run_localnet
+
+    try:
+        overrides = dict(parse_assignment(a) for a in assignments or [])
+        options = LocalnetOptions(
+            miners=miners,
+            windows=windows,
+            faulty=faulty,
+            block_time=block_time,
+            directory=directory,
+            json_out=json_out,
+            hparams_file=hparams_file,
+            overrides=overrides,
+        )
+        code = run_localnet(options, console)
+    except ConfigError as exc:
+        err_console.print(f"[red]configuration error[/red] {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

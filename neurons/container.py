@@ -1,0 +1,132 @@
+"""The composition root: the only module that knows which adapter implements which port.
+
+`Container` is a dependency-injector container. `storage` (r2 | local | memory) and `chain`
+(bittensor | fake | memory) are `providers.Selector`s keyed by the neuron settings; tests
+override `clock` with a `FakeClock` and may override anything else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+from dependency_injector import containers, providers
+
+from adapters.chain.fake import FakeNetwork, FileChain
+from adapters.clock import SystemClock
+from adapters.scratch import TempScratch
+from adapters.storage.local import LocalStoreOpener
+from adapters.storage.memory import MemoryStoreOpener
+from adapters.storage.s3 import S3StoreOpener
+from adapters.storage.s3_client import S3Settings
+from neurons.buckets import NeuronBuckets, local_buckets, r2_neuron_buckets
+from neurons.config import HParams, NeuronSettings, r2_buckets
+from ports import Bucket, Chain, Clock, ObjectStore, StoreOpener
+
+
+class EndpointOpener:
+    """Opens every bucket at one S3 endpoint.
+
+    Commitments carry no endpoint (readers derive R2's from the account id), so a network on
+    another S3 service (the localnet on SeaweedFS) points every peer's bucket at it here.
+    """
+
+    def __init__(self, inner: StoreOpener, endpoint: str) -> None:
+        self._inner = inner
+        self._endpoint = endpoint
+
+    def open(self, bucket: Bucket) -> ObjectStore:
+        return self._inner.open(attrs.evolve(bucket, endpoint=self._endpoint))
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+
+def _s3_opener(endpoint: str, concurrency: int) -> StoreOpener:
+    opener = S3StoreOpener(S3Settings(max_pool_connections=max(concurrency, 10)))
+    return EndpointOpener(opener, endpoint) if endpoint else opener
+
+
+def _bittensor_chain(netuid: int, network: str, wallet_name: str, wallet_hotkey: str) -> Chain:
+    # bittensor is an optional extra: imported only when a real chain is asked for.
+    import bittensor as bt
+
+    from adapters.chain.bittensor import BittensorChain
+
+    wallet = bt.Wallet(name=wallet_name, hotkey=wallet_hotkey)
+    return BittensorChain(netuid=netuid, wallet=wallet, network=network)
+
+
+def _memory_chain(network: FakeNetwork, hotkey: str) -> Chain:
+    return network.chain(hotkey)
+
+
+def _buckets(
+    storage: str, hotkey: str, env: Mapping[str, str], endpoint: str, validator: bool
+) -> NeuronBuckets:
+    if storage == "r2":
+        roles = ("gradients", "aggregator") if validator else ("gradients",)
+        return r2_neuron_buckets(r2_buckets(env, roles), endpoint)
+    return local_buckets(hotkey, with_aggregator=validator)
+
+
+class Container(containers.DeclarativeContainer):
+    config = providers.Configuration(strict=True)
+    env = providers.Object(os.environ)
+
+    clock: providers.Provider[Clock] = providers.Singleton(SystemClock)
+
+    storage: providers.Provider[StoreOpener] = providers.Selector(
+        config.storage,
+        r2=providers.Singleton(_s3_opener, config.s3_endpoint, config.gather_concurrency),
+        local=providers.Singleton(LocalStoreOpener, config.storage_root, clock=clock),
+        memory=providers.Singleton(MemoryStoreOpener, clock),
+    )
+
+    memory_network = providers.Singleton(FakeNetwork.in_memory, clock, block_time=config.block_time)
+    chain: providers.Provider[Chain] = providers.Selector(
+        config.chain,
+        bittensor=providers.Singleton(
+            _bittensor_chain,
+            config.netuid,
+            config.network,
+            config.wallet_name,
+            config.wallet_hotkey,
+        ),
+        fake=providers.Singleton(
+            FileChain, config.chain_path, config.hotkey, clock=clock, block_time=config.block_time
+        ),
+        memory=providers.Singleton(_memory_chain, memory_network, config.hotkey),
+    )
+
+    buckets: providers.Provider[NeuronBuckets] = providers.Singleton(
+        _buckets, config.storage, config.hotkey, env, config.s3_endpoint, config.validator
+    )
+
+    scratch = providers.Singleton(TempScratch, config.scratch_dir)
+
+
+def build_container(
+    hparams: HParams,
+    settings: NeuronSettings,
+    *,
+    hotkey: str,
+    validator: bool,
+    env: Mapping[str, str] | None = None,
+) -> Container:
+    """A container configured for one neuron (`env`: where R2 variables are read)."""
+    container = Container()
+    if env is not None:
+        container.env.override(providers.Object(env))
+    values = attrs.asdict(settings)
+    values.update(
+        hotkey=hotkey,
+        validator=validator,
+        gather_concurrency=hparams.gather_concurrency,
+        scratch_dir=os.path.join(settings.state_dir, "scratch"),
+    )
+    container.config.from_dict(values)
+    return container

@@ -1,0 +1,283 @@
+"""A whole network on one machine: one validator and N miners as separate processes.
+
+They share a directory: local buckets under `storage/`, the fake chain in `chain.json`
+(blocks from the system clock, `block_time` seconds each), `hparams.json`, and per neuron a
+log and an events file of JSON lines, which this process tails to draw the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from adapters.chain.fake import FakeNetwork
+from adapters.clock import SystemClock
+from neurons.config import HParams, hparams_from_mapping, load_hparams
+from neurons.localnet_view import COLUMNS, line, render, summary, table_row
+from neurons.plot import loss_curve_png
+
+VALIDATOR_HOTKEY = "validator-0"
+
+
+@attrs.frozen(kw_only=True)
+class LocalnetOptions:
+    miners: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    windows: int = attrs.field(default=30, validator=attrs.validators.ge(1))
+    faulty: str = attrs.field(
+        default="", validator=attrs.validators.in_(("", "late", "garbage", "silent"))
+    )
+    block_time: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    directory: Path | None = None
+    json_out: Path | None = None
+    hparams_file: Path | None = None
+    overrides: Mapping[str, Any] = attrs.Factory(dict)
+    # Give up if the network has not finished this long after the planned end.
+    slack_seconds: float = 60.0
+
+
+def localnet_hparams(block_time: float) -> dict[str, Any]:
+    """Small, fast settings for a tiny model and windows of a few seconds."""
+    blocks = 5
+    window = blocks * block_time
+    return {
+        "blocks_per_window": blocks,
+        "time_window_delta_seconds": round(0.6 * window, 3),
+        "grace_seconds": round(0.12 * window, 3),
+        "poll_interval": 0.1,
+        "gather_timeout": round(0.85 * window, 3),
+        "topk_compression": 64,
+        "target_chunk": 16,
+        "learning_rate": 0.15,
+        "batch_size": 32,
+        "gather_peer_count": 8,
+        "reserve_peer_count": 2,
+        "minimum_peers": 1,
+        "peer_list_window_margin": 1,
+        "active_check_interval": window,
+        "recent_windows": 2,
+        "windows_per_weights": 2,
+        "checkpoint_frequency": 10,
+        "stale_retention": 4,
+    }
+
+
+@attrs.frozen
+class Spec:
+    role: str
+    hotkey: str
+    faulty: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.hotkey
+
+
+def prepare(root: Path, options: LocalnetOptions) -> tuple[HParams, list[Spec]]:
+    """Write hparams.json and register every neuron on a fresh fake chain."""
+    base = hparams_from_mapping(localnet_hparams(options.block_time))
+    hparams = load_hparams(options.hparams_file, options.overrides, base=base)
+    (root / "hparams.json").write_text(json.dumps(attrs.asdict(hparams), indent=2))
+
+    network = FakeNetwork.at_path(root / "chain.json", SystemClock(), block_time=options.block_time)
+    specs = [Spec("validator", VALIDATOR_HOTKEY)]
+    network.register(VALIDATOR_HOTKEY, stake=1000.0, validator_permit=True)
+    for i in range(options.miners):
+        specs.append(Spec("miner", f"miner-{i + 1}"))
+    if options.faulty:
+        specs.append(Spec("miner", f"miner-{options.miners + 1}-{options.faulty}", options.faulty))
+    for spec in specs[1:]:
+        network.register(spec.hotkey, stake=1.0)
+    return hparams, specs
+
+
+def command(root: Path, spec: Spec, block_time: float) -> list[str]:
+    args = [
+        sys.executable, "-m", "neurons.cli", spec.role,
+        "--hparams", str(root / "hparams.json"),
+        "--storage", "local", "--storage-root", str(root / "storage"),
+        "--chain", "fake", "--chain-path", str(root / "chain.json"),
+        "--block-time", str(block_time),
+        "--hotkey", spec.hotkey,
+        "--state-dir", str(root / "state"),
+        "--events", str(root / "events" / f"{spec.name}.jsonl"),
+        "--block-poll-interval", "0.05",
+        "--threads", "1",
+    ]  # fmt: skip
+    if spec.faulty:
+        args += ["--faulty", spec.faulty]
+    return args
+
+
+class Tail:
+    """New complete JSON lines of a file that another process appends to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+class Network:
+    def __init__(self, root: Path, specs: list[Spec], block_time: float) -> None:
+        self.root = root
+        self.specs = specs
+        self.block_time = block_time
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.tails = {s.name: Tail(root / "events" / f"{s.name}.jsonl") for s in specs}
+        self.first_window: dict[str, int] = {}
+        self.last_window: dict[str, int] = {}
+        self.validator_rows: list[dict[str, Any]] = []
+
+    def start(self) -> None:
+        (self.root / "logs").mkdir(exist_ok=True)
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        for spec in self.specs:
+            log = open(self.root / "logs" / f"{spec.name}.log", "wb")  # noqa: SIM115
+            self.procs[spec.name] = subprocess.Popen(  # noqa: S603 - our own interpreter
+                command(self.root, spec, self.block_time),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            log.close()
+
+    def poll(self) -> None:
+        for name, tail in self.tails.items():
+            for event in tail.read():
+                if event.get("event") != "window":
+                    continue
+                self.first_window.setdefault(name, event["window"])
+                self.last_window[name] = event["window"]
+                if event["role"] == "validator":
+                    self.validator_rows.append(event)
+
+    def counted_rows(self) -> list[dict[str, Any]]:
+        """Validator windows from the first one every miner took part in (earlier ones are
+        warm-up: processes start at different times)."""
+        miners = [s.name for s in self.specs if s.role == "miner"]
+        if any(m not in self.first_window for m in miners):
+            return []
+        start = max(self.first_window[m] for m in miners)
+        return [table_row(r) for r in self.validator_rows if r["window"] >= start]
+
+    def dead(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def status(self) -> Text:
+        parts = []
+        for spec in self.specs:
+            proc = self.procs.get(spec.name)
+            state = "up" if proc and proc.poll() is None else f"exit {proc.poll() if proc else '?'}"
+            window = self.last_window.get(spec.name, "-")
+            parts.append(f"{spec.name}: {state}, window {window}")
+        return Text(" | ".join(parts), style="dim")
+
+    def stop(self, timeout: float = 15.0) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
+
+
+def _tail_of_log(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def run_localnet(options: LocalnetOptions, console: Console) -> int:
+    root = options.directory or Path(tempfile.mkdtemp(prefix="templar-localnet-"))
+    root.mkdir(parents=True, exist_ok=True)
+    hparams, specs = prepare(root, options)
+    window_s = hparams.blocks_per_window * options.block_time
+    console.print(
+        f"[bold]localnet[/bold] in {root}: 1 validator, {options.miners} miners"
+        + (f" + 1 {options.faulty} miner" if options.faulty else "")
+        + f"; {window_s:.1f} s windows; stopping after {options.windows} windows"
+    )
+    net = Network(root, specs, options.block_time)
+    started = time.monotonic()
+    net.start()
+    budget = 30.0 + (options.windows + 3) * window_s + options.slack_seconds
+    failure = ""
+    shown = 0
+    live = Live(console=console, refresh_per_second=4, transient=False)
+    interactive = console.is_terminal
+    if interactive:
+        live.start()
+    try:
+        while True:
+            time.sleep(0.2)
+            net.poll()
+            rows = net.counted_rows()
+            if interactive:
+                live.update(Group(render(rows[-20:], title="localnet (live)"), net.status()))
+            else:
+                for r in rows[shown:]:
+                    console.print(line(r), highlight=False, soft_wrap=True)
+                shown = len(rows)
+            if len(rows) >= options.windows:
+                break
+            if net.dead():
+                failure = f"neuron(s) exited early: {', '.join(net.dead())}"
+                break
+            if time.monotonic() - started > budget:
+                failure = f"no {options.windows} windows after {budget:.0f} s"
+                break
+    except KeyboardInterrupt:
+        failure = "interrupted"
+    finally:
+        if interactive:
+            live.stop()
+        codes = net.stop()
+    rows = net.counted_rows()[: options.windows]
+    console.print(render(rows))
+    console.print(summary(rows))
+    if rows:
+        png = root / "loss.png"
+        loss_curve_png([r["loss"] for r in rows], png)
+        console.print(f"loss curve: {png}")
+    out = {"columns": list(COLUMNS), "rows": rows, "exit_codes": codes, "directory": str(root)}
+    (root / "localnet.json").write_text(json.dumps(out, indent=2))
+    if options.json_out is not None:
+        options.json_out.write_text(json.dumps(out, indent=2))
+    console.print(f"took {time.monotonic() - started:.0f} s; run directory {root}")
+    if failure:
+        console.print(f"[red]localnet failed[/red]: {failure}")
+        for name in net.dead() or [s.name for s in specs]:
+            console.print(f"--- {name} log ---\n{_tail_of_log(root / 'logs' / f'{name}.log')}")
+        return 1
+    return 0

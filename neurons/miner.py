@@ -1,0 +1,101 @@
+"""The miner: train, compress with error feedback, upload, gather peers, take the outer step."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from core import codec
+from core.codec import PayloadMeta
+from core.compression import compress_with_feedback
+from core.gather import gather
+from core.keys import KeyKind
+from core.peers import get_peer_list
+from neurons.neuron import Neuron, Row
+from neurons.training import outer_step, window_gradient
+
+log = logging.getLogger(__name__)
+
+
+class Miner(Neuron):
+    role = "miner"
+
+    async def _upload(self, data: bytes, window: int) -> str:
+        """Put our gradient, or misbehave as `--faulty` asks (for demos and tests)."""
+        assert self.uid is not None
+        faulty = self.settings.faulty
+        if faulty == "silent":
+            return "withheld"
+        if faulty == "garbage":
+            data = os.urandom(len(data))
+        if faulty == "late":
+            tw = await self.time_window(window)
+            wait = (tw.end - self.clock.now()).total_seconds() + self.hparams.grace_seconds + 0.2
+            await self.clock.sleep(wait)
+        await self.exchange.put(data, window, KeyKind.GRADIENT, self.uid)
+        return faulty or "ok"
+
+    async def step(self, window: int) -> Row:
+        assert self.uid is not None
+        started = self.clock.monotonic()
+        hp = self.hparams
+        loss, grads = window_gradient(self.task, self.model, self.uid, window, hp.inner_steps)
+        fed = compress_with_feedback(self.compressor, grads, self.error, decay=hp.momentum_decay)
+        self.error = fed.residual
+        meta = PayloadMeta(
+            window=window,
+            uid=self.uid,
+            hotkey=self.hotkey,
+            global_step=self.global_step,
+            version=hp.version,
+        )
+        data = codec.encode(fed.compressed, meta)
+        upload = await self._upload(data, window)
+
+        metagraph, commitments = await self.peers_view()
+        peer_list = await get_peer_list(
+            self.opener,
+            metagraph,
+            commitments,
+            window,
+            hp.version,
+            max_bytes=hp.peer_settings().max_peer_list_bytes,
+        )
+        if peer_list is not None:
+            peers, reserves = list(peer_list.peers), list(peer_list.reserves)
+        else:  # before the first peer list: everyone who uploads
+            peers, reserves = self.miners_of(metagraph, commitments), []
+        result = await gather(
+            self.exchange,
+            commitments,
+            peers,
+            window,
+            self.expected,
+            reserve_uids=reserves,
+            time_window=await self.time_window(window),
+            hotkeys=dict(zip(metagraph.uids, metagraph.hotkeys, strict=True)),
+            settings=hp.gather_settings(),
+        )
+        if result.aggregate is not None:
+            outer_step(self.model, result.aggregate, hp.learning_rate)
+            self.global_step += 1
+        cleaned = await self.clean_stale(window)
+        return {
+            "role": self.role,
+            "uid": self.uid,
+            "window": window,
+            "train_loss": loss,
+            "upload": upload,
+            "upload_bytes": len(data),
+            "peers": peers,
+            "peer_list": peer_list is not None,
+            "gathered": list(result.uids),
+            "skipped": {str(u): r for u, r in result.skipped.items()},
+            "success_rate": result.success_rate,
+            "gather_seconds": result.seconds,
+            "download_bytes": result.download_bytes,
+            "applied": result.aggregate is not None,
+            "global_step": self.global_step,
+            "cleaned": cleaned,
+            "seconds": self.clock.monotonic() - started,
+        }

@@ -1,0 +1,205 @@
+"""What miners and validators share: identity, the window clock, the model, the run loop.
+
+A neuron is built from ports (chain, store opener, clock) and its buckets; it never
+constructs an adapter itself (neurons/container.py does). `step(window)` does one window's
+work and returns the row reported for it; `run` calls it once per window until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core import keys
+from core.codec import Expected
+from core.compression import TopKCompressor
+from core.exchange import Exchange
+from core.windows import TimeWindow, first_block, window_of
+from neurons import resume
+from neurons.buckets import NeuronBuckets
+from neurons.config import HParams, NeuronSettings
+from neurons.task import TinyTask
+from ports import Bucket, Chain, Clock, Metagraph, StorageError, StoreOpener
+
+log = logging.getLogger(__name__)
+Row = dict[str, Any]
+
+
+class NotRegistered(RuntimeError):
+    pass
+
+
+class Neuron:
+    role = "neuron"
+
+    def __init__(
+        self,
+        hparams: HParams,
+        settings: NeuronSettings,
+        *,
+        chain: Chain,
+        opener: StoreOpener,
+        clock: Clock,
+        buckets: NeuronBuckets,
+        hotkey: str,
+        on_row: Callable[[Row], None] | None = None,
+        decode_in_thread: bool = True,
+    ) -> None:
+        self.hparams = hparams
+        self.settings = settings
+        self.chain = chain
+        self.opener = opener
+        self.clock = clock
+        self.buckets = buckets
+        self.hotkey = hotkey
+        self.on_row = on_row
+        self.store = opener.open(buckets.gradients_write)
+        self.exchange = Exchange(
+            self.store,
+            opener,
+            clock,
+            hparams.version,
+            hparams.exchange_settings(decode_in_thread=decode_in_thread),
+        )
+        self.task = TinyTask(hparams.seed, hparams.batch_size, settings.device)
+        self.model = self.task.model()
+        self.compressor = TopKCompressor(hparams.topk_params())
+        self.shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
+        self.expected = Expected(version=hparams.version, codec=self.compressor, shapes=self.shapes)
+        self.uid: int | None = None
+        self.global_step = 0
+        self.last_window: int | None = None
+        self.error: dict[str, torch.Tensor] | None = None
+        self._committed = False
+
+    # Identity and chain --------------------------------------------------------------
+
+    @property
+    def resume_path(self) -> Path:
+        safe = re.sub(r"[^0-9A-Za-z._-]", "_", self.hotkey)[:64]
+        return Path(self.settings.state_dir) / f"{self.role}-{safe}.safetensors"
+
+    async def setup(self) -> None:
+        """Find our uid, commit our read bucket once, pick up where we left off."""
+        metagraph = await self.chain.metagraph()
+        self.uid = metagraph.uid(self.hotkey)
+        if self.uid is None:
+            raise NotRegistered(f"hotkey {self.hotkey} is not registered on this subnet")
+        if not self._committed:
+            await self.chain.commit_bucket(self.buckets.gradients_read)
+            self._committed = True
+        restored = resume.load(self.resume_path, self.model)
+        if restored is not None:
+            point, self.error = restored
+            self.global_step, self.last_window = point.global_step, point.window
+            log.info("%s resumed at window %d, step %d", self.role, point.window, point.global_step)
+
+    async def current_window(self) -> int:
+        return window_of(await self.chain.current_block(), self.hparams.blocks_per_window)
+
+    async def time_window(self, window: int) -> TimeWindow:
+        start = await self.chain.block_timestamp(
+            first_block(window, self.hparams.blocks_per_window)
+        )
+        return TimeWindow.after(start, self.hparams.time_window_delta_seconds)
+
+    async def peers_view(self) -> tuple[Metagraph, dict[int, Bucket]]:
+        return await self.chain.metagraph(), await self.chain.bucket_commitments()
+
+    @staticmethod
+    def miners_of(metagraph: Metagraph, commitments: dict[int, Bucket]) -> list[int]:
+        """Committed uids without a validator permit: the ones that upload gradients."""
+        permits = dict(zip(metagraph.uids, metagraph.validator_permits, strict=True))
+        return sorted(u for u in commitments if u in permits and not permits[u])
+
+    async def next_window(self, stop: asyncio.Event) -> int | None:
+        """The next window to work on, once it has begun; None when asked to stop.
+
+        The first window is the next one to begin, never the one in progress: joining half
+        way through would upload too late for its time window.
+        """
+        target = None if self.last_window is None else self.last_window + 1
+        while not stop.is_set():
+            now = await self.current_window()
+            if target is None:
+                target = now + 1
+            if now >= target:
+                return now
+            await self._sleep(self.settings.block_poll_interval, stop)
+        return None
+
+    async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (sleeper, stopper):
+            task.cancel()
+
+    # Housekeeping --------------------------------------------------------------------
+
+    async def clean_stale(self, window: int) -> int:
+        """Delete our own gradients older than `stale_retention` windows.
+
+        TODO(checkpoints): replace with `core.janitor.sweep` once it is committed; it also
+        prunes old checkpoints.
+        """
+        cutoff = window - self.hparams.stale_retention
+        doomed = []
+        try:
+            async for meta in self.store.list("gradient-"):
+                parsed = keys.parse(meta.key)
+                if parsed and parsed.window is not None and parsed.window < cutoff:
+                    doomed.append(meta.key)
+            if doomed:
+                await self.store.delete(doomed)
+        except StorageError as exc:
+            log.warning("stale cleanup failed: %s", exc)
+        return len(doomed)
+
+    def save_resume(self, window: int) -> None:
+        resume.save(
+            self.resume_path,
+            self.model,
+            self.error,
+            resume.ResumePoint(window=window, global_step=self.global_step),
+        )
+
+    # The loop ------------------------------------------------------------------------
+
+    async def step(self, window: int) -> Row:
+        raise NotImplementedError
+
+    async def run(self, stop: asyncio.Event, max_windows: int | None = None) -> int:
+        """Work window after window until `stop` is set; returns windows completed.
+
+        A window that has begun is finished before stopping (uploads are atomic, so a hard
+        kill tears nothing either; it only loses the window in progress).
+        """
+        await self.setup()
+        if self.on_row is not None:
+            self.on_row({"event": "ready", "role": self.role, "uid": self.uid})
+        done = 0
+        try:
+            while not stop.is_set() and (max_windows is None or done < max_windows):
+                window = await self.next_window(stop)
+                if window is None:
+                    break
+                row = await self.step(window)
+                self.last_window = window
+                self.save_resume(window)
+                if self.on_row is not None:
+                    self.on_row({"event": "window", **row})
+                done += 1
+        finally:
+            await self.close()
+        return done
+
+    async def close(self) -> None:
+        await self.exchange.flush()
+        await self.store.close()

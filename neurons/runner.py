@@ -1,0 +1,108 @@
+"""Running one neuron process: wiring, signals, the per-window event lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from neurons.config import ConfigError, HParams, NeuronSettings
+from neurons.container import build_container
+from neurons.miner import Miner
+from neurons.neuron import Neuron, Row
+from neurons.validator import Validator
+
+log = logging.getLogger(__name__)
+ROLES: dict[str, type[Neuron]] = {"miner": Miner, "validator": Validator}
+
+
+class EventLog:
+    """Appends one JSON line per event to a file (the localnet tails it); a line is written
+    whole with a single write, so a reader never sees half of one."""
+
+    def __init__(self, path: str) -> None:
+        self._path = Path(path) if path else None
+        if self._path is not None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, row: Row) -> None:
+        if self._path is None:
+            return
+        line = json.dumps(row, separators=(",", ":"), default=str) + "\n"
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+def build_neuron(
+    role: str, hparams: HParams, settings: NeuronSettings, env: Mapping[str, str] | None = None
+) -> Neuron:
+    validator = role == "validator"
+    if settings.chain != "bittensor" and not settings.hotkey:
+        raise ConfigError("hotkey", f"required with the {settings.chain} chain")
+    container = build_container(
+        hparams, settings, hotkey=settings.hotkey, validator=validator, env=env
+    )
+    chain = container.chain()
+    hotkey = settings.hotkey or chain.hotkey  # type: ignore[attr-defined]
+    if not settings.hotkey:
+        container.config.hotkey.from_value(hotkey)
+    events = EventLog(settings.events)
+    return ROLES[role](
+        hparams,
+        settings,
+        chain=chain,
+        opener=container.storage(),
+        clock=container.clock(),
+        buckets=container.buckets(),
+        hotkey=hotkey,
+        on_row=events,
+    )
+
+
+async def _run(neuron: Neuron, max_windows: int | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    signals = 0
+
+    def on_signal() -> None:
+        # First signal: finish the window in progress, then stop. Second: abandon it now.
+        nonlocal signals
+        signals += 1
+        stop.set()
+        if signals > 1 and main is not None:
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await neuron.run(stop, max_windows)
+    except asyncio.CancelledError:
+        log.warning("%s: window abandoned on a second signal", neuron.role)
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run_neuron(
+    role: str,
+    hparams: HParams,
+    settings: NeuronSettings,
+    *,
+    max_windows: int | None = None,
+    threads: int | None = None,
+) -> int:
+    if threads:
+        torch.set_num_threads(threads)
+    neuron = build_neuron(role, hparams, settings)
+    return asyncio.run(_run(neuron, max_windows))

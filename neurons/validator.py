@@ -1,0 +1,215 @@
+"""The validator: evaluate every miner's gradient, score, select peers, publish, set weights.
+
+Per window: stream the miners' gradients inside the time window, score each one by how much
+one step along it lowers the loss on held-out batches, fold the peers of the current peer
+list into the aggregate, publish it to the aggregator bucket and take the outer step; then
+track activity, select and post the peer list for a later window, and set weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+
+import attrs
+
+from core import codec, keys
+from core.aggregate import Aggregator, Normalisation
+from core.codec import PayloadMeta
+from core.compression import DenseCompressor
+from core.gather import stream
+from core.peers import (
+    ActivityTracker,
+    PeerList,
+    Selection,
+    eligible,
+    post_peer_list,
+    post_start_window,
+    select_peers,
+)
+from neurons.neuron import Neuron, Row
+from neurons.scoring import Scores
+from neurons.training import loss_after_step, mean_loss, outer_step, unit_normalised
+
+log = logging.getLogger(__name__)
+
+
+def relative_improvement(before: float, after: float) -> float:
+    """(before - after) / before, clipped to [-1, 1]: one bad gradient cannot sink a score."""
+    if not math.isfinite(after) or before <= 0:
+        return -1.0
+    return max(-1.0, min(1.0, (before - after) / before))
+
+
+class Validator(Neuron):
+    role = "validator"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        hp = self.hparams
+        self.scores = Scores(hp.gradient_score_ma_alpha, hp.missing_gradient_penalty_score)
+        self.tracker = ActivityTracker(self.opener, self.clock, hp.peer_settings(), hp.version)
+        self.selection: Selection | None = None
+        # first effective window -> peers, for the lists we published
+        self.lists: dict[int, tuple[int, ...]] = {}
+        self._last_activity_check: float | None = None
+        self._started = False
+        self.aggregator_store = (
+            self.opener.open(self.buckets.aggregator_write)
+            if self.buckets.aggregator_write is not None
+            else None
+        )
+
+    def peers_for(self, window: int) -> tuple[int, ...] | None:
+        effective = [w for w in self.lists if w <= window]
+        return self.lists[max(effective)] if effective else None
+
+    async def _publish_aggregate(self, window: int, aggregate: dict) -> int:
+        if self.aggregator_store is None:
+            return 0
+        assert self.uid is not None
+        meta = PayloadMeta(
+            window=window,
+            uid=self.uid,
+            hotkey=self.hotkey,
+            global_step=self.global_step,
+            version=self.hparams.version,
+        )
+        data = codec.encode(DenseCompressor().encode(aggregate), meta)
+        await self.aggregator_store.put(keys.aggregator(window, self.hparams.version), data)
+        return len(data)
+
+    async def _track_activity(self, window: int, commitments: dict) -> None:
+        now = self.clock.monotonic()
+        interval = self.hparams.active_check_interval
+        if self._last_activity_check is None or now - self._last_activity_check >= interval:
+            await self.tracker.check(window, commitments)
+            self._last_activity_check = now
+        expired = self.tracker.update_peers_with_buckets(window, commitments)
+        self.scores.reset(expired)
+
+    async def _select_and_post(self, window: int, metagraph, commitments, miners) -> tuple:
+        assert self.uid is not None
+        hp = self.hparams
+        pool = eligible(commitments, self.tracker.active_peers, metagraph.uids) & set(miners)
+        candidates = {u: self.scores.values.get(u, 0.0) for u in pool}
+        selection = select_peers(
+            window, candidates, hp.peer_settings(), previous=self.selection, seed=hp.seed
+        )
+        if selection is None:
+            return ()
+        self.selection = selection
+        effective = window + hp.peer_list_window_margin
+        peer_list = PeerList(
+            window=window,
+            first_effective_window=effective,
+            peers=selection.peers,
+            reserves=selection.reserves,
+            validator_uid=self.uid,
+            hotkey=self.hotkey,
+        )
+        await post_peer_list(self.store, peer_list, hp.version)
+        self.lists[effective] = selection.peers
+        for old in [w for w in self.lists if w < window - hp.peer_list_window_margin]:
+            del self.lists[old]
+        return selection.peers
+
+    async def step(self, window: int) -> Row:
+        assert self.uid is not None
+        started = self.clock.monotonic()
+        hp = self.hparams
+        if not self._started:
+            await post_start_window(self.store, window, self.hotkey, hp.version)
+            self._started = True
+        metagraph, commitments = await self.peers_view()
+        miners = self.miners_of(metagraph, commitments)
+        listed = self.peers_for(window)
+        contributors = set(miners if listed is None else listed)
+        batches = [self.task.eval_batch(window, i) for i in range(hp.eval_batches)]
+        before = mean_loss(self.task, self.model, batches)
+        aggregator = Aggregator(
+            self.compressor, self.shapes, normalisation=Normalisation(hp.normalisation)
+        )
+        evaluations: dict[str, float] = {}
+        skipped: dict[str, str] = {}
+        used: list[int] = []
+        nbytes = 0
+        fetch = attrs.evolve(hp.fetch_settings(), max_bytes=self.expected.size_limit())
+        gather_started = self.clock.monotonic()
+        peers = stream(
+            self.exchange,
+            commitments,
+            miners,
+            window,
+            self.expected,
+            hotkeys=dict(zip(metagraph.uids, metagraph.hotkeys, strict=True)),
+            time_window=await self.time_window(window),
+            settings=fetch,
+        )
+        async with contextlib.aclosing(peers):
+            async for fetched in peers:
+                uid = fetched.uid
+                assert uid is not None
+                nbytes += fetched.nbytes
+                if not fetched.ok or fetched.payload is None:
+                    reason = fetched.status.value
+                    skipped[str(uid)] = f"{reason}: {fetched.reason}" if fetched.reason else reason
+                    self.scores.penalise(uid)
+                    continue
+                compressed = fetched.payload.compressed
+                step = unit_normalised(self.compressor.decode(compressed))
+                after = loss_after_step(self.task, self.model, step, hp.learning_rate, batches)
+                evaluations[str(uid)] = relative_improvement(before, after)
+                self.scores.update(uid, evaluations[str(uid)])
+                if uid in contributors:
+                    aggregator.add(compressed)
+                    used.append(uid)
+        gather_seconds = self.clock.monotonic() - gather_started
+
+        aggregate = aggregator.finish() if len(used) >= hp.minimum_peers else None
+        published = 0
+        if aggregate is not None:
+            published = await self._publish_aggregate(window, aggregate)
+            outer_step(self.model, aggregate, hp.learning_rate)
+            self.global_step += 1
+        loss = mean_loss(self.task, self.model, batches)
+
+        await self._track_activity(window, commitments)
+        next_peers = await self._select_and_post(window, metagraph, commitments, miners)
+        weights = {}
+        if window % hp.windows_per_weights == 0:
+            weights = self.scores.weights(hp.power_normalisation)
+            if weights:
+                uids = sorted(weights)
+                await self.chain.set_weights(uids, [weights[u] for u in uids])
+        # TODO(checkpoints): save a network checkpoint every checkpoint_frequency windows
+        # (core.checkpoints.Checkpointer) once that module is committed.
+        cleaned = await self.clean_stale(window)
+        return {
+            "role": self.role,
+            "uid": self.uid,
+            "window": window,
+            "loss": loss,
+            "loss_before": before,
+            "gather_seconds": gather_seconds,
+            "bytes": nbytes,
+            "asked": len(miners),
+            "valid": len(evaluations),
+            "success_rate": len(evaluations) / len(miners) if miners else 0.0,
+            "skipped": skipped,
+            "evaluations": evaluations,
+            "aggregated": used,
+            "published_bytes": published,
+            "scores": {str(u): s for u, s in sorted(self.scores.values.items())},
+            "weights": {str(u): w for u, w in sorted(weights.items())},
+            "next_peers": list(next_peers),
+            "active": sorted(self.tracker.active_peers),
+            "cleaned": cleaned,
+            "seconds": self.clock.monotonic() - started,
+        }
+
+    async def close(self) -> None:
+        await super().close()
+        if self.aggregator_store is not None:
+            await self.aggregator_store.close()
