@@ -1,0 +1,101 @@
+"""Every benchmark in one command: `python -m bench [--quick]` (or `make bench`).
+
+Runs the compression, gather and checkpoint benchmarks, each figure beside its baseline
+measured in the same run, and writes bench/results/latest.json (schema in docs/benchmarks.md),
+bench/results/latest.md and, when matplotlib is installed (`pip install -e .[bench]`),
+bench/results/gather.png (gather time against peers, with both baselines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import checkpoint, compression, gather
+from bench.common import machine
+
+SCHEMA = 1
+
+
+def chart(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    cases = result["cases"]
+    peers = [c["peers"] for c in cases]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (
+        ("gather", "gather (decode, validate, normalise, aggregate)"),
+        ("raw_get", "raw concurrent GET"),
+        ("torch_save_baseline", "torch.save / torch.load path"),
+    ):
+        ax.plot(peers, [c[key]["median_s"] for c in cases], marker="o", label=label)
+    ax.set_xlabel("peers")
+    ax.set_ylabel("seconds (median)")
+    ax.set_title("Gather over SeaweedFS on loopback")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="run every benchmark")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and runs (< 2 min)")
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results = {}
+    for name, module in (
+        ("compression", compression),
+        ("gather", gather),
+        ("checkpoint", checkpoint),
+    ):
+        t0 = time.perf_counter()
+        results[name] = module.run(quick=args.quick)
+        results[name]["wall_seconds"] = time.perf_counter() - t0
+        print(f"{name}: {results[name]['wall_seconds']:.0f} s", flush=True)
+    latest = {
+        "schema": SCHEMA,
+        "created_at": datetime.now(UTC).isoformat(),
+        "quick": args.quick,
+        "machine": machine("cpu"),
+        "wall_seconds": time.perf_counter() - started,
+        "benchmarks": results,
+    }
+    (out / "latest.json").write_text(json.dumps(latest, indent=2) + "\n")
+    sections = [
+        f"# Benchmark results ({'quick' if args.quick else 'full'} run, "
+        f"{latest['created_at'][:19]} UTC, {latest['machine']['cpu_count']} CPUs, "
+        f"{latest['wall_seconds']:.0f} s)",
+        "",
+        "## Compression",
+        "",
+        compression.markdown(results["compression"]),
+        "## Gather",
+        "",
+        gather.markdown(results["gather"]),
+        "## Checkpoints",
+        "",
+        checkpoint.markdown(results["checkpoint"]),
+    ]
+    if chart(results["gather"], out / "gather.png"):
+        sections += ["", "![gather time against peers](gather.png)", ""]
+    (out / "latest.md").write_text("\n".join(sections))
+    print("\n".join(sections))
+    return latest
+
+
+if __name__ == "__main__":
+    main()
