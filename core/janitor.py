@@ -125,7 +125,7 @@ async def sweep(
     deleted = tuple(manifests + files)
     if deleted:
         log.info("janitor: deleted %d stale objects from %s", len(deleted), store.name)
-    return Sweep(store.name, deleted, tuple(sorted(kept)), more or budget < 0)
+    return Sweep(store.name, deleted, tuple(sorted(kept)), more)
 
 
 async def sweep_all(

@@ -131,6 +131,7 @@ class Checkpointer:
         self.scratch = scratch
         self.clock = clock
         self.settings = settings
+        self._writers = asyncio.Semaphore(settings.write_concurrency)
 
     async def save(self, state: CheckpointState, meta: CheckpointMeta) -> Manifest:
         """Snapshot and upload; returns once the checkpoint is complete in the store."""
@@ -152,14 +153,16 @@ class Checkpointer:
         try:
             for section, value in state.sections().items():
                 tree, tensors = split(value, section)
-                shards = []
-                for i, names in enumerate(plan_shards(tensors, self.settings.shard_bytes)):
-                    name = f"{section}-{i:05d}.safetensors"
-                    path = self.scratch.create(name)
-                    part = {n: tensors[n] for n in names}
-                    written = await asyncio.to_thread(self._write, path, part, section)
-                    upload.add_file(name, path, written)
-                    shards.append(name)
+                plan = plan_shards(tensors, self.settings.shard_bytes)
+                shards = [f"{section}-{i:05d}.safetensors" for i in range(len(plan))]
+                # Shards serialise in parallel (hashing and writing release the GIL); each
+                # starts uploading as soon as it is written.
+                await asyncio.gather(
+                    *(
+                        self._write_and_send(upload, name, {n: tensors[n] for n in names}, section)
+                        for name, names in zip(shards, plan, strict=True)
+                    )
+                )
                 tree_name = f"{section}.json"
                 upload.add_bytes(tree_name, json.dumps(tree, separators=(",", ":")).encode())
                 upload.sections[section] = Section(tree_name, shards)
@@ -167,6 +170,16 @@ class Checkpointer:
             await upload.abort()
             raise
         return upload
+
+    async def _write_and_send(self, upload: Upload, name: str, part: dict, section: str) -> None:
+        async with self._writers:
+            path = self.scratch.create(name)
+            try:
+                written = await asyncio.to_thread(self._write, path, part, section)
+            except BaseException:
+                self.scratch.remove(path)
+                raise
+        upload.add_file(name, path, written)
 
     def _write(self, path: str, tensors: dict, section: str) -> Written:
         meta = {"schema": "templar-comms.checkpoint-shard", "section": section}

@@ -18,6 +18,7 @@ class CheckpointSettings:
     # Tensors are grouped into files of about this size: uploads and downloads of one file
     # overlap the serialisation of the next, and no single object grows without bound.
     shard_bytes: int = attrs.field(default=64 * MiB, validator=gt(0))
+    write_concurrency: int = attrs.field(default=2, validator=gt(0))
     upload_concurrency: int = attrs.field(default=4, validator=gt(0))
     download_concurrency: int = attrs.field(default=2, validator=gt(0))
     # Bounds on what a reader accepts, checked before downloading (a checkpoint may come

@@ -1,0 +1,280 @@
+"""Checkpoint benchmark: save and load of a ~200 MB training state (a 15.7M-parameter
+transformer-shaped model with AdamW state) against raw put_file / get_file of the same number
+of bytes, in the same run, on the local store and on S3 (SeaweedFS, when `weed` is installed);
+plus the peak RSS of each operation over the RSS before it, relative to the state size.
+
+    python -m bench.checkpoint [--quick] [--no-s3] [--out bench/results]
+
+`run()` returns the result dict; `main()` also writes checkpoint.json and checkpoint.md.
+Save = serialise to scratch files + upload + manifest + pointer; load = list + download +
+verify sha256 + parse into fresh tensors. Peak RSS comes from VmHWM after resetting it
+through /proc/self/clear_refs (Linux), so it covers the whole operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from adapters.clock import SystemClock
+from adapters.scratch import TempScratch
+from adapters.storage.local import LocalStoreOpener
+from bench.common import PeakRss, machine, stats
+from bench.compression import model_shapes
+from core.checkpoints import (
+    Checkpointer,
+    CheckpointMeta,
+    CheckpointSettings,
+    CheckpointState,
+    load_checkpoint,
+)
+from ports import Bucket, ObjectStore
+
+VERSION = "bench"
+GOAL_RATIO = 0.80
+GOAL_RSS = 1.2
+SHARD_MIB = 64
+
+
+def _bucket(name: str) -> Bucket:
+    return Bucket(name=name, account_id="bench", access_key_id="k", secret_access_key="s")
+
+
+def training_state(layers: int = 5) -> tuple[CheckpointState, int]:
+    """Parameters, AdamW moments and a scheduler after one step; and their tensor bytes."""
+    gen = torch.Generator().manual_seed(0)
+    params = [
+        torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02)
+        for s in model_shapes(layers=layers).values()
+    ]
+    names = list(model_shapes(layers=layers))
+    opt = torch.optim.AdamW(params, lr=3e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt.step()
+    sched.step()
+    for p in params:
+        p.grad = None
+    model = {n: p.data for n, p in zip(names, params, strict=True)}
+    state = CheckpointState(model=model, optimizer=opt.state_dict(), scheduler=sched.state_dict())
+    nbytes = sum(t.numel() * t.element_size() for t in model.values())
+    nbytes += sum(
+        t.numel() * t.element_size() for s in opt.state_dict()["state"].values() for t in s.values()
+    )
+    return state, nbytes
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return int(re.search(rf"{field}:\s+(\d+)", fh.read()).group(1))
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+async def _measured(fn) -> tuple[float, int, object]:
+    """Seconds, peak RSS growth in bytes over the RSS before, and fn's result."""
+    gc.collect()
+    if not _reset_peak():  # no clear_refs: sample instead (may miss a short spike)
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            result = await fn()
+            seconds = time.perf_counter() - start
+        return seconds, rss.growth, result
+    before = _rss_kib("VmRSS")
+    start = time.perf_counter()
+    result = await fn()
+    seconds = time.perf_counter() - start
+    return seconds, (_rss_kib("VmHWM") - before) * 1024, result
+
+
+def _write_random(path: Path, size: int) -> None:
+    chunk = os.urandom(8 << 20)
+    with open(path, "wb") as fh:
+        while size > 0:
+            fh.write(chunk[: min(size, len(chunk))])
+            size -= len(chunk)
+
+
+async def measure_store(
+    label: str, store: ObjectStore, scratch_dir: Path, state, state_bytes, repeats
+) -> dict:
+    scratch = TempScratch(scratch_dir)
+    settings = CheckpointSettings(version=VERSION, shard_bytes=SHARD_MIB << 20)
+    ck = Checkpointer(store, scratch, SystemClock(), settings)
+    save_t, save_rss, load_t, load_rss = [], [], [], []
+    total = 0
+    for i in range(repeats):
+        s, peak, manifest = await _measured(
+            lambda i=i: ck.save(state, CheckpointMeta(window=i, global_step=i, uid=0))
+        )
+        save_t.append(s)
+        save_rss.append(peak)
+        total = manifest.total_bytes
+        s, peak, loaded = await _measured(
+            lambda i=i: load_checkpoint(store, scratch, settings, window=i)
+        )
+        assert not loaded.fell_back
+        del loaded
+        load_t.append(s)
+        load_rss.append(peak)
+    # Raw baseline: one file of the same size through the same store, same run.
+    raw_path = scratch_dir / "raw.bin"
+    await asyncio.to_thread(_write_random, raw_path, total)
+    put_t, get_t = [], []
+    for i in range(repeats):
+        s, _, _ = await _measured(lambda i=i: store.put_file(f"raw/{i}.bin", str(raw_path)))
+        put_t.append(s)
+        back = scratch_dir / f"raw-back-{i}.bin"
+        s, _, _ = await _measured(lambda i=i, back=back: store.get_file(f"raw/{i}.bin", str(back)))
+        get_t.append(s)
+        back.unlink()
+    raw_path.unlink()
+    scratch.close()
+    save, load, put, get = (stats(x) for x in (save_t, load_t, put_t, get_t))
+    return {
+        "store": label,
+        "checkpoint_bytes": total,
+        "save": save | {"mb_per_s": total / save["min_s"] / 1e6},
+        "load": load | {"mb_per_s": total / load["min_s"] / 1e6},
+        "raw_put_file": put | {"mb_per_s": total / put["min_s"] / 1e6},
+        "raw_get_file": get | {"mb_per_s": total / get["min_s"] / 1e6},
+        "save_vs_raw_put": put["min_s"] / save["min_s"],
+        "load_vs_raw_get": get["min_s"] / load["min_s"],
+        "save_vs_raw_put_median": put["median_s"] / save["median_s"],
+        "load_vs_raw_get_median": get["median_s"] / load["median_s"],
+        "save_peak_rss_over_state": max(save_rss) / state_bytes,
+        "load_peak_rss_over_state": max(load_rss) / state_bytes,
+    }
+
+
+async def _s3_case(root: Path, state, state_bytes, repeats) -> dict | None:
+    from adapters.storage.s3 import S3StoreOpener
+    from tests.s3.server import SeaweedServer, ServerUnavailable, weed_binary
+
+    binary = weed_binary()
+    if binary is None:
+        return None
+    server = SeaweedServer(binary, root / "seaweedfs")
+    try:
+        await asyncio.to_thread(server.start)
+    except ServerUnavailable as exc:
+        print(f"S3 skipped: {exc}")
+        return None
+    opener = S3StoreOpener()
+    try:
+        name = await asyncio.to_thread(server.create_bucket, "bench")
+        store = opener.open(server.bucket(name))
+        result = await measure_store(
+            "s3 (SeaweedFS, loopback)", store, root / "s3-scratch", state, state_bytes, repeats
+        )
+        await store.close()
+        return result
+    finally:
+        opener.close()
+        server.destroy()
+
+
+async def _run(quick: bool, s3: bool) -> dict:
+    state, state_bytes = training_state()
+    repeats = 2 if quick else 4
+    cases = []
+    with tempfile.TemporaryDirectory(prefix="bench-ckpt-", dir=Path.cwd()) as tmp:
+        root = Path(tmp)
+        local = LocalStoreOpener(root / "buckets").open(_bucket("local"))
+        cases.append(
+            await measure_store("local", local, root / "scratch", state, state_bytes, repeats)
+        )
+        if s3:
+            found = await _s3_case(root, state, state_bytes, repeats)
+            if found:
+                cases.append(found)
+    return {
+        "benchmark": "checkpoint",
+        "state_bytes": state_bytes,
+        "quick": quick,
+        "repeats": repeats,
+        "machine": machine(),
+        "goals": {
+            "throughput_vs_raw": GOAL_RATIO,
+            "peak_rss_over_state": GOAL_RSS,
+            "met": all(
+                c["save_vs_raw_put"] >= GOAL_RATIO
+                and c["load_vs_raw_get"] >= GOAL_RATIO
+                and c["save_peak_rss_over_state"] <= GOAL_RSS
+                and c["load_peak_rss_over_state"] <= GOAL_RSS
+                for c in cases
+            ),
+        },
+        "cases": cases,
+    }
+
+
+def run(quick: bool = False, s3: bool = True) -> dict:
+    return asyncio.run(_run(quick, s3))
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        "# Checkpoint benchmark",
+        "",
+        f"State: {result['state_bytes']:,} tensor bytes (15.7M-parameter model + AdamW moments "
+        f"+ scheduler). {m['cpu_count']} CPUs, torch {m['torch']}; best of "
+        f"{result['repeats']} runs (median in the JSON).",
+        "",
+        "| store | checkpoint bytes | save MB/s | raw put_file MB/s | save/raw | load MB/s "
+        "| raw get_file MB/s | load/raw | peak RSS save / load (x state) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in result["cases"]:
+        lines.append(
+            f"| {c['store']} | {c['checkpoint_bytes']:,} | {c['save']['mb_per_s']:.0f} "
+            f"| {c['raw_put_file']['mb_per_s']:.0f} | {c['save_vs_raw_put']:.0%} "
+            f"| {c['load']['mb_per_s']:.0f} | {c['raw_get_file']['mb_per_s']:.0f} "
+            f"| {c['load_vs_raw_get']:.0%} | {c['save_peak_rss_over_state']:.2f} / "
+            f"{c['load_peak_rss_over_state']:.2f} |"
+        )
+    g = result["goals"]
+    lines += [
+        "",
+        f"Goals: save and load >= {g['throughput_vs_raw']:.0%} of raw, peak RSS growth <= "
+        f"{g['peak_rss_over_state']}x the state: {'met' if g['met'] else 'NOT met'}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 runs per case instead of 4")
+    parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS case")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick, s3=not args.no_s3)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "checkpoint.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "checkpoint.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
