@@ -1,0 +1,91 @@
+"""neurons.container: every Selector branch gives the adapter it names."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from adapters.chain.fake import FakeChain, FileChain
+from adapters.clock import FakeClock, SystemClock
+from adapters.storage.local import LocalStoreOpener
+from adapters.storage.memory import MemoryStoreOpener
+from adapters.storage.s3 import S3StoreOpener
+from neurons.config import HParams, load_settings
+from neurons.container import EndpointOpener, build_container
+from tests.unit.test_neuron_config import r2_env
+
+
+def container(tmp_path, validator=False, env=None, **flags):
+    settings = load_settings(
+        {},
+        {"chain_path": str(tmp_path / "chain.json"), "storage_root": str(tmp_path / "s")}
+        | {"state_dir": str(tmp_path / "state")}
+        | flags,
+    )
+    return build_container(HParams(), settings, hotkey="hk", validator=validator, env=env)
+
+
+@pytest.mark.parametrize(
+    ("storage", "kind"), [("local", LocalStoreOpener), ("memory", MemoryStoreOpener)]
+)
+def test_storage_selector(tmp_path, storage, kind):
+    c = container(tmp_path, storage=storage, chain="memory")
+    assert isinstance(c.storage(), kind)
+    assert c.storage() is c.storage()  # one opener per process
+
+
+def test_r2_storage_and_endpoint(tmp_path):
+    c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), validator=True)
+    assert isinstance(c.storage(), S3StoreOpener)
+    assert c.buckets().aggregator_write is not None
+    c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), s3_endpoint="http://x:1")
+    assert isinstance(c.storage(), EndpointOpener)
+    assert c.buckets().gradients_read.endpoint_url == "http://x:1"
+    assert c.buckets().aggregator_write is None  # miners have no aggregator bucket
+
+
+@pytest.mark.parametrize(("chain", "kind"), [("fake", FileChain), ("memory", FakeChain)])
+def test_chain_selector(tmp_path, chain, kind):
+    c = container(tmp_path, storage="memory", chain=chain)
+    assert type(c.chain()) is kind
+    assert c.chain().hotkey == "hk"
+
+
+def test_bittensor_chain_branch(tmp_path, monkeypatch):
+    made = {}
+
+    class FakeWallet:
+        def __init__(self, name, hotkey):
+            made["wallet"] = (name, hotkey)
+
+    class FakeBittensorChain:
+        def __init__(self, *, netuid, wallet, network):
+            made["chain"] = (netuid, network)
+
+    import bittensor
+
+    import adapters.chain.bittensor as bt_adapter
+
+    monkeypatch.setattr(bittensor, "Wallet", FakeWallet)
+    monkeypatch.setattr(bt_adapter, "BittensorChain", FakeBittensorChain)
+    c = container(tmp_path, storage="memory", chain="bittensor", netuid=9, wallet_hotkey="h1")
+    assert isinstance(c.chain(), FakeBittensorChain)
+    assert made == {"wallet": ("default", "h1"), "chain": (9, "finney")}
+    assert "bittensor" in sys.modules
+
+
+def test_clock_is_the_system_clock_unless_overridden(tmp_path):
+    c = container(tmp_path, storage="memory", chain="memory")
+    assert isinstance(c.clock(), SystemClock)
+    fake = FakeClock()
+    c.clock.override(fake)
+    assert c.clock() is fake
+
+
+def test_local_buckets_commit_on_the_fake_chain(tmp_path):
+    import asyncio
+
+    c = container(tmp_path, storage="local", chain="memory", validator=True)
+    c.memory_network().register("hk")
+    assert asyncio.run(c.chain().commit_bucket(c.buckets().gradients_read)) is True

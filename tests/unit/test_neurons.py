@@ -1,0 +1,159 @@
+"""Miner and validator windows on in-memory fakes and a FakeClock: no sleeping, no network."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from adapters.chain.fake import FakeNetwork
+from adapters.clock import FakeClock
+from adapters.storage.memory import MemoryStoreOpener
+from core import codec, keys
+from core.codec import Expected
+from core.compression import DenseCompressor
+from core.peers import get_peer_list
+from neurons.buckets import local_buckets
+from neurons.config import NeuronSettings, hparams_from_mapping
+from neurons.localnet import localnet_hparams
+from neurons.miner import Miner
+from neurons.validator import Validator, relative_improvement
+
+HP = hparams_from_mapping(localnet_hparams(0.5))
+
+
+class Net:
+    def __init__(self, tmp_path, miners=3, faulty=""):
+        self.clock = FakeClock()
+        self.network = FakeNetwork.in_memory(self.clock, block_time=0.5)
+        self.opener = MemoryStoreOpener(self.clock)
+        self.settings = NeuronSettings(
+            storage="memory", chain="memory", block_poll_interval=0.1, state_dir=str(tmp_path)
+        )
+        self.rows: list[dict] = []
+        self.network.register("val", stake=100.0, validator_permit=True)
+        self.validator = self.make(Validator, "val", aggregator=True)
+        self.miners = []
+        for i in range(miners):
+            self.network.register(f"m{i}")
+            self.miners.append(self.make(Miner, f"m{i}"))
+        if faulty:
+            self.network.register("bad")
+            settings = self.settings
+            self.settings = NeuronSettings(**{**settings.__getstate__(), "faulty": faulty})
+            self.miners.append(self.make(Miner, "bad"))
+            self.settings = settings
+
+    def make(self, kind, hotkey, aggregator=False):
+        return kind(
+            HP,
+            self.settings,
+            chain=self.network.chain(hotkey),
+            opener=self.opener,
+            clock=self.clock,
+            buckets=local_buckets(hotkey, with_aggregator=aggregator),
+            hotkey=hotkey,
+            on_row=self.rows.append,
+            decode_in_thread=False,
+        )
+
+    async def run(self, windows):
+        stop = asyncio.Event()
+        neurons = [self.validator, *self.miners]
+        return await asyncio.gather(*(n.run(stop, max_windows=windows) for n in neurons))
+
+    def validator_rows(self):
+        return [r for r in self.rows if r.get("event") == "window" and r["role"] == "validator"]
+
+
+def test_relative_improvement_is_clipped():
+    assert relative_improvement(2.0, 1.0) == 0.5
+    assert relative_improvement(1.0, 5.0) == -1.0
+    assert relative_improvement(1.0, float("nan")) == -1.0
+
+
+async def test_network_trains_and_publishes(tmp_path):
+    net = Net(tmp_path)
+    assert await net.run(8) == [8, 8, 8, 8]
+    rows = net.validator_rows()
+    assert len(rows) == 8
+    assert rows[-1]["loss"] < rows[0]["loss"] * 0.8
+    assert all(r["success_rate"] == 1.0 and not r["skipped"] for r in rows)
+    assert all(r["published_bytes"] > 0 for r in rows)
+    miner_rows = [r for r in net.rows if r.get("role") == "miner" and r.get("event") == "window"]
+    assert all(r["applied"] and r["upload"] == "ok" for r in miner_rows)
+    assert any(r["peer_list"] for r in miner_rows)  # later windows follow the validator's list
+
+    # The aggregate is in the aggregator bucket, codec-encoded, for the last window.
+    agg_store = net.opener.open(local_buckets("val", with_aggregator=True).aggregator_read)
+    window = rows[-1]["window"]
+    blob = await agg_store.get(keys.aggregator(window, HP.version))
+    expected = Expected(
+        version=HP.version, codec=DenseCompressor(), shapes=net.validator.shapes, window=window
+    )
+    assert codec.decode(blob.data, expected).meta.uid == net.validator.uid
+
+    # A peer list and weights were published.
+    metagraph = await net.validator.chain.metagraph()
+    commitments = await net.validator.chain.bucket_commitments()
+    listed = await get_peer_list(net.opener, metagraph, commitments, window + 1, HP.version)
+    assert listed is not None and set(listed.peers) == {1, 2, 3}
+    assert set(net.network.weights("val")) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("faulty", ["garbage", "late", "silent"])
+async def test_faulty_miner_is_skipped_and_scored_lowest(tmp_path, faulty):
+    net = Net(tmp_path, miners=2, faulty=faulty)
+    await net.run(4)
+    rows = net.validator_rows()
+    bad = str(net.miners[-1].uid)
+    assert all(bad in r["skipped"] for r in rows)
+    reasons = " ".join(r["skipped"][bad] for r in rows)
+    # a late upload lands after the validator stopped polling, or is seen and refused as late
+    expected = {
+        "garbage": ("invalid",),
+        "late": ("too_late", "not_found"),
+        "silent": ("not_found",),
+    }
+    assert any(reason in reasons for reason in expected[faulty])
+    scores = rows[-1]["scores"]
+    assert min(scores, key=scores.get) == bad
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    # honest miners skip it too (when the peer list still names it), and keep training
+    honest = [
+        r
+        for r in net.rows
+        if r.get("event") == "window" and r["role"] == "miner" and r["uid"] != int(bad)
+    ]
+    assert all(r["applied"] for r in honest)
+    assert all(bad in r["skipped"] for r in honest if int(bad) in r["peers"])
+
+
+async def test_restarted_miner_resumes_where_it_stopped(tmp_path):
+    net = Net(tmp_path, miners=1)
+    await net.run(3)
+    miner = net.miners[0]
+    stopped_at, step = miner.last_window, miner.global_step
+    weights = {n: p.detach().clone() for n, p in miner.model.named_parameters()}
+    again = net.make(Miner, "m0")
+    await again.setup()
+    assert (again.last_window, again.global_step) == (stopped_at, step)
+    for name, p in again.model.named_parameters():
+        assert p.detach().equal(weights[name])
+    assert again.error is not None
+
+
+async def test_stop_event_ends_the_loop_between_windows(tmp_path):
+    net = Net(tmp_path, miners=1)
+    stop = asyncio.Event()
+    stop.set()
+    assert await net.miners[0].run(stop) == 0
+
+
+async def test_stale_gradients_are_cleaned(tmp_path):
+    net = Net(tmp_path, miners=1)
+    await net.run(HP.stale_retention + 3)
+    miner = net.miners[0]
+    names = [m.key async for m in miner.store.list("gradient-")]
+    windows = sorted(keys.parse(n).window for n in names)
+    assert windows[0] >= miner.last_window - HP.stale_retention
