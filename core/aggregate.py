@@ -65,8 +65,14 @@ class Aggregator:
         """The part of `add` that may run in parallel threads, ahead of the serial part."""
         return self._sum.prepare(compressed)
 
-    def add(self, compressed: Compressed, prepared: object | None = None) -> dict[str, float]:
-        """Fold one peer in (from `prepare`'s result when given); returns its norms."""
+    def add(
+        self, compressed: Compressed | None, prepared: object | None = None
+    ) -> dict[str, float]:
+        """Fold one peer in (from `prepare`'s result when given); returns its norms.
+
+        `compressed` may be None when `prepared` is given, except with MEDIAN_CLIP, which
+        keeps it for the second pass.
+        """
         if prepared is None:
             prepared = self._sum.prepare(compressed)
         if self._mode is Normalisation.MEDIAN_CLIP:

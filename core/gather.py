@@ -114,11 +114,21 @@ async def gather(
 
     decoder = PeerDecoder(expected, window, hotkeys, verifier)
 
+    keep_compressed = (
+        settings.normalisation is Normalisation.MEDIAN_CLIP
+        or settings.duplicate_threshold is not None
+    )
+
     def decode(uid: int, data: bytes) -> tuple[Payload, object]:
         # Runs in a worker thread, several peers at a time: validate and prepare the fold
-        # here, so the serial part (adding into the shared sum) stays short.
+        # here, so the serial part (adding into the shared sum) stays short. The wire tensors
+        # are dropped once prepared unless needed later, so a peer waiting for its turn
+        # holds only what the fold needs.
         payload = decoder(uid, data)
-        return payload, aggregator.prepare(payload.compressed)
+        prepared = aggregator.prepare(payload.compressed)
+        if not keep_compressed:
+            payload = attrs.evolve(payload, compressed=None)
+        return payload, prepared
 
     def fold(uid: int, payload: Payload, prepared: object) -> None:
         norms[uid] = aggregator.add(payload.compressed, prepared)

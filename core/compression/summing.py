@@ -135,21 +135,24 @@ class ChunkSum:
 
     @torch.no_grad()
     def result(self, scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """The sum (times `scale`) per parameter, as views into the sum's own buffer.
+
+        Each parameter is turned from chunk rows into its own layout in place, through a
+        copy of that one parameter, so the peak is the sum plus the largest parameter, not
+        two models.
+        """
         if scale != 1.0:
             self._buf.mul_(scale)
         out: dict[str, torch.Tensor] = {}
         use_dct = self._compressor.params.use_dct
-        for (h, w), members in self._plan.groups.items():
-            for m in members:
-                region = self._buf[self._starts[m.name] : self._starts[m.name] + m.numel]
-                chunks = region.view(*m.grid, h, w)
-                if use_dct:
-                    chunks = dct.inverse(chunks)
-                dense = torch.empty(m.numel, device=self._device)
-                m.chunked_view(dense).copy_(chunks)
-                out[m.name] = dense.view(m.shape)
+        for m in self._plan.params:
+            region = self._buf[self._starts[m.name] : self._starts[m.name] + m.numel]
+            chunks = region.view(*m.grid, m.h, m.w)
+            chunks = dct.inverse(chunks) if use_dct else chunks.clone()
+            m.chunked_view(region).copy_(chunks)
+            out[m.name] = region.view(m.shape)
         self._buf = torch.zeros(0, device=self._device)  # the sum is handed over, once
-        return {m.name: out[m.name] for m in self._plan.params}
+        return out
 
 
 def make_sum(
