@@ -62,7 +62,7 @@ def r2_neuron_buckets(roles: Mapping[str, RoleBuckets], endpoint: str = "") -> N
     gradients = roles["gradients"]
     if gradients.write is None:
         raise ValueError("R2_GRADIENTS_WRITE_ACCESS_KEY_ID and its secret are required")
-    aggregator = roles.get("aggregator")
+    aggregator = roles.get("aggregator")  # a miner's has no write key
     return NeuronBuckets(
         gradients_read=fix(gradients.read),
         gradients_write=fix(gradients.write),

@@ -68,7 +68,9 @@ def _buckets(
     storage: str, hotkey: str, env: Mapping[str, str], endpoint: str, validator: bool
 ) -> NeuronBuckets:
     if storage == "r2":
-        roles = ("gradients", "aggregator") if validator else ("gradients",)
+        # Miners read the aggregator bucket (for catch-up) when it is configured.
+        wanted = validator or bool(env.get("R2_AGGREGATOR_ACCOUNT_ID"))
+        roles = ("gradients", "aggregator") if wanted else ("gradients",)
         return r2_neuron_buckets(r2_buckets(env, roles), endpoint)
     return local_buckets(hotkey, with_aggregator=validator)
 

@@ -16,16 +16,18 @@ from typing import Any
 
 import torch
 
-from core import keys
+from core.checkpoints import CheckpointMeta
 from core.codec import Expected
 from core.compression import TopKCompressor
 from core.exchange import Exchange
+from core.janitor import RetentionPolicy, sweep
 from core.windows import TimeWindow, first_block, window_of
-from neurons import resume
+from neurons import resume, sync
 from neurons.buckets import NeuronBuckets
 from neurons.config import HParams, NeuronSettings
 from neurons.task import TinyTask
-from ports import Bucket, Chain, Clock, Metagraph, StorageError, StoreOpener
+from ports import Bucket, Chain, Clock, Metagraph, ObjectStore, StorageError, StoreOpener
+from ports.scratch import Scratch
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
@@ -50,6 +52,8 @@ class Neuron:
         hotkey: str,
         on_row: Callable[[Row], None] | None = None,
         decode_in_thread: bool = True,
+        scratch: Scratch | None = None,
+        aggregates: ObjectStore | None = None,
     ) -> None:
         self.hparams = hparams
         self.settings = settings
@@ -59,6 +63,11 @@ class Neuron:
         self.buckets = buckets
         self.hotkey = hotkey
         self.on_row = on_row
+        # Checkpoints need scratch files; without them a neuron neither saves nor loads them.
+        self.scratch = scratch
+        # Where the network's aggregates can be read, for catch-up (None: no catch-up).
+        self.aggregates = aggregates
+        self.checkpoints = sync.checkpoint_settings(hparams.version, hparams.checkpoint_frequency)
         self.store = opener.open(buckets.gradients_write)
         self.exchange = Exchange(
             self.store,
@@ -99,6 +108,44 @@ class Neuron:
             point, self.error = restored
             self.global_step, self.last_window = point.global_step, point.window
             log.info("%s resumed at window %d, step %d", self.role, point.window, point.global_step)
+        await self.sync_to_network()
+
+    async def sync_to_network(self) -> None:
+        """Cold or far behind: load the newest checkpoint, then replay aggregates since."""
+        hp = self.hparams
+        target = await self.current_window() - 1
+        behind = None if self.last_window is None else target - self.last_window
+        if self.scratch is not None and (behind is None or behind > hp.sync_max_steps_behind):
+            metagraph, commitments = await self.peers_view()
+            loaded = await sync.load_network_checkpoint(
+                self.model,
+                metagraph=metagraph,
+                commitments=commitments,
+                opener=self.opener,
+                scratch=self.scratch,
+                settings=self.checkpoints,
+            )
+            if loaded is not None:
+                self.last_window, self.global_step = loaded
+                self.error = None  # the buffer belonged to another trajectory
+        if self.aggregates is not None and self.last_window is not None:
+            start = self.last_window
+            self.last_window = await sync.replay_aggregates(
+                self.model,
+                self.aggregates,
+                version=hp.version,
+                start_window=start,
+                target_window=target,
+                max_behind=hp.sync_max_steps_behind,
+                learning_rate=hp.learning_rate,
+            )
+            self.global_step += self.last_window - start
+
+    def checkpoint_meta(self, window: int) -> CheckpointMeta:
+        assert self.uid is not None
+        return CheckpointMeta(
+            window=window, global_step=self.global_step, uid=self.uid, hotkey=self.hotkey
+        )
 
     async def current_window(self) -> int:
         return window_of(await self.chain.current_block(), self.hparams.blocks_per_window)
@@ -144,23 +191,13 @@ class Neuron:
     # Housekeeping --------------------------------------------------------------------
 
     async def clean_stale(self, window: int) -> int:
-        """Delete our own gradients older than `stale_retention` windows.
-
-        TODO(checkpoints): replace with `core.janitor.sweep` once it is committed; it also
-        prunes old checkpoints.
-        """
-        cutoff = window - self.hparams.stale_retention
-        doomed = []
+        """Delete our stale gradients and old checkpoints (see core/janitor.py)."""
+        policy = RetentionPolicy(stale_retention=self.hparams.stale_retention)
         try:
-            async for meta in self.store.list("gradient-"):
-                parsed = keys.parse(meta.key)
-                if parsed and parsed.window is not None and parsed.window < cutoff:
-                    doomed.append(meta.key)
-            if doomed:
-                await self.store.delete(doomed)
+            return (await sweep(self.store, window, policy, settings=self.checkpoints)).count
         except StorageError as exc:
             log.warning("stale cleanup failed: %s", exc)
-        return len(doomed)
+            return 0
 
     def save_resume(self, window: int) -> None:
         resume.save(

@@ -55,16 +55,18 @@ def build_neuron(
     hotkey = settings.hotkey or chain.hotkey  # type: ignore[attr-defined]
     if not settings.hotkey:
         container.config.hotkey.from_value(hotkey)
-    events = EventLog(settings.events)
+    opener, buckets = container.storage(), container.buckets()
     return ROLES[role](
         hparams,
         settings,
         chain=chain,
-        opener=container.storage(),
+        opener=opener,
         clock=container.clock(),
-        buckets=container.buckets(),
+        buckets=buckets,
         hotkey=hotkey,
-        on_row=events,
+        on_row=EventLog(settings.events),
+        scratch=container.scratch(),
+        aggregates=opener.open(buckets.aggregator_read) if buckets.aggregator_read else None,
     )
 
 

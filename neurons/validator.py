@@ -30,6 +30,7 @@ from core.peers import (
 )
 from neurons.neuron import Neuron, Row
 from neurons.scoring import Scores
+from neurons.sync import CheckpointSaver
 from neurons.training import loss_after_step, mean_loss, outer_step, unit_normalised
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ class Validator(Neuron):
         self.lists: dict[int, tuple[int, ...]] = {}
         self._last_activity_check: float | None = None
         self._started = False
+        self.saver = (
+            CheckpointSaver(self.store, self.scratch, self.clock, self.checkpoints)
+            if self.scratch is not None
+            else None
+        )
         self.aggregator_store = (
             self.opener.open(self.buckets.aggregator_write)
             if self.buckets.aggregator_write is not None
@@ -183,8 +189,11 @@ class Validator(Neuron):
             if weights:
                 uids = sorted(weights)
                 await self.chain.set_weights(uids, [weights[u] for u in uids])
-        # TODO(checkpoints): save a network checkpoint every checkpoint_frequency windows
-        # (core.checkpoints.Checkpointer) once that module is committed.
+        checkpointed = False
+        if self.saver is not None and aggregate is not None:
+            checkpointed = await self.saver.maybe_save(
+                self.model, None, self.checkpoint_meta(window)
+            )
         cleaned = await self.clean_stale(window)
         return {
             "role": self.role,
@@ -205,11 +214,14 @@ class Validator(Neuron):
             "weights": {str(u): w for u, w in sorted(weights.items())},
             "next_peers": list(next_peers),
             "active": sorted(self.tracker.active_peers),
+            "checkpoint": checkpointed,
             "cleaned": cleaned,
             "seconds": self.clock.monotonic() - started,
         }
 
     async def close(self) -> None:
+        if self.saver is not None:
+            await self.saver.wait()  # a checkpoint upload in flight completes (or fails) whole
         await super().close()
         if self.aggregator_store is not None:
             await self.aggregator_store.close()

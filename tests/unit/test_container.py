@@ -42,7 +42,11 @@ def test_r2_storage_and_endpoint(tmp_path):
     c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), s3_endpoint="http://x:1")
     assert isinstance(c.storage(), EndpointOpener)
     assert c.buckets().gradients_read.endpoint_url == "http://x:1"
-    assert c.buckets().aggregator_write is None  # miners have no aggregator bucket
+    # a miner reads the aggregator bucket (catch-up) only when it is configured
+    assert c.buckets().aggregator_read is not None
+    env = {k: v for k, v in r2_env().items() if not k.startswith("R2_AGGREGATOR")}
+    c = container(tmp_path, storage="r2", chain="memory", env=env)
+    assert c.buckets().aggregator_read is None
 
 
 @pytest.mark.parametrize(("chain", "kind"), [("fake", FileChain), ("memory", FakeChain)])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import attrs
 import pytest
 
 from adapters.chain.fake import FakeNetwork
 from adapters.clock import FakeClock
+from adapters.scratch import TempScratch
 from adapters.storage.memory import MemoryStoreOpener
 from core import codec, keys
 from core.codec import Expected
@@ -23,7 +25,9 @@ HP = hparams_from_mapping(localnet_hparams(0.5))
 
 
 class Net:
-    def __init__(self, tmp_path, miners=3, faulty=""):
+    def __init__(self, tmp_path, miners=3, faulty="", hparams=HP, scratch=False):
+        self.hparams = hparams
+        self.scratch = TempScratch(tmp_path / "scratch") if scratch else None
         self.clock = FakeClock()
         self.network = FakeNetwork.in_memory(self.clock, block_time=0.5)
         self.opener = MemoryStoreOpener(self.clock)
@@ -44,9 +48,9 @@ class Net:
             self.miners.append(self.make(Miner, "bad"))
             self.settings = settings
 
-    def make(self, kind, hotkey, aggregator=False):
+    def make(self, kind, hotkey, aggregator=False, **extra):
         return kind(
-            HP,
+            self.hparams,
             self.settings,
             chain=self.network.chain(hotkey),
             opener=self.opener,
@@ -55,6 +59,8 @@ class Net:
             hotkey=hotkey,
             on_row=self.rows.append,
             decode_in_thread=False,
+            scratch=self.scratch,
+            **extra,
         )
 
     async def run(self, windows):
@@ -157,3 +163,21 @@ async def test_stale_gradients_are_cleaned(tmp_path):
     names = [m.key async for m in miner.store.list("gradient-")]
     windows = sorted(keys.parse(n).window for n in names)
     assert windows[0] >= miner.last_window - HP.stale_retention
+
+
+async def test_late_joiner_loads_the_checkpoint_and_catches_up(tmp_path):
+    hparams = attrs.evolve(HP, checkpoint_frequency=3, sync_max_steps_behind=4)
+    net = Net(tmp_path, miners=2, hparams=hparams, scratch=True)
+    await net.run(4)
+    # checkpoint after step 3; the 4th window's aggregate is then replayed from the bucket
+    assert [r["checkpoint"] for r in net.validator_rows()] == [False, False, True, False]
+    validator = net.validator
+    net.clock.advance(hparams.blocks_per_window * 0.5)  # the network moved on one window
+    net.network.register("late")
+    aggregator = net.opener.open(local_buckets("val", with_aggregator=True).aggregator_read)
+    late = net.make(Miner, "late", aggregates=aggregator)
+    await late.setup()
+    assert late.last_window == validator.last_window
+    assert late.global_step == validator.global_step
+    for name, p in late.model.named_parameters():
+        assert p.detach().equal(dict(validator.model.named_parameters())[name].detach())
