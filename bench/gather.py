@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import io
 import json
+import statistics
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from core.compression import Compressed, default_compressor
 from core.exchange import Exchange
 from core.fetch import FetchSettings
 from core.gather import GatherSettings, gather
+from core.keys import KeyKind
 from core.windows import TimeWindow
 from tests.s3.server import SeaweedServer, weed_binary
 
@@ -44,7 +46,7 @@ WINDOW = 1
 BUCKETS = 8
 DISTINCT = 8
 CONCURRENCY = 32
-GOALS = {"ratio_vs_raw_max": 2.0, "speedup_vs_baseline_min": 5.0}
+GOALS = {"ratio_vs_raw_max": 2.0, "speedup_vs_baseline_min": 5.0, "put_ratio_vs_raw_max": 1.1}
 
 
 async def _timed(fn, repeats: int) -> tuple[list[float], list[int]]:
@@ -178,6 +180,36 @@ class Bench:
         }
 
 
+async def put_case(bench: Bench, repeats: int) -> dict[str, object]:
+    """One payload: Exchange.put (and encode + put) against a raw put of the same bytes."""
+    store = bench.opener.open(bench.bucket_of(0))
+    me = Exchange(store, bench.opener, bench.clock, VERSION)
+    meta = PayloadMeta(window=WINDOW, uid=0, hotkey="hk0", global_step=1, version=VERSION)
+    data = codec.encode(bench.compressed[0], meta)
+
+    async def raw() -> None:
+        await store.put("raw-put-bench.bin", data)
+
+    async def exchange_put() -> None:
+        await me.put(data, WINDOW, KeyKind.GRADIENT, 0)
+
+    async def encode_and_put() -> None:
+        await me.put(codec.encode(bench.compressed[0], meta), WINDOW, KeyKind.GRADIENT, 0)
+
+    await raw()
+    r, _ = await _timed(raw, repeats)
+    e, _ = await _timed(exchange_put, repeats)
+    c, _ = await _timed(encode_and_put, repeats)
+    return {
+        "payload_bytes": len(data),
+        "raw_put": stats(r),
+        "exchange_put": stats(e),
+        "encode_and_put": stats(c),
+        "ratio_vs_raw": statistics.median(e) / statistics.median(r),
+        "encode_and_put_ratio_vs_raw": statistics.median(c) / statistics.median(r),
+    }
+
+
 async def _run(quick: bool) -> dict[str, object]:
     binary = weed_binary()
     if binary is None:
@@ -189,6 +221,7 @@ async def _run(quick: bool) -> dict[str, object]:
         sizes = (20, 64) if quick else (20, 64, 256)
         repeats = 3 if quick else 5
         cases = [await bench.case(n, repeats) for n in sizes]
+        put = await put_case(bench, max(repeats, 5) * 2)
         bench.opener.close()
     finally:
         server.destroy()
@@ -203,6 +236,7 @@ async def _run(quick: bool) -> dict[str, object]:
         "concurrency": CONCURRENCY,
         "goals": GOALS,
         "cases": cases,
+        "put": put,
         "time_growth_vs_linear": growth,
     }
 
