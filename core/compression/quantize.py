@@ -45,7 +45,10 @@ def quantize(
     scale = (range_sigmas * sigma / bins).to(torch.float32)
     scale = torch.where(torch.isfinite(scale) & (scale != 0), scale, torch.ones_like(scale))
     offset = bins // 2
-    codes = (centered / scale[param_ids] + offset).round().clamp_(0, bins - 1).to(torch.int64)
+    # A NaN would cast to an arbitrary int64 and index out of bounds below; any in-range code
+    # does, since the NaN still reaches shift and lookup and receivers reject it (non_finite).
+    scaled = (centered / scale[param_ids] + offset).nan_to_num_(nan=float(offset))
+    codes = scaled.round().clamp_(0, bins - 1).to(torch.int64)
     slot = param_ids * bins + codes
     bin_sums = torch.zeros(n_params * bins, dtype=torch.float64, device=device)
     bin_sums.index_add_(0, slot, centered.to(torch.float64))
