@@ -126,7 +126,12 @@ class HParams:
         0.6, "weight of the newest evaluation in a peer's moving-average score", minimum=0
     )
     missing_gradient_penalty_score: float = _hp(
-        -0.1, "evaluation given to a peer that was skipped (missing, late, invalid)"
+        -1.0,
+        "evaluation given to a skipped peer (missing, late, invalid): the worst a gradient "
+        "can score, so skipping is never better than a bad upload",
+    )
+    eval_lr_factor: float = _hp(
+        0.5, "a gradient is scored by a step of learning_rate times this", positive=True
     )
     power_normalisation: float = _hp(
         2.0, "weights are positive scores to this power, normalised", positive=True

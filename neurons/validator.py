@@ -165,7 +165,8 @@ class Validator(Neuron):
                     continue
                 compressed = fetched.payload.compressed
                 step = unit_normalised(self.compressor.decode(compressed))
-                after = loss_after_step(self.task, self.model, step, hp.learning_rate, batches)
+                lr = hp.learning_rate * hp.eval_lr_factor
+                after = loss_after_step(self.task, self.model, step, lr, batches)
                 evaluations[str(uid)] = relative_improvement(before, after)
                 self.scores.update(uid, evaluations[str(uid)])
                 if uid in contributors:
