@@ -22,8 +22,10 @@ test: lint
 demo: $(STAMP)
 	$(VENV)/bin/templar-comms localnet --faulty garbage
 
+# BENCH_ARGS=--quick for the short run (under 2 minutes).
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -240,7 +240,7 @@ class Exchange:
             status = _timing_status(time_window.classify(meta.last_modified))
             if status is not Status.OK:
                 reason = (
-                    f"{status.value}: uploaded {meta.last_modified.isoformat()}, window "
+                    f"uploaded {meta.last_modified.isoformat()}, window "
                     f"[{time_window.start.isoformat()}, {time_window.end.isoformat()}]"
                 )
                 return done(status, reason, meta=meta, nbytes=size)

@@ -197,5 +197,10 @@ async def stream(
     For validators that evaluate peers one by one; use `contextlib.aclosing` to stop early.
     """
     decoder = PeerDecoder(expected, window, hotkeys, verifier)
-    async for fetched in stream_peers(exchange, buckets, uids, window, decoder, **kwargs):
+    fetch = kwargs.pop("settings", None) or FetchSettings()
+    if fetch.max_bytes is None:  # refuse oversized objects before downloading them
+        fetch = attrs.evolve(fetch, max_bytes=expected.size_limit())
+    async for fetched in stream_peers(
+        exchange, buckets, uids, window, decoder, settings=fetch, **kwargs
+    ):
         yield fetched
