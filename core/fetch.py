@@ -21,7 +21,7 @@ import attrs
 from core.exchange import Exchange, Fetched, Status
 from core.keys import KeyKind
 from core.windows import TimeWindow
-from ports import Bucket
+from ports import Bucket, Clock
 
 T = TypeVar("T")
 
@@ -42,6 +42,22 @@ class FetchSettings:
 
 def _strip(fetched: Fetched[T]) -> Fetched[T]:
     return attrs.evolve(fetched, payload=None)
+
+
+async def _within(clock: Clock, work: Awaitable[T], seconds: float) -> T | None:
+    """`work`'s result, or None when `seconds` pass first on `clock` (`work` is cancelled)."""
+    task = asyncio.ensure_future(work)
+    timer = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+        late = not task.done()
+        if late:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+    return None if late else task.result()
 
 
 async def fetch_peers(
@@ -84,7 +100,7 @@ async def fetch_peers(
                 remaining = min(remaining, settings.peer_timeout)
             if remaining <= 0:
                 return failed(uid, Status.ERROR, "timeout: gather deadline passed before fetch")
-            got = await exchange.get(
+            fetch = exchange.get(
                 bucket,
                 window,
                 kind,
@@ -94,6 +110,14 @@ async def fetch_peers(
                 timeout=remaining,
                 max_bytes=settings.max_bytes,
             )
+            if settings.peer_timeout is None:
+                got = await fetch
+            else:
+                # exchange.get's timeout bounds only its polling; a read that is slow itself
+                # must also give way, or the reserve never gets its turn.
+                got = await _within(clock, fetch, remaining + _SLACK)
+                if got is None:
+                    return failed(uid, Status.ERROR, f"timeout: no answer in {remaining:g} s")
             if got.ok and clock.monotonic() > deadline:
                 return _strip(
                     attrs.evolve(got, status=Status.ERROR, reason="timeout: after the deadline")

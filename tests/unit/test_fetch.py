@@ -112,7 +112,9 @@ async def test_peer_timeout_leaves_time_for_reserves() -> None:
         net, [1], reserve_uids=[7], settings=FetchSettings(timeout=30, peer_timeout=10)
     )
     assert folded == [7] and rec[1].status is Status.NOT_FOUND
-    assert net.clock.monotonic() == pytest.approx(10)
+    # The reserve ran at the peer timeout, not the gather's (the peer's timer may tick past
+    # it by its 0.5 s slack before it is cancelled).
+    assert 10 <= net.clock.monotonic() <= 10.5
 
 
 async def test_slow_peer_past_the_deadline_is_skipped_and_others_kept() -> None:
