@@ -48,13 +48,43 @@ def chart(result: dict, path: Path) -> bool:
     return True
 
 
+def render(latest: dict, out: Path) -> str:
+    """latest.md (and the chart) from a latest.json: also `python -m bench --render`."""
+    results = latest["benchmarks"]
+    sections = [
+        f"# Benchmark results ({'quick' if latest['quick'] else 'full'} run, "
+        f"{latest['created_at'][:19]} UTC, {latest['machine']['cpu_count']} CPUs, "
+        f"{latest['wall_seconds']:.0f} s)",
+        "",
+        "## Compression",
+        "",
+        compression.markdown(results["compression"]),
+        "## Gather",
+        "",
+        gather.markdown(results["gather"]),
+        "## Checkpoints",
+        "",
+        checkpoint.markdown(results["checkpoint"]),
+    ]
+    if chart(results["gather"], out / "gather.png"):
+        sections += ["", "![gather time against peers](gather.png)", ""]
+    text = "\n".join(sections)
+    (out / "latest.md").write_text(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="run every benchmark")
     parser.add_argument("--quick", action="store_true", help="fewer sizes and runs (< 2 min)")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--render", action="store_true", help="only re-render latest.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        latest = json.loads((out / "latest.json").read_text())
+        print(render(latest, out))
+        return latest
     started = time.perf_counter()
     results = {}
     for name, module in (
@@ -75,25 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmarks": results,
     }
     (out / "latest.json").write_text(json.dumps(latest, indent=2) + "\n")
-    sections = [
-        f"# Benchmark results ({'quick' if args.quick else 'full'} run, "
-        f"{latest['created_at'][:19]} UTC, {latest['machine']['cpu_count']} CPUs, "
-        f"{latest['wall_seconds']:.0f} s)",
-        "",
-        "## Compression",
-        "",
-        compression.markdown(results["compression"]),
-        "## Gather",
-        "",
-        gather.markdown(results["gather"]),
-        "## Checkpoints",
-        "",
-        checkpoint.markdown(results["checkpoint"]),
-    ]
-    if chart(results["gather"], out / "gather.png"):
-        sections += ["", "![gather time against peers](gather.png)", ""]
-    (out / "latest.md").write_text("\n".join(sections))
-    print("\n".join(sections))
+    text = render(latest, out)
+    print(text)
     return latest
 
 

@@ -29,6 +29,7 @@ import torch
 
 from adapters.clock import SystemClock
 from adapters.storage.s3 import S3Settings, S3StoreOpener
+from adapters.storage.seaweedfs import SeaweedServer, weed_binary
 from bench.common import PeakRss, machine, stats
 from bench.compression import gradient, model_shapes
 from core import codec
@@ -39,7 +40,6 @@ from core.fetch import FetchSettings
 from core.gather import GatherSettings, gather
 from core.keys import KeyKind
 from core.windows import TimeWindow
-from tests.s3.server import SeaweedServer, weed_binary
 
 VERSION = "bench"
 WINDOW = 1
@@ -271,6 +271,16 @@ def markdown(result: dict) -> str:
         f"{result['time_growth_vs_linear']:.2f} (1.0 = linear, below = better).",
         "",
     ]
+    p = result.get("put")
+    if p:
+        lines += [
+            f"Put of one {p['payload_bytes']:,}-byte payload: Exchange.put "
+            f"{p['exchange_put']['median_s'] * 1e3:.1f} ms against a raw put "
+            f"{p['raw_put']['median_s'] * 1e3:.1f} ms ({p['ratio_vs_raw']:.2f}x; goal <= 1.1x); "
+            f"encode + put {p['encode_and_put']['median_s'] * 1e3:.1f} ms "
+            f"({p['encode_and_put_ratio_vs_raw']:.2f}x).",
+            "",
+        ]
     return "\n".join(lines)
 
 
