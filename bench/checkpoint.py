@@ -166,7 +166,7 @@ async def measure_store(
 
 async def _s3_case(root: Path, state, state_bytes, repeats) -> dict | None:
     from adapters.storage.s3 import S3StoreOpener
-    from tests.s3.server import SeaweedServer, ServerUnavailable, weed_binary
+    from adapters.storage.seaweedfs import SeaweedServer, ServerUnavailable, weed_binary
 
     binary = weed_binary()
     if binary is None:

@@ -134,6 +134,9 @@ def localnet(
         str, Opt(help="add one misbehaving miner: late | garbage | silent (empty: none)")
     ] = "",
     block_time: Annotated[float, Opt(help="seconds per block")] = 0.5,
+    storage: Annotated[
+        str, Opt(help="local (directories) | s3 (buckets on a SeaweedFS started on 127.0.0.1)")
+    ] = "local",
     directory: Annotated[
         Path | None, Opt("--dir", help="run directory (default: a new temp directory)")
     ] = None,
@@ -151,11 +154,16 @@ def localnet(
             windows=windows,
             faulty=faulty,
             block_time=block_time,
+            storage=storage,
             directory=directory,
             json_out=json_out,
             hparams_file=hparams_file,
             overrides=overrides,
         )
+    except ValueError as exc:  # ConfigError, or an option out of range (attrs validators)
+        err_console.print(f"[red]configuration error[/red] {exc.args[0] if exc.args else exc}")
+        raise typer.Exit(2) from None
+    try:
         code = run_localnet(options, console)
     except ConfigError as exc:
         err_console.print(f"[red]configuration error[/red] {exc}")

@@ -1,12 +1,14 @@
 """A whole network on one machine: one validator and N miners as separate processes.
 
-They share a directory: local buckets under `storage/`, the fake chain in `chain.json`
-(blocks from the system clock, `block_time` seconds each), `hparams.json`, and per neuron a
-log and an events file of JSON lines, which this process tails to draw the table.
+They share a directory: local buckets under `storage/` (or, with `storage="s3"`, buckets on
+a SeaweedFS this process starts and stops: neurons/localnet_storage.py), the fake chain in
+`chain.json` (blocks from the system clock, `block_time` seconds each), `hparams.json`, and per
+neuron a log and an events file of JSON lines, which this process tails to draw the table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,14 @@ from rich.text import Text
 
 from adapters.chain.fake import FakeNetwork
 from adapters.clock import SystemClock
-from neurons.config import HParams, hparams_from_mapping, load_hparams
+from neurons.config import ConfigError, HParams, hparams_from_mapping, load_hparams
+from neurons.localnet_storage import (
+    STORAGE_CHOICES,
+    LocalnetStorage,
+    ServerUnavailable,
+    localnet_storage,
+    neuron_environment,
+)
 from neurons.localnet_view import COLUMNS, line, render, summary, table_row
 from neurons.plot import loss_curve_png
 
@@ -40,6 +50,7 @@ class LocalnetOptions:
         default="", validator=attrs.validators.in_(("", "late", "garbage", "silent"))
     )
     block_time: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    storage: str = attrs.field(default="local", validator=attrs.validators.in_(STORAGE_CHOICES))
     directory: Path | None = None
     json_out: Path | None = None
     hparams_file: Path | None = None
@@ -48,9 +59,17 @@ class LocalnetOptions:
     slack_seconds: float = 60.0
 
 
-def localnet_hparams(block_time: float) -> dict[str, Any]:
+def whole_second_blocks(block_time: float, least: int = 5) -> int | None:
+    """The fewest blocks (at least `least`) that last a whole number of seconds, if any."""
+    for blocks in range(least, least + 100):
+        seconds = blocks * block_time
+        if seconds >= 1 and abs(seconds - round(seconds)) < 1e-6:
+            return blocks
+    return None
+
+
+def localnet_hparams(block_time: float, blocks: int = 5) -> dict[str, Any]:
     """Small, fast settings for a tiny model and windows of a few seconds."""
-    blocks = 5
     window = blocks * block_time
     return {
         "blocks_per_window": blocks,
@@ -87,11 +106,27 @@ class Spec:
 
 def prepare(root: Path, options: LocalnetOptions) -> tuple[HParams, list[Spec]]:
     """Write hparams.json and register every neuron on a fresh fake chain."""
-    base = hparams_from_mapping(localnet_hparams(options.block_time))
+    blocks, genesis = 5, None
+    if options.storage == "s3":
+        # S3's Last-Modified has whole seconds, rounded down: an upload made just after its
+        # window opened would look too early, unless windows open on whole seconds.
+        blocks = whole_second_blocks(options.block_time) or blocks
+        now = SystemClock().now()
+        genesis = now.replace(microsecond=0) - timedelta(milliseconds=1)
+    base = hparams_from_mapping(localnet_hparams(options.block_time, blocks))
     hparams = load_hparams(options.hparams_file, options.overrides, base=base)
+    seconds = hparams.blocks_per_window * options.block_time
+    if options.storage == "s3" and abs(seconds - round(seconds)) > 1e-6:
+        raise ConfigError(
+            "blocks_per_window",
+            f"with --storage s3 a window must last whole seconds (S3 times have 1 s resolution); "
+            f"{hparams.blocks_per_window} blocks of {options.block_time} s last {seconds:g} s",
+        )
     (root / "hparams.json").write_text(json.dumps(attrs.asdict(hparams), indent=2))
 
-    network = FakeNetwork.at_path(root / "chain.json", SystemClock(), block_time=options.block_time)
+    network = FakeNetwork.at_path(
+        root / "chain.json", SystemClock(), block_time=options.block_time, genesis_time=genesis
+    )
     specs = [Spec("validator", VALIDATOR_HOTKEY)]
     network.register(VALIDATOR_HOTKEY, stake=1000.0, validator_permit=True)
     for i in range(options.miners):
@@ -103,11 +138,11 @@ def prepare(root: Path, options: LocalnetOptions) -> tuple[HParams, list[Spec]]:
     return hparams, specs
 
 
-def command(root: Path, spec: Spec, block_time: float) -> list[str]:
+def command(root: Path, spec: Spec, block_time: float, storage: LocalnetStorage) -> list[str]:
     args = [
         sys.executable, "-m", "neurons.cli", spec.role,
         "--hparams", str(root / "hparams.json"),
-        "--storage", "local", "--storage-root", str(root / "storage"),
+        *storage.args(spec),
         "--chain", "fake", "--chain-path", str(root / "chain.json"),
         "--block-time", str(block_time),
         "--hotkey", spec.hotkey,
@@ -142,10 +177,13 @@ class Tail:
 
 
 class Network:
-    def __init__(self, root: Path, specs: list[Spec], block_time: float) -> None:
+    def __init__(
+        self, root: Path, specs: list[Spec], block_time: float, storage: LocalnetStorage
+    ) -> None:
         self.root = root
         self.specs = specs
         self.block_time = block_time
+        self.storage = storage
         self.procs: dict[str, subprocess.Popen] = {}
         self.tails = {s.name: Tail(root / "events" / f"{s.name}.jsonl") for s in specs}
         self.first_window: dict[str, int] = {}
@@ -154,14 +192,14 @@ class Network:
 
     def start(self) -> None:
         (self.root / "logs").mkdir(exist_ok=True)
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        base = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         for spec in self.specs:
             log = open(self.root / "logs" / f"{spec.name}.log", "wb")  # noqa: SIM115
             self.procs[spec.name] = subprocess.Popen(  # noqa: S603 - our own interpreter
-                command(self.root, spec, self.block_time),
+                command(self.root, spec, self.block_time, self.storage),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=neuron_environment(base, self.storage.env(spec)),
             )
             log.close()
 
@@ -218,19 +256,52 @@ def _tail_of_log(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the neurons and SeaweedFS are stopped either way."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals to the caller
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_localnet(options: LocalnetOptions, console: Console) -> int:
     root = options.directory or Path(tempfile.mkdtemp(prefix="templar-localnet-"))
     root.mkdir(parents=True, exist_ok=True)
     hparams, specs = prepare(root, options)
     window_s = hparams.blocks_per_window * options.block_time
-    console.print(
-        f"[bold]localnet[/bold] in {root}: 1 validator, {options.miners} miners"
-        + (f" + 1 {options.faulty} miner" if options.faulty else "")
-        + f"; {window_s:.1f} s windows; stopping after {options.windows} windows"
-    )
-    net = Network(root, specs, options.block_time)
+    with _sigterm_as_interrupt():
+        try:
+            with localnet_storage(options.storage, root, specs) as storage:
+                console.print(
+                    f"[bold]localnet[/bold] in {root}: 1 validator, {options.miners} miners"
+                    + (f" + 1 {options.faulty} miner" if options.faulty else "")
+                    + f"; {window_s:.1f} s windows; {storage.description}"
+                    + f"; stopping after {options.windows} windows"
+                )
+                net = Network(root, specs, options.block_time, storage)
+                return _run(net, options, window_s, console)
+        except ServerUnavailable as exc:
+            console.print(f"[red]localnet failed[/red]: SeaweedFS cannot start: {exc}")
+            return 1
+        except KeyboardInterrupt:
+            # Interrupted before the neurons started (while SeaweedFS was starting).
+            console.print("[red]localnet failed[/red]: interrupted")
+            return 1
+
+
+def _run(net: Network, options: LocalnetOptions, window_s: float, console: Console) -> int:
+    root = net.root
     started = time.monotonic()
-    net.start()
     budget = 30.0 + (options.windows + 3) * window_s + options.slack_seconds
     failure = ""
     shown = 0
@@ -239,6 +310,7 @@ def run_localnet(options: LocalnetOptions, console: Console) -> int:
     if interactive:
         live.start()
     try:
+        net.start()
         while True:
             time.sleep(0.2)
             net.poll()
@@ -270,14 +342,20 @@ def run_localnet(options: LocalnetOptions, console: Console) -> int:
         png = root / "loss.png"
         loss_curve_png([r["loss"] for r in rows], png)
         console.print(f"loss curve: {png}")
-    out = {"columns": list(COLUMNS), "rows": rows, "exit_codes": codes, "directory": str(root)}
+    out = {
+        "columns": list(COLUMNS),
+        "rows": rows,
+        "exit_codes": codes,
+        "directory": str(root),
+        "storage": options.storage,
+    }
     (root / "localnet.json").write_text(json.dumps(out, indent=2))
     if options.json_out is not None:
         options.json_out.write_text(json.dumps(out, indent=2))
     console.print(f"took {time.monotonic() - started:.0f} s; run directory {root}")
     if failure:
         console.print(f"[red]localnet failed[/red]: {failure}")
-        for name in net.dead() or [s.name for s in specs]:
+        for name in net.dead() or [s.name for s in net.specs]:
             console.print(f"--- {name} log ---\n{_tail_of_log(root / 'logs' / f'{name}.log')}")
         return 1
     return 0

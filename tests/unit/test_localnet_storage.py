@@ -1,0 +1,57 @@
+"""The S3 localnet's wiring, without starting anything: keys in the environment, never argv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adapters.chain.commitment import encode_bucket
+from adapters.storage.r2_env import buckets_from_env
+from neurons.config import ConfigError
+from neurons.localnet import LocalnetOptions, Spec, command, prepare, whole_second_blocks
+from neurons.localnet_storage import SeaweedBuckets, neuron_environment
+
+SPECS = [Spec("validator", "validator-0"), Spec("miner", "miner-1"), Spec("miner", "miner-2")]
+
+
+@pytest.fixture
+def buckets(tmp_path: Path):
+    made = SeaweedBuckets("/nonexistent/weed", SPECS)  # never started
+    yield made
+    made.server.destroy()
+
+
+def test_each_neuron_gets_its_own_committable_buckets_through_the_environment(
+    buckets, tmp_path
+) -> None:
+    names = set()
+    for spec in SPECS:
+        env = buckets.env(spec)
+        roles = ("gradients", "aggregator") if spec.role == "validator" else ("gradients",)
+        assert {k.split("_")[1].lower() for k in env} == set(roles)
+        for found in buckets_from_env(env, roles).values():
+            encode_bucket(found.read)  # the lengths a commitment needs
+            assert found.read.access_key_id != found.write.access_key_id
+            names.add(found.read.name)
+        argv = " ".join(command(tmp_path, spec, 0.5, buckets))
+        assert "--storage r2 --s3-endpoint http://127.0.0.1:" in argv
+        assert not any(value in argv for value in env.values())
+    assert len(names) == 4  # one per neuron, plus the validator's aggregator bucket
+
+
+def test_the_callers_r2_variables_do_not_leak_into_the_neurons() -> None:
+    env = neuron_environment(
+        {"PATH": "/bin", "R2_AGGREGATOR_ACCOUNT_ID": "mine"}, {"R2_GRADIENTS_ACCOUNT_ID": "x"}
+    )
+    assert env == {"PATH": "/bin", "R2_GRADIENTS_ACCOUNT_ID": "x"}
+
+
+def test_s3_windows_open_on_whole_seconds(tmp_path) -> None:
+    assert whole_second_blocks(0.5) == 6
+    assert whole_second_blocks(0.4) == 5
+    hparams, _ = prepare(tmp_path, LocalnetOptions(storage="s3", block_time=0.5))
+    assert hparams.blocks_per_window == 6
+    options = LocalnetOptions(storage="s3", block_time=0.5, overrides={"blocks_per_window": 5})
+    with pytest.raises(ConfigError, match="whole seconds"):
+        prepare(tmp_path / "other", options)
