@@ -78,6 +78,10 @@ class ExchangeSettings:
     # Decoding in a worker thread keeps the event loop (and other fetches) moving. Tests on a
     # fake clock turn it off: time would run on while a thread works, unseen by the clock.
     decode_in_thread: bool = True
+    # S3 and R2 report Last-Modified rounded down to the second: an upload at 12:00:00.7 reads
+    # as 12:00:00. An object counts as too early only when even the end of its rounding
+    # interval is before the window opens; 0 for stores with exact times.
+    timestamp_resolution: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
 
 
 def _timing_status(timing: Timing) -> Status:
@@ -182,6 +186,11 @@ class Exchange:
             self.local, window, kind, decode, uid, time_window, timeout, max_bytes
         )
 
+    def _accepting(self, time_window: TimeWindow) -> TimeWindow:
+        """The window against which a store's (rounded) last_modified is judged."""
+        resolution = timedelta(seconds=self.settings.timestamp_resolution)
+        return TimeWindow(start=time_window.start - resolution, end=time_window.end)
+
     def _gave_up(self, deadline: float, time_window: TimeWindow | None) -> bool:
         if self.clock.monotonic() >= deadline:
             return True
@@ -237,7 +246,7 @@ class Exchange:
                 return done(Status.ERROR, f"storage: {exc}")
         meta, size = blob.meta, blob.meta.size
         if time_window is not None:
-            status = _timing_status(time_window.classify(meta.last_modified))
+            status = _timing_status(self._accepting(time_window).classify(meta.last_modified))
             if status is not Status.OK:
                 reason = (
                     f"uploaded {meta.last_modified.isoformat()}, window "

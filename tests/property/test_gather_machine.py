@@ -67,7 +67,7 @@ class GatherMachine(RuleBasedStateMachine):
             ChaosOpener(base, clock, faults),
             clock,
             V,
-            ExchangeSettings(decode_in_thread=False),
+            ExchangeSettings(decode_in_thread=False, timestamp_resolution=0),
         )
 
         async def put(uid: int, data: bytes) -> None:

@@ -118,7 +118,7 @@ class Net:
             self.chaos,
             self.clock,
             V,
-            ExchangeSettings(decode_in_thread=False),
+            ExchangeSettings(decode_in_thread=False, timestamp_resolution=0),
         )
         self.buckets = {u: bucket(u) for u in range(1, 300)}
         self.expected = Expected(version=V, codec=COMP, shapes=SHAPES)

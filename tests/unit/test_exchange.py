@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import attrs
 import pytest
 
 from adapters.clock import FakeClock
@@ -31,7 +32,7 @@ def net():
         opener,
         clock,
         V,
-        ExchangeSettings(poll_interval=1.0, grace_seconds=2.0),
+        ExchangeSettings(poll_interval=1.0, grace_seconds=2.0, timestamp_resolution=0),
     )
     peer = Exchange(opener.open(bucket("peer")), opener, clock, V)
     return clock, me, peer
@@ -165,3 +166,26 @@ async def test_bad_requests_are_errors_not_exceptions(net) -> None:
     _, me, _ = net
     got = await me.get(bucket("peer"), 1, G, ident, uid=None)
     assert got.status is Status.ERROR and "uid" in got.reason
+
+
+async def test_last_modified_rounded_to_the_second_is_not_too_early(net, monkeypatch) -> None:
+    """S3 reports 12:00:00 for an upload at 12:00:00.7; a window opening at .5 must take it."""
+    clock, me, peer = net
+    clock.set(clock.now().replace(microsecond=0) + timedelta(seconds=10))
+    tw = TimeWindow.after(clock.now() + timedelta(seconds=0.5), 10)
+    clock.advance(0.7)
+    await peer.put(b"grad", 3, G, uid=1)
+    store_type = type(me.store)
+    original = store_type.get
+
+    async def floored(self, key, *, max_bytes=None):
+        blob = await original(self, key, max_bytes=max_bytes)
+        meta = attrs.evolve(blob.meta, last_modified=blob.meta.last_modified.replace(microsecond=0))
+        return attrs.evolve(blob, meta=meta)
+
+    monkeypatch.setattr(store_type, "get", floored)
+    s3_like = Exchange(me.store, me.opener, clock, V, ExchangeSettings())  # 1 s resolution
+    got = await s3_like.get(bucket("peer"), 3, G, ident, uid=1, time_window=tw)
+    assert got.status is Status.OK
+    got = await me.get(bucket("peer"), 3, G, ident, uid=1, time_window=tw)  # exact times
+    assert got.status is Status.TOO_EARLY

@@ -44,7 +44,7 @@ class Net:
             opener,
             self.clock,
             V,
-            ExchangeSettings(decode_in_thread=False),
+            ExchangeSettings(decode_in_thread=False, timestamp_resolution=0),
         )
         self.buckets = {u: bucket(u) for u in range(1, 40)}
 
