@@ -160,8 +160,9 @@ def _check(result, want) -> None:
 async def test_256_peers_a_third_hostile_ten_windows_bounded_and_leak_free(
     seaweedfs: SeaweedServer,
 ) -> None:
-    load = Load(seaweedfs)
     proc = psutil.Process()
+    fds_before = proc.num_fds()
+    load = Load(seaweedfs)
     try:
         tw = await load.upload()
         want = load.reference()
@@ -191,7 +192,7 @@ async def test_256_peers_a_third_hostile_ten_windows_bounded_and_leak_free(
         assert max(peaks) <= bound, (peaks, bound)
         assert rss_after[-1] - rss_after[0] <= LEAK_TOLERANCE, rss_after
         # Connection pools and thread pools grow to their caps while warming, then stay.
-        assert max(fds) <= base_fds + 2 * CONCURRENCY and fds[-1] <= fds[2] + 4, (base_fds, fds)
+        assert max(fds) <= base_fds + 2 * CONCURRENCY, (base_fds, fds)
         assert max(threads) <= base_threads + CONCURRENCY + 8, (base_threads, threads)
         assert threads[-1] <= threads[2] + 2, threads
     finally:
@@ -199,3 +200,5 @@ async def test_256_peers_a_third_hostile_ten_windows_bounded_and_leak_free(
         load.opener.close()
         for name in load.names:
             seaweedfs.delete_bucket(name)
+    # Every descriptor the ten windows opened belonged to a pool and went with it.
+    assert proc.num_fds() <= fds_before + 2, (fds_before, proc.num_fds())
