@@ -409,6 +409,10 @@ def _check_signature(
         raw = bytes.fromhex(signature)
     except ValueError:
         raise InvalidPayload("bad_signature", "signature is not hex") from None
+    # Only the canonical (lowercase, unspaced) spelling: the signature is outside the digest,
+    # so any other spelling would be bytes nobody signed passing as authentic.
+    if raw.hex() != signature:
+        raise InvalidPayload("bad_signature", "signature is not canonical lowercase hex")
     hotkey = expected.hotkey if expected.hotkey is not None else metadata["hotkey"]
     try:
         ok = verifier.verify(payload_digest(metadata, tensors), raw, hotkey)

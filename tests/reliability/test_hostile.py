@@ -299,3 +299,18 @@ async def test_a_diverged_miner_encodes_its_nan_gradient_and_receivers_reject_it
     assert {u: r.split(": ")[1] for u, r in result.skipped.items()} == {
         u: "non_finite" for u in (2, 3, 4, 5)
     }
+
+
+@pytest.mark.parametrize("spelling", [str.upper, lambda h: h[:2] + " " + h[2:]])
+async def test_a_respelled_signature_is_not_authentic(spelling) -> None:
+    """Found by this suite: a bit flip turning a hex letter uppercase kept the signature valid."""
+    keys = {"hk1": b"key-1"}
+    net = Net()
+    net.expected = Expected(
+        version=V, codec=COMP, shapes=SHAPES, require_signature=True, hotkey="set-per-uid"
+    )
+    signed = encode(1, signer=HmacSigner(keys["hk1"]))
+    metadata, _ = split(signed)
+    await net.upload(1, rebuild(signed, meta={"signature": spelling(metadata["signature"])}))
+    result = await net.gather([1], hotkeys={1: "hk1"}, verifier=HmacVerifier(keys))
+    assert result.uids == () and result.skipped[1].startswith("invalid: bad_signature")
