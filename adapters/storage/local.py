@@ -35,6 +35,7 @@ from ports import (
 
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _CHUNK = 1 << 20
+STALE_TEMP_SECONDS = 3600.0
 
 
 def _ns_to_datetime(ns: int) -> datetime:
@@ -54,6 +55,23 @@ class LocalStore:
         self._objects.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._root = self._objects.resolve()
+        self.sweep_temp()
+
+    def sweep_temp(self, older_than: float = STALE_TEMP_SECONDS) -> int:
+        """Remove uploads abandoned by a crashed writer; returns how many were removed.
+
+        Temp files are never visible as objects, but a process killed mid-put leaves one
+        behind. Only files untouched for `older_than` seconds go, so a writer in another
+        process that is still working keeps its file.
+        """
+        removed = 0
+        cutoff = time.time() - older_than
+        for part in self._tmp.glob(".part-*"):
+            with contextlib.suppress(OSError):
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+        return removed
 
     @property
     def name(self) -> str:

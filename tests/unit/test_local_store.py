@@ -71,3 +71,16 @@ async def test_two_stores_on_one_directory_see_each_others_objects(tmp_path: Pat
     reader = LocalStoreOpener(tmp_path).open(bucket("shared"))
     await writer.put("gradient-1-2-v1.safetensors", b"payload")
     assert (await reader.get("gradient-1-2-v1.safetensors")).data == b"payload"
+
+
+def test_temp_files_left_by_a_crash_are_swept_when_old(tmp_path: Path) -> None:
+    LocalStore(tmp_path / "b")
+    tmp = tmp_path / "b" / ".tmp"
+    old, fresh = tmp / ".part-old", tmp / ".part-fresh"
+    old.write_bytes(b"abandoned")
+    fresh.write_bytes(b"another process is still writing")
+    os.utime(old, (0, 0))
+    LocalStore(tmp_path / "b")  # opening the bucket sweeps
+    assert not old.exists() and fresh.exists()
+    assert LocalStore(tmp_path / "b").sweep_temp(older_than=0) == 1
+    assert not fresh.exists()
