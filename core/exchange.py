@@ -11,7 +11,7 @@ import enum
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 
@@ -166,25 +166,23 @@ class Exchange:
         raising `Rejected` (or any ValueError).
         """
         return await self._get(
-            self.opener.open(bucket), window, kind, decode, uid, time_window, timeout, max_bytes
+            self.opener.open(bucket),
+            window,
+            kind,
+            decode,
+            uid=uid,
+            time_window=time_window,
+            timeout=timeout,
+            max_bytes=max_bytes,
         )
 
     async def get_local(
-        self,
-        window: int,
-        kind: keys.KeyKind,
-        decode: Callable[[bytes], T],
-        *,
-        uid: int | None = None,
-        time_window: TimeWindow | None = None,
-        timeout: float = 30.0,
-        max_bytes: int | None = None,
+        self, window: int, kind: keys.KeyKind, decode: Callable[[bytes], T], **options: Any
     ) -> Fetched[T]:
+        """`get` against the local store; same options, same statuses."""
         if self.local is None:
             raise RuntimeError("this exchange has no local store")
-        return await self._get(
-            self.local, window, kind, decode, uid, time_window, timeout, max_bytes
-        )
+        return await self._get(self.local, window, kind, decode, **options)
 
     def _accepting(self, time_window: TimeWindow) -> TimeWindow:
         """The window against which a store's (rounded) last_modified is judged."""
@@ -204,10 +202,11 @@ class Exchange:
         window: int,
         kind: keys.KeyKind,
         decode: Callable[[bytes], T],
-        uid: int | None,
-        time_window: TimeWindow | None,
-        timeout: float,
-        max_bytes: int | None,
+        *,
+        uid: int | None = None,
+        time_window: TimeWindow | None = None,
+        timeout: float = 30.0,
+        max_bytes: int | None = None,
     ) -> Fetched[T]:
         started = self.clock.monotonic()
         deadline = started + max(timeout, 0.0)
