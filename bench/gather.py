@@ -157,7 +157,7 @@ class Bench:
         await self.gather(n)
         raw_t, raw_rss = await _timed(lambda: self.raw(n), repeats)
         gat_t, gat_rss = await _timed(lambda: self.gather(n), repeats)
-        base_t, base_rss = await _timed(lambda: self.torch_path(n), max(2, repeats // 2))
+        base_t, base_rss = await _timed(lambda: self.torch_path(n), repeats)
         dense_bytes = 4 * sum(torch.Size(s).numel() for s in self.shapes.values())
         g, r, b = stats(gat_t), stats(raw_t), stats(base_t)
         return {
