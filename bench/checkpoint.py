@@ -193,7 +193,7 @@ async def _s3_case(root: Path, state, state_bytes, repeats) -> dict | None:
 
 async def _run(quick: bool, s3: bool) -> dict:
     state, state_bytes = training_state()
-    repeats = 3 if quick else 5
+    repeats = 5
     cases = []
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-", dir=Path.cwd()) as tmp:
         root = Path(tmp)

@@ -219,7 +219,7 @@ async def _run(quick: bool) -> dict[str, object]:
     try:
         bench = Bench(server, quick)
         sizes = (20, 64) if quick else (20, 64, 256)
-        repeats = 3 if quick else 5
+        repeats = 5
         cases = [await bench.case(n, repeats) for n in sizes]
         put = await put_case(bench, max(repeats, 5) * 2)
         bench.opener.close()
