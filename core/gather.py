@@ -141,7 +141,7 @@ async def gather(
         # One fold at a time (the sum is shared), off the event loop when allowed.
         async with folding:
             if exchange.settings.decode_in_thread:
-                await asyncio.to_thread(fold, fetched.uid, payload, prepared)
+                await exchange.run_blocking(fold, fetched.uid, payload, prepared)
             else:
                 fold(fetched.uid, payload, prepared)
         global_steps[fetched.uid] = payload.meta.global_step
