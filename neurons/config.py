@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,8 @@ class HParams:
             poll_interval=self.poll_interval,
             grace_seconds=self.grace_seconds,
             decode_in_thread=decode_in_thread,
+            # One decode worker per core: more only thrash (docs/gather.md).
+            decode_workers=max(1, os.cpu_count() or 1),
         )
 
     def fetch_settings(self) -> FetchSettings:
