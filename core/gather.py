@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import torch
@@ -110,7 +111,9 @@ async def gather(
     global_steps: dict[int, int] = {}
     norms: dict[int, dict[str, float]] = {}
     signatures: dict[int, torch.Tensor] = {}
-    folding = asyncio.Lock()
+    # The fold is serial (one shared sum): a thread of its own, so that it never waits behind
+    # the decode pool's queue while prepared peers pile up in memory.
+    folder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gather-fold")
 
     decoder = PeerDecoder(expected, window, hotkeys, verifier)
 
@@ -138,29 +141,31 @@ async def gather(
     async def on_ok(fetched: Fetched[tuple[Payload, object]]) -> None:
         assert fetched.payload is not None and fetched.uid is not None
         payload, prepared = fetched.payload
-        # One fold at a time (the sum is shared), off the event loop when allowed.
-        async with folding:
-            if exchange.settings.decode_in_thread:
-                await exchange.run_blocking(fold, fetched.uid, payload, prepared)
-            else:
-                fold(fetched.uid, payload, prepared)
+        if exchange.settings.decode_in_thread:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(folder, fold, fetched.uid, payload, prepared)
+        else:
+            fold(fetched.uid, payload, prepared)
         global_steps[fetched.uid] = payload.meta.global_step
 
     fetch = settings.fetch
     if fetch.max_bytes is None:  # refuse oversized objects before downloading them
         fetch = attrs.evolve(fetch, max_bytes=expected.size_limit())
-    records = await fetch_peers(
-        exchange,
-        buckets,
-        uids,
-        window,
-        decode,
-        on_ok,
-        reserve_uids=reserve_uids,
-        time_window=time_window,
-        settings=fetch,
-        kind=kind,
-    )
+    try:
+        records = await fetch_peers(
+            exchange,
+            buckets,
+            uids,
+            window,
+            decode,
+            on_ok,
+            reserve_uids=reserve_uids,
+            time_window=time_window,
+            settings=fetch,
+            kind=kind,
+        )
+    finally:
+        folder.shutdown(wait=False)  # every fold was awaited; never block the loop here
     used = tuple(r.uid for r in records if r.ok and r.uid is not None)
     skipped = {r.uid: _reason(r) for r in records if not r.ok and r.uid is not None}
     aggregate = aggregator.finish() if len(used) >= max(settings.min_peers, 1) else None
