@@ -173,36 +173,18 @@ class Exchange:
         window: int,
         kind: keys.KeyKind,
         decode: Callable[[bytes], T],
-        *,
-        uid: int | None = None,
-        time_window: TimeWindow | None = None,
-        timeout: float = 30.0,
-        max_bytes: int | None = None,
+        **options: Any,
     ) -> Fetched[T]:
-        """Fetch, time-check and decode a peer's payload from `bucket`.
-
-        Polls until the object appears, `timeout` seconds pass, or the time window's end plus
-        the grace has passed. `decode` runs in a worker thread and signals a bad payload by
-        raising `Rejected` (or any ValueError).
-        """
-        return await self._get(
-            self.opener.open(bucket),
-            window,
-            kind,
-            decode,
-            uid=uid,
-            time_window=time_window,
-            timeout=timeout,
-            max_bytes=max_bytes,
-        )
+        """Fetch, time-check and decode a peer's payload from `bucket` (see `get_from`)."""
+        return await self.get_from(self.opener.open(bucket), window, kind, decode, **options)
 
     async def get_local(
         self, window: int, kind: keys.KeyKind, decode: Callable[[bytes], T], **options: Any
     ) -> Fetched[T]:
-        """`get` against the local store; same options, same statuses."""
+        """`get_from` the local store; same options, same statuses."""
         if self.local is None:
             raise RuntimeError("this exchange has no local store")
-        return await self._get(self.local, window, kind, decode, **options)
+        return await self.get_from(self.local, window, kind, decode, **options)
 
     def _accepting(self, time_window: TimeWindow) -> TimeWindow:
         """The window against which a store's (rounded) last_modified is judged."""
@@ -216,7 +198,7 @@ class Exchange:
             return False
         return self.clock.now() > time_window.end + timedelta(seconds=self.settings.grace_seconds)
 
-    async def _get(
+    async def get_from(
         self,
         store: ObjectStore,
         window: int,
@@ -228,6 +210,12 @@ class Exchange:
         timeout: float = 30.0,
         max_bytes: int | None = None,
     ) -> Fetched[T]:
+        """Fetch, time-check and decode the payload of `kind` for `window` (and `uid`).
+
+        Polls until the object appears, `timeout` seconds pass, or the time window's end plus
+        the grace has passed. `decode` runs on the worker pool and signals a bad payload by
+        raising `Rejected` (or any ValueError). Never raises for the peer's fault.
+        """
         started = self.clock.monotonic()
         deadline = started + max(timeout, 0.0)
         limit = min(max_bytes or self.settings.max_payload_bytes, self.settings.max_payload_bytes)
