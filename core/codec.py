@@ -22,6 +22,7 @@ import attrs
 import safetensors.torch
 import torch
 
+from core import strict_json
 from core.compression.base import Compressed, Compressor, Shape, TensorSpec
 from core.invalid import InvalidPayload
 from core.keys import check_version
@@ -245,7 +246,7 @@ def _read_header(data: bytes, max_header: int) -> tuple[dict[str, Any], dict[str
     if 8 + n > len(data):
         raise InvalidPayload("bad_header", f"header of {n} bytes but {len(data) - 8} follow")
     try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"), object_pairs_hook=_unique_keys)
+        header = strict_json.loads(data[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidPayload("bad_header", f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -266,15 +267,6 @@ def _read_header(data: bytes, max_header: int) -> tuple[dict[str, Any], dict[str
         ):
             raise InvalidPayload("bad_header", f"malformed header entry for tensor {name!r}")
     return header, metadata
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _int_list(value: Any) -> bool:

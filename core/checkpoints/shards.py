@@ -22,6 +22,8 @@ from typing import Any, BinaryIO
 import attrs
 import torch
 
+from core import strict_json
+
 __all__ = ["DTYPES", "ShardError", "Written", "plan_shards", "read_shard", "write_shard"]
 
 DTYPES: dict[str, torch.dtype] = {
@@ -123,20 +125,9 @@ def write_shard(
     return Written(size=size, sha256=digest.hexdigest())
 
 
-def _pairs_no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ShardError(f"duplicate key {key!r} in the header")
-        out[key] = value
-    return out
-
-
 def _parse_header(raw: bytes, data_size: int) -> tuple[list[tuple[str, torch.dtype, tuple]], dict]:
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs_no_dupes)
-    except ShardError:
-        raise
+        header = strict_json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ShardError(f"header is not JSON: {exc}") from None
     if type(header) is not dict:
