@@ -340,24 +340,24 @@ def _check_params(text: str, shapes: Mapping[str, Shape]) -> None:
         if name in theirs:
             raise InvalidPayload("bad_metadata", f"parameter {name!r} listed twice")
         theirs[name] = tuple(shape)
-    missing = sorted(set(shapes) - set(theirs))
-    if missing:
-        raise InvalidPayload("missing_param", f"missing parameters {missing[:5]}")
-    unknown = sorted(set(theirs) - set(shapes))
-    if unknown:
-        raise InvalidPayload("unknown_param", f"unknown parameters {unknown[:5]}")
+    _same_names(theirs, shapes, "param")
     for name, shape in shapes.items():
         if theirs[name] != tuple(shape):
             raise InvalidPayload("bad_shape", f"{name}: shape {theirs[name]} != {shape}")
 
 
-def _check_layout(header: Mapping[str, Any], layout: Mapping[str, TensorSpec]) -> None:
-    missing = sorted(set(layout) - set(header))
+def _same_names(theirs: Mapping[str, Any], ours: Mapping[str, Any], kind: str) -> None:
+    """`missing_{kind}` / `unknown_{kind}` unless both sides name the same things."""
+    missing = sorted(set(ours) - set(theirs))
     if missing:
-        raise InvalidPayload("missing_tensor", f"missing tensors {missing[:5]}")
-    unknown = sorted(set(header) - set(layout))
+        raise InvalidPayload(f"missing_{kind}", f"missing {kind}s {missing[:5]}")
+    unknown = sorted(set(theirs) - set(ours))
     if unknown:
-        raise InvalidPayload("unknown_tensor", f"unknown tensors {unknown[:5]}")
+        raise InvalidPayload(f"unknown_{kind}", f"unknown {kind}s {unknown[:5]}")
+
+
+def _check_layout(header: Mapping[str, Any], layout: Mapping[str, TensorSpec]) -> None:
+    _same_names(header, layout, "tensor")
     for name, spec in layout.items():
         entry = header[name]
         if _DTYPES.get(entry["dtype"]) != spec.dtype:
