@@ -23,12 +23,12 @@ import torch
 
 from bench.common import machine, stats
 from core import codec
+from core.aggregate import Aggregator
 from core.compression import (
     Compressor,
     DenseCompressor,
     TopKCompressor,
     TopKParams,
-    accumulate,
     default_compressor,
     topk_only_compressor,
 )
@@ -89,10 +89,11 @@ def measure(
     decode()
     dec = _timed(decode, repeats, sync)
     held.pop("dense", None)
-    into = {n: torch.zeros(s, device=device) for n, s in shapes.items()}
+    aggregator = Aggregator(compressor, shapes, device=device)
 
     def fold() -> None:
-        accumulate(compressor, codec.decode(held["data"], expected).compressed, into)
+        compressed = codec.decode(held["data"], expected).compressed
+        aggregator.add(compressed, aggregator.prepare(compressed))
 
     acc = _timed(fold, repeats, sync)
     data = held["data"]

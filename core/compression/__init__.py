@@ -4,7 +4,7 @@
   12-bit indices; `TopKParams(quantization_bins=0)` is the top-k-only variant.
 - `DenseCompressor`: no compression.
 - `compress_with_feedback`: the error-feedback step the caller runs each window.
-- `accumulate`: fold a decoded gradient into an aggregate in place (sparse when possible).
+- `make_sum`: a running sum of many peers' payloads (chunk-domain for top-k), for gather.
 """
 
 from core.compression.base import (
@@ -13,7 +13,6 @@ from core.compression.base import (
     Shape,
     Spec,
     TensorSpec,
-    accumulate,
 )
 from core.compression.dense import DenseCompressor
 from core.compression.feedback import FeedbackStep, compress_with_feedback
@@ -45,7 +44,6 @@ __all__ = [
     "TensorSpec",
     "TopKCompressor",
     "TopKParams",
-    "accumulate",
     "compress_with_feedback",
     "default_compressor",
     "make_sum",

@@ -88,25 +88,3 @@ class Compressor(Protocol):
         bad_value_code, non_finite) for anything `decode` must not see.
         """
         ...
-
-
-def accumulate(
-    compressor: Compressor,
-    compressed: Compressed,
-    into: Mapping[str, torch.Tensor],
-    *,
-    weight: float = 1.0,
-) -> None:
-    """into[name] += weight * decoded gradient, in place.
-
-    Uses the compressor's own `accumulate` when it has one (the top-k compressor touches only
-    the kept entries, so folding a peer into an aggregate costs O(payload), not O(model));
-    otherwise decodes densely and adds.
-    """
-    own = getattr(compressor, "accumulate", None)
-    if own is not None:
-        own(compressed, into, weight=weight)
-        return
-    device = next(iter(into.values())).device
-    for name, t in compressor.decode(compressed, device=device).items():
-        into[name].add_(t.to(into[name].dtype), alpha=weight)

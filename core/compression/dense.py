@@ -50,14 +50,6 @@ class DenseCompressor:
             out[name] = t.to(device=device or t.device, dtype=dtype)
         return out
 
-    @torch.no_grad()
-    def accumulate(
-        self, compressed: Compressed, into: Mapping[str, torch.Tensor], *, weight: float = 1.0
-    ) -> None:
-        for name, _ in compressed.shapes:
-            target = into[name]
-            target.add_(compressed.tensors[PREFIX + name].to(target), alpha=weight)
-
     def validate(self, compressed: Compressed) -> None:
         for name, t in compressed.tensors.items():
             if not bool(torch.isfinite(t).all()):

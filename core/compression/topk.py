@@ -221,33 +221,6 @@ class TopKCompressor:
                 out[m.name] = dense.view(m.shape)
         return {m.name: out[m.name] for m in plan.params}
 
-    @torch.no_grad()
-    def accumulate(
-        self, compressed: Compressed, into: Mapping[str, torch.Tensor], *, weight: float = 1.0
-    ) -> None:
-        """into[name] += weight * decode(compressed)[name], without building dense tensors.
-
-        Without DCT only the kept entries are touched (O(k) per chunk); `into` tensors must be
-        contiguous and have the parameter shapes.
-        """
-        plan = self._plans.get(compressed.shapes)
-        if self.params.use_dct:
-            device = next(iter(into.values())).device
-            for name, t in self.decode(compressed, device=device).items():
-                into[name].add_(t.to(into[name].dtype), alpha=weight)
-            return
-        device = next(iter(into.values())).device
-        local, vals = self._entries(plan, compressed.tensors, device)
-        if weight != 1.0:
-            vals = vals * weight
-        for m in plan.params:
-            target = into[m.name]
-            if tuple(target.shape) != m.shape or not target.is_contiguous():
-                raise ValueError(f"{m.name}: accumulator must be contiguous of shape {m.shape}")
-            sl = slice(m.offset, m.offset + m.n_entries)
-            flat = plan.flat_index(m, local[sl].view(m.n_chunks, m.k)).reshape(-1)
-            target.view(-1).index_add_(0, flat, vals[sl].to(target.dtype))
-
     def chunk_sum(self, shapes: Mapping[str, Shape], device: torch.device | str = "cpu"):
         """A running sum of payloads for these parameter shapes (see core.compression.summing)."""
         return ChunkSum(self, self._plans.get(sorted(shapes.items())), device)

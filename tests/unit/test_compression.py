@@ -8,9 +8,9 @@ from core.compression import (
     DenseCompressor,
     TopKCompressor,
     TopKParams,
-    accumulate,
     compress_with_feedback,
     default_compressor,
+    make_sum,
     topk_only_compressor,
 )
 from core.compression import dct as dct_mod
@@ -279,18 +279,19 @@ def test_cuda_encode_decodes_the_same_on_cpu():
     ],
     ids=["topk", "dct", "dense"],
 )
-def test_accumulate_adds_the_decoded_gradient_in_place(compressor):
+def test_running_sum_adds_the_decoded_gradient(compressor):
     g = grads(11)
     compressed = compressor.encode(g)
     decoded = compressor.decode(compressed)
-    into = {n: torch.ones(s) for n, s in SHAPES.items()}
-    accumulate(compressor, compressed, into, weight=0.5)
-    accumulate(compressor, compressed, into, weight=0.5)
+    total = make_sum(compressor, SHAPES)
+    total.fold(compressed, lambda norms: dict.fromkeys(norms, 0.5))
+    total.fold(compressed, lambda norms: dict.fromkeys(norms, 0.5))
+    result = total.result()
     for n in SHAPES:
-        assert torch.allclose(into[n], 1 + decoded[n], atol=1e-5), n
+        assert torch.allclose(result[n], decoded[n], atol=1e-5), n
 
 
-def test_accumulate_falls_back_to_dense_decode_for_plain_compressors():
+def test_running_sum_falls_back_to_dense_decode_for_plain_compressors():
     class Plain:
         def __init__(self):
             self.inner = DenseCompressor()
@@ -299,6 +300,7 @@ def test_accumulate_falls_back_to_dense_decode_for_plain_compressors():
             return self.inner.decode(compressed, device=device, dtype=dtype)
 
     g = grads(12)
-    into = {n: torch.zeros(s) for n, s in SHAPES.items()}
-    accumulate(Plain(), DenseCompressor().encode(g), into, weight=2.0)
-    assert all(torch.allclose(into[n], 2 * g[n]) for n in g)
+    total = make_sum(Plain(), SHAPES)
+    total.fold(DenseCompressor().encode(g), lambda norms: dict.fromkeys(norms, 2.0))
+    result = total.result()
+    assert all(torch.allclose(result[n], 2 * g[n]) for n in g)
