@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -27,6 +26,7 @@ from bittensor.intents import SetWeights
 from websockets.exceptions import WebSocketException
 
 from adapters.chain.commitment import MalformedCommitment, encode_bucket, parse_commitment
+from adapters.chain.weights import normalised_weights
 from ports import Bucket, ChainError, Clock, Metagraph
 
 log = logging.getLogger(__name__)
@@ -56,18 +56,6 @@ def _default_substrate_factory(network: str) -> Callable[[], bt.Substrate]:
         )
 
     return make
-
-
-def _check_weights(uids: Sequence[int], weights: Sequence[float]) -> None:
-    # Same rules as the fake chains, checked before any network round trip.
-    if len(uids) != len(weights):
-        raise ValueError(f"{len(uids)} uids but {len(weights)} weights")
-    if len(set(uids)) != len(uids):
-        raise ValueError("uids are not unique")
-    if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise ValueError("weights must be finite and non-negative")
-    if math.fsum(weights) <= 0:
-        raise ValueError("all weights are zero; nothing to set")
 
 
 class BittensorChain:
@@ -247,7 +235,7 @@ class BittensorChain:
         return await self._call("commit", commit)
 
     async def set_weights(self, uids: Sequence[int], weights: Sequence[float]) -> None:
-        _check_weights(uids, weights)
+        normalised_weights(uids, weights)  # refuse what the chain would, before a round trip
         intent = SetWeights(
             netuid=self.netuid,
             uids=[int(u) for u in uids],

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from adapters.chain.commitment import MalformedCommitment, encode_bucket, parse_commitment
 from adapters.chain.ledger import FileLedger, Ledger, MemoryLedger, State, new_state
+from adapters.chain.weights import normalised_weights
 from ports import Bucket, ChainError, Clock, Metagraph
 
 log = logging.getLogger(__name__)
@@ -39,20 +40,6 @@ def _registered(state: State, hotkey: str) -> int:
     if uid is None:
         raise ChainError(f"hotkey {hotkey} is not registered on this subnet")
     return uid
-
-
-def _normalised_weights(uids: Sequence[int], weights: Sequence[float]) -> dict[int, float]:
-    """Validate weights as the chain would (and as the Bittensor adapter does): sum to one."""
-    if len(uids) != len(weights):
-        raise ValueError(f"{len(uids)} uids but {len(weights)} weights")
-    if len(set(uids)) != len(uids):
-        raise ValueError("uids are not unique")
-    if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise ValueError("weights must be finite and non-negative")
-    total = math.fsum(weights)
-    if total <= 0:
-        raise ValueError("all weights are zero; nothing to set")
-    return {int(u): w / total for u, w in zip(uids, weights, strict=True) if w > 0}
 
 
 class FakeNetwork:
@@ -247,7 +234,7 @@ class FakeChain:
         )
 
     async def set_weights(self, uids: Sequence[int], weights: Sequence[float]) -> None:
-        normalised = _normalised_weights(uids, weights)
+        normalised = normalised_weights(uids, weights)
 
         def change(state: State) -> None:
             _registered(state, self.hotkey)
