@@ -63,7 +63,8 @@ class Neuron:
         self.buckets = buckets
         self.hotkey = hotkey
         self.on_row = on_row
-        # Checkpoints need scratch files; without them a neuron neither saves nor loads them.
+        # The background checkpoint saver needs scratch files; without them a neuron neither
+        # saves nor loads checkpoints.
         self.scratch = scratch
         # Where the network's aggregates can be read, for catch-up (None: no catch-up).
         self.aggregates = aggregates
@@ -122,7 +123,6 @@ class Neuron:
                 metagraph=metagraph,
                 commitments=commitments,
                 opener=self.opener,
-                scratch=self.scratch,
                 settings=self.checkpoints,
             )
             if loaded is not None:

@@ -44,7 +44,6 @@ async def load_network_checkpoint(
     metagraph: Metagraph,
     commitments: Mapping[int, Bucket],
     opener: StoreOpener,
-    scratch: Scratch,
     settings: CheckpointSettings,
 ) -> tuple[int, int] | None:
     """Load the newest verified checkpoint into `model`; (window, global_step) or None."""
@@ -52,7 +51,7 @@ async def load_network_checkpoint(
     if not sources:
         return None
     try:
-        loaded = await load_latest(sources, scratch, settings)
+        loaded = await load_latest(sources, settings)
     except NoCheckpoint as exc:
         log.info("no network checkpoint yet: %s", exc)
         return None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from typing import Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
 from ports.objects import Blob, Bucket, ObjectMeta
 
 BytesLike = bytes | bytearray | memoryview
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -35,6 +36,15 @@ class ObjectStore(Protocol):
         """
         ...
 
+    async def put_stream(self, key: str, chunks: Iterable[BytesLike]) -> ObjectMeta:
+        """Store the bytes `chunks` yields, streamed (the object need not fit in memory).
+
+        `chunks` is iterated once, possibly in a worker thread, and the adapter may keep a
+        chunk only until it asks for the next one. If iterating raises, nothing is stored
+        (an earlier object at `key` is left as it was) and that exception propagates.
+        """
+        ...
+
     async def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
         """Read a whole object.
 
@@ -47,6 +57,20 @@ class ObjectStore(Protocol):
         """Stream an object into the file `path` (replaced atomically; no partial file is left).
 
         Raises `NotFound` or `TooLarge` as `get` does.
+        """
+        ...
+
+    async def get_stream(
+        self, key: str, consume: Callable[[BinaryIO], T], *, max_bytes: int | None = None
+    ) -> T:
+        """Stream an object through `consume` and return what it returns.
+
+        `consume` is called once, in a worker thread, with a blocking file object open at the
+        start of the object (`read(n)` returns n bytes unless the object ends; `readinto`;
+        not seekable), closed when `consume` returns. It sees one version of the object even
+        if the key is replaced meanwhile. Raises `NotFound` or `TooLarge` as `get` does,
+        before `consume` is called; reading past `max_bytes` (a body longer than announced)
+        raises `TooLarge`. What `consume` raises propagates unchanged.
         """
         ...
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import BinaryIO, TypeVar
 
 import attrs
 
 from ports import Blob, Bucket, BytesLike, Clock, ObjectMeta, ObjectStore, StoreOpener
+
+T = TypeVar("T")
 
 
 @attrs.frozen(kw_only=True)
@@ -77,6 +80,10 @@ class ChaosStore:
         await self._enter("put_file", key)
         return await self._inner.put_file(key, path)
 
+    async def put_stream(self, key: str, chunks: Iterable[BytesLike]) -> ObjectMeta:
+        await self._enter("put_stream", key)
+        return await self._inner.put_stream(key, chunks)
+
     async def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
         fault = await self._enter("get", key)
         blob = await self._inner.get(key, max_bytes=max_bytes)
@@ -87,6 +94,12 @@ class ChaosStore:
     async def get_file(self, key: str, path: str, *, max_bytes: int | None = None) -> ObjectMeta:
         await self._enter("get_file", key)
         return await self._inner.get_file(key, path, max_bytes=max_bytes)
+
+    async def get_stream(
+        self, key: str, consume: Callable[[BinaryIO], T], *, max_bytes: int | None = None
+    ) -> T:
+        await self._enter("get_stream", key)
+        return await self._inner.get_stream(key, consume, max_bytes=max_bytes)
 
     async def head(self, key: str) -> ObjectMeta | None:
         await self._enter("head", key)

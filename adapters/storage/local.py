@@ -15,9 +15,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 from adapters.storage.files import atomic_write, fsync_dir, read_chunks, write_temp
 from ports import (
@@ -33,6 +34,7 @@ from ports import (
     check_key,
 )
 
+T = TypeVar("T")
 _BUCKET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _CHUNK = 1 << 20
 STALE_TEMP_SECONDS = 3600.0
@@ -143,7 +145,10 @@ class LocalStore:
     async def put_file(self, key: str, path: str) -> ObjectMeta:
         return await asyncio.to_thread(self._put_file, key, Path(path))
 
-    def _open(self, key: str, max_bytes: int | None) -> tuple[object, ObjectMeta]:
+    async def put_stream(self, key: str, chunks: Iterable[BytesLike]) -> ObjectMeta:
+        return await asyncio.to_thread(self._put, key, chunks)
+
+    def _open(self, key: str, max_bytes: int | None) -> tuple[BinaryIO, ObjectMeta]:
         path = self._path(key)
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed by the caller
@@ -184,6 +189,17 @@ class LocalStore:
 
     async def get_file(self, key: str, path: str, *, max_bytes: int | None = None) -> ObjectMeta:
         return await asyncio.to_thread(self._get_file, key, Path(path), max_bytes)
+
+    def _get_stream(self, key: str, consume: Callable[[BinaryIO], T], max_bytes: int | None) -> T:
+        fh, _meta = self._open(key, max_bytes)
+        # An object is replaced by rename, never written in place: the open file cannot grow.
+        with fh:
+            return consume(fh)
+
+    async def get_stream(
+        self, key: str, consume: Callable[[BinaryIO], T], *, max_bytes: int | None = None
+    ) -> T:
+        return await asyncio.to_thread(self._get_stream, key, consume, max_bytes)
 
     def _head(self, key: str) -> ObjectMeta | None:
         path = self._path(key)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterable
+import io
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 from adapters.storage.files import atomic_write, read_chunks
 from ports import (
@@ -20,6 +22,8 @@ from ports import (
     TooLarge,
     check_key,
 )
+
+T = TypeVar("T")
 
 
 class MemoryStore:
@@ -68,6 +72,11 @@ class MemoryStore:
     async def put_file(self, key: str, path: str) -> ObjectMeta:
         return await self.put(key, b"".join(read_chunks(Path(path))))
 
+    async def put_stream(self, key: str, chunks: Iterable[BytesLike]) -> ObjectMeta:
+        check_key(key)
+        self._check_write()
+        return await self.put(key, b"".join(chunks))
+
     def _lookup(self, key: str, max_bytes: int | None) -> Blob:
         check_key(key)
         blob = self._objects.get(key)
@@ -85,6 +94,13 @@ class MemoryStore:
         blob = self._lookup(key, max_bytes)
         await asyncio.to_thread(atomic_write, Path(path), [blob.data])
         return blob.meta
+
+    async def get_stream(
+        self, key: str, consume: Callable[[BinaryIO], T], *, max_bytes: int | None = None
+    ) -> T:
+        blob = self._lookup(key, max_bytes)
+        with io.BytesIO(blob.data) as fh:
+            return await asyncio.to_thread(consume, fh)
 
     async def head(self, key: str) -> ObjectMeta | None:
         check_key(key)

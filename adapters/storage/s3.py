@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import boto3
 from botocore.exceptions import ClientError
@@ -37,6 +37,7 @@ from adapters.storage.s3_errors import (
     is_vendor_error,
     map_error,
 )
+from adapters.storage.streams import BoundedReader, ChunkReader
 from ports import (
     Blob,
     Bucket,
@@ -187,6 +188,16 @@ class S3Store:
         )
         return self._written(client, key, os.path.getsize(path), None)
 
+    def _put_stream_sync(self, client: Any, key: str, chunks: Iterable[BytesLike]) -> ObjectMeta:
+        # Not seekable: boto3 reads one part at a time into memory, at most
+        # `max_in_memory_upload_chunks` parts, and aborts the multipart upload if the
+        # iterator raises, so no object appears.
+        reader = ChunkReader(chunks)
+        client.upload_fileobj(
+            reader, self.name, key, Config=self._transfer, Callback=self._callback(key)
+        )
+        return self._written(client, key, reader.consumed, None)
+
     def _get_sync(self, client: Any, key: str, max_bytes: int | None) -> Blob:
         resp = client.get_object(Bucket=self.name, Key=key)
         # Closing an unread body drops its connection instead of draining it.
@@ -201,6 +212,18 @@ class S3Store:
         if advertised is not None and len(data) != advertised:
             raise TransientStorageError(f"{key!r}: read {len(data)} of {advertised} bytes")
         return Blob(meta=self._meta(key, resp, len(data)), data=data)
+
+    def _get_stream_sync(
+        self, client: Any, key: str, consume: Callable[[BinaryIO], T], max_bytes: int | None
+    ) -> T:
+        # One GET, read as it arrives: one version of the object, no temp file.
+        resp = client.get_object(Bucket=self.name, Key=key)
+        with contextlib.closing(resp["Body"]) as body:
+            advertised = resp.get("ContentLength")
+            if max_bytes is not None and advertised is not None and advertised > max_bytes:
+                raise TooLarge(key, advertised, max_bytes)
+            with BoundedReader(body, key, max_bytes) as reader:
+                return consume(reader)
 
     def _get_file_sync(
         self, client: Any, key: str, dest: Path, max_bytes: int | None
@@ -264,6 +287,10 @@ class S3Store:
         check_key(key)
         return await self._run("put_file", key, self._put_file_sync, key, os.fspath(path))
 
+    async def put_stream(self, key: str, chunks: Iterable[BytesLike]) -> ObjectMeta:
+        check_key(key)
+        return await self._run("put_stream", key, self._put_stream_sync, key, chunks)
+
     async def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
         check_key(key)
         return await self._run("get", key, self._get_sync, key, max_bytes)
@@ -271,6 +298,12 @@ class S3Store:
     async def get_file(self, key: str, path: str, *, max_bytes: int | None = None) -> ObjectMeta:
         check_key(key)
         return await self._run("get_file", key, self._get_file_sync, key, Path(path), max_bytes)
+
+    async def get_stream(
+        self, key: str, consume: Callable[[BinaryIO], T], *, max_bytes: int | None = None
+    ) -> T:
+        check_key(key)
+        return await self._run("get_stream", key, self._get_stream_sync, key, consume, max_bytes)
 
     async def head(self, key: str) -> ObjectMeta | None:
         check_key(key)

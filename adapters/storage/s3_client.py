@@ -33,6 +33,8 @@ class S3Settings:
     multipart_threshold: int = attrs.field(default=8 * MiB, validator=_pos)
     multipart_chunksize: int = attrs.field(default=8 * MiB, validator=attrs.validators.ge(5 * MiB))
     max_concurrency: int = attrs.field(default=8, validator=_pos)
+    # Parts of a streamed upload (put_stream) held in memory at once, per upload.
+    max_in_memory_upload_chunks: int = attrs.field(default=4, validator=_pos)
     list_page_size: int = attrs.field(default=1000, validator=[_pos, attrs.validators.le(1000)])
     region: str = "auto"
     addressing_style: str = attrs.field(
@@ -53,13 +55,16 @@ class S3Settings:
         )
 
     def transfer_config(self) -> TransferConfig:
-        return TransferConfig(
+        config = TransferConfig(
             multipart_threshold=self.multipart_threshold,
             multipart_chunksize=self.multipart_chunksize,
             max_concurrency=self.max_concurrency,
             use_threads=True,
             preferred_transfer_client="classic",
         )
+        # s3transfer's own setting, not among boto3's constructor arguments.
+        config.max_in_memory_upload_chunks = self.max_in_memory_upload_chunks
+        return config
 
 
 class ClientSlot:

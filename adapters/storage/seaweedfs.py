@@ -98,7 +98,8 @@ class SeaweedServer:
         self, binary: str, root: Path | None = None, identities: Iterable[Identity] = ()
     ) -> None:
         self.binary = binary
-        self.root = Path(root or tempfile.mkdtemp(prefix="seaweedfs-"))
+        # Absolute: weed runs with cwd=root, so a relative root would resolve twice.
+        self.root = Path(root or tempfile.mkdtemp(prefix="seaweedfs-")).resolve()
         self.ports = {flag: _free_port() for flag in _PORT_FLAGS}
         self.admin = ("admin-" + secrets.token_hex(6), "admin-secret-" + secrets.token_hex(16))
         self.reader = ("reader-" + secrets.token_hex(6), "reader-secret-" + secrets.token_hex(16))

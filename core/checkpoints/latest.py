@@ -26,7 +26,6 @@ from core.checkpoints.load import (
 from core.checkpoints.manifest import Manifest
 from core.checkpoints.settings import CheckpointSettings
 from ports import Bucket, Metagraph, ObjectStore, StorageError, StoreOpener
-from ports.scratch import Scratch
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,6 @@ async def get_latest(sources: Sequence[Source], settings: CheckpointSettings) ->
 
 async def load_latest(
     sources: Sequence[Source],
-    scratch: Scratch,
     settings: CheckpointSettings,
     *,
     device: torch.device | str = "cpu",
@@ -100,4 +98,4 @@ async def load_latest(
     candidates = await _ranked(sources, settings.version)
     if not candidates:
         raise NoCheckpoint(f"no checkpoint in {len(sources)} sources")
-    return await load_candidates(candidates, scratch, settings, device=device)
+    return await load_candidates(candidates, settings, device=device)

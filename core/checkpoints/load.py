@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 import torch
@@ -25,7 +25,6 @@ from core.checkpoints.shards import ShardError, read_shard
 from core.checkpoints.state import CheckpointState
 from core.checkpoints.tree import TreeError, join
 from ports import ObjectMeta, ObjectStore, StorageError
-from ports.scratch import Scratch
 
 log = logging.getLogger(__name__)
 
@@ -191,38 +190,32 @@ async def _shard(
     c: Candidate,
     manifest: Manifest,
     name: str,
-    scratch: Scratch,
     settings: CheckpointSettings,
     device: torch.device | str,
     gate: asyncio.Semaphore,
 ) -> dict[str, torch.Tensor]:
     entry = manifest.file(name)
+
+    def parse(fh: BinaryIO) -> tuple[dict[str, torch.Tensor], str]:
+        tensors, _meta, sha = read_shard(
+            fh, size=entry.size, max_header_bytes=settings.max_header_bytes, device=device
+        )
+        return tensors, sha
+
+    # Parsed as it streams in: no scratch copy, one pass that reads, hashes and fills the
+    # tensors. Nothing is used before the hash matches the manifest.
     async with gate:
-        path = scratch.create(name)
         try:
-            await c.store.get_file(manifest.key(name), path, max_bytes=entry.size)
-
-            def parse() -> tuple[dict[str, torch.Tensor], str]:
-                with scratch.open_read(path) as fh:
-                    tensors, _meta, sha = read_shard(
-                        fh, size=entry.size, max_header_bytes=settings.max_header_bytes,
-                        device=device,
-                    )  # fmt: skip
-                return tensors, sha
-
-            try:
-                tensors, sha = await asyncio.to_thread(parse)
-            except ShardError as exc:
-                raise _Corrupt(f"{name}: {exc}") from None
-        finally:
-            scratch.remove(path)
+            tensors, sha = await c.store.get_stream(manifest.key(name), parse, max_bytes=entry.size)
+        except ShardError as exc:
+            raise _Corrupt(f"{name}: {exc}") from None
     if sha != entry.sha256:
         raise _Corrupt(f"sha256 mismatch in {name}")
     return tensors
 
 
 async def _load_one(
-    c: Candidate, scratch: Scratch, settings: CheckpointSettings, device: torch.device | str
+    c: Candidate, settings: CheckpointSettings, device: torch.device | str
 ) -> tuple[Manifest, CheckpointState]:
     manifest = await _manifest(c, settings)
     gate = asyncio.Semaphore(settings.download_concurrency)
@@ -230,7 +223,7 @@ async def _load_one(
     for name, section in manifest.sections.items():
         tree = await _tree(c, manifest, section.tree)
         tasks = [
-            asyncio.create_task(_shard(c, manifest, s, scratch, settings, device, gate))
+            asyncio.create_task(_shard(c, manifest, s, settings, device, gate))
             for s in section.shards
         ]
         try:
@@ -256,7 +249,6 @@ async def _load_one(
 
 async def load_candidates(
     candidates: Sequence[Candidate],
-    scratch: Scratch,
     settings: CheckpointSettings,
     *,
     device: torch.device | str = "cpu",
@@ -267,7 +259,7 @@ async def load_candidates(
     skipped = list(skipped)
     for c in candidates[: settings.max_fallbacks + 1]:
         try:
-            manifest, state = await _load_one(c, scratch, settings, device)
+            manifest, state = await _load_one(c, settings, device)
         except (_Corrupt, StorageError) as exc:
             skipped.append(Skipped(c.source, c.window, c.uid, str(exc)))
             log.warning("checkpoint %s unusable, falling back: %s", skipped[-1], exc)
@@ -280,7 +272,6 @@ async def load_candidates(
 
 async def load_checkpoint(
     store: ObjectStore,
-    scratch: Scratch,
     settings: CheckpointSettings,
     *,
     window: int | None = None,
@@ -308,5 +299,5 @@ async def load_checkpoint(
             skipped.append(Skipped(store.name, window, uid or 0, "no manifest for this window"))
         candidates = [c for c in candidates if c.window <= window]
     return await load_candidates(
-        candidates, scratch, settings, device=device, requested_window=window, skipped=skipped
+        candidates, settings, device=device, requested_window=window, skipped=skipped
     )

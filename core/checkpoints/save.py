@@ -5,11 +5,15 @@ new checkpoint does not exist for any reader, so a crash or failed upload at any
 the previous checkpoint the newest complete one. Re-saving a window that already has a
 manifest deletes that manifest first, so its files are never replaced under a reader's feet.
 
-Saving is two phases. `snapshot` serialises every tensor into scratch files (a worker thread,
-one tensor at a time, no second copy in RAM); once it returns the caller may change the model
-again. `Upload.publish` sends the files (already started during the snapshot), then the
-manifest and the pointer. `BackgroundSaver` runs the second phase as a task so the training
-loop only waits for the first.
+Two ways to get the tensors out:
+- `Checkpointer.save` streams each shard straight from the tensors' memory into the store
+  (`put_stream`), hashing on the way: one pass over the bytes, no scratch file, no copy. The
+  tensors must not change until it returns.
+- `Checkpointer.snapshot` first serialises every shard into a scratch file (a worker thread,
+  one tensor at a time, no second copy in RAM); once it returns the caller may change the
+  model again, and `Upload.publish` sends the files, the manifest and the pointer.
+  `BackgroundSaver` runs that second phase as a task so the training loop only waits for the
+  snapshot.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from core import keys
 from core.checkpoints.manifest import (
@@ -32,7 +37,7 @@ from core.checkpoints.manifest import (
     pointer_key,
 )
 from core.checkpoints.settings import CheckpointSettings
-from core.checkpoints.shards import Written, plan_shards, write_shard
+from core.checkpoints.shards import ShardStream, Written, plan_shards, write_shard
 from core.checkpoints.state import CheckpointMeta, CheckpointState
 from core.checkpoints.tree import split
 from ports import Clock, NotFound, ObjectStore, StorageError
@@ -41,6 +46,22 @@ from ports.scratch import Scratch
 log = logging.getLogger(__name__)
 
 __all__ = ["BackgroundSaver", "Checkpointer", "Upload"]
+
+
+async def _all(coros: list[Awaitable[None]]) -> None:
+    """Run `coros` to the end, every one of them, then raise the first error: a shard still
+    being read when save() returns would race the caller's next optimizer step."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    except BaseException:  # cancelled: let the others finish or stop before going on
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 class Upload:
@@ -55,9 +76,13 @@ class Upload:
         self.files: list[FileEntry] = []
         self.sections: dict[str, Section] = {}
 
-    def _key(self, name: str) -> str:
+    def key(self, name: str) -> str:
         s = self._saver
         return keys.checkpoint_file(self._meta.window, self._meta.uid, s.settings.version, name)
+
+    def record(self, name: str, written: Written) -> None:
+        """A file already stored (streamed) under `key(name)`."""
+        self.files.append(FileEntry(name, written.size, written.sha256))
 
     def add_file(self, name: str, path: str, written: Written) -> None:
         self._paths.append(path)
@@ -70,7 +95,7 @@ class Upload:
 
     async def _send(self, put: Callable, name: str, body: object) -> None:
         async with self._gate:
-            await put(self._key(name), body)
+            await put(self.key(name), body)
 
     def _cleanup(self) -> None:
         for path in self._paths:
@@ -134,42 +159,68 @@ class Checkpointer:
         self._writers = asyncio.Semaphore(settings.write_concurrency)
 
     async def save(self, state: CheckpointState, meta: CheckpointMeta) -> Manifest:
-        """Snapshot and upload; returns once the checkpoint is complete in the store."""
-        upload = await self.snapshot(state, meta)
+        """Stream every shard into the store, then publish; returns once the checkpoint is
+        complete in the store. The tensors in `state` must not change until this returns."""
+        upload = await self._begin(meta)
+        await self._serialise(state, upload, self._stream)
         return await upload.publish()
 
     async def snapshot(self, state: CheckpointState, meta: CheckpointMeta) -> Upload:
-        """Phase one: every section serialised to scratch files, uploads started.
+        """Phase one of a background save: every shard serialised to a scratch file, uploads
+        started.
 
-        The tensors in `state` must not change until this returns (do not step the optimizer
-        concurrently); afterwards they may. Call `publish()` on the result to finish.
+        The tensors in `state` must not change until this returns; afterwards they may. Call
+        `publish()` on the result to finish.
         """
+        upload = await self._begin(meta)
+        await self._serialise(state, upload, self._write_and_send)
+        return upload
+
+    async def _begin(self, meta: CheckpointMeta) -> Upload:
         json.dumps(dict(meta.extra), allow_nan=False)  # refuse unstorable metadata up front
-        version = self.settings.version
-        manifest_key = keys.checkpoint_manifest(meta.window, meta.uid, version)
+        manifest_key = keys.checkpoint_manifest(meta.window, meta.uid, self.settings.version)
         if await self.store.head(manifest_key) is not None:
             await self.store.delete([manifest_key])
-        upload = Upload(self, meta)
+        return Upload(self, meta)
+
+    async def _serialise(
+        self,
+        state: CheckpointState,
+        upload: Upload,
+        send: Callable[[Upload, str, dict, str], Coroutine[Any, Any, None]],
+    ) -> None:
+        """Every section's tree and shards handed to `send`; on failure nothing is left
+        running and the upload is aborted."""
+        jobs = []
         try:
             for section, value in state.sections().items():
                 tree, tensors = split(value, section)
                 plan = plan_shards(tensors, self.settings.shard_bytes)
                 shards = [f"{section}-{i:05d}.safetensors" for i in range(len(plan))]
-                # Shards serialise in parallel (hashing and writing release the GIL); each
-                # starts uploading as soon as it is written.
-                await asyncio.gather(
-                    *(
-                        self._write_and_send(upload, name, {n: tensors[n] for n in names}, section)
-                        for name, names in zip(shards, plan, strict=True)
-                    )
-                )
+                jobs += [
+                    (name, {n: tensors[n] for n in names}, section)
+                    for name, names in zip(shards, plan, strict=True)
+                ]
                 tree_name = f"{section}.json"
                 upload.add_bytes(tree_name, json.dumps(tree, separators=(",", ":")).encode())
                 upload.sections[section] = Section(tree_name, shards)
+            # Shards of every section go in parallel (hashing and writing release the GIL),
+            # bounded by write_concurrency, largest first so the small ones fill the gaps at
+            # the end instead of leaving one worker busy while the others idle.
+            jobs.sort(key=lambda job: -sum(t.numel() * t.element_size() for t in job[1].values()))
+            await _all([send(upload, *job) for job in jobs])
         except BaseException:
             await upload.abort()
             raise
-        return upload
+
+    def _shard_meta(self, section: str) -> dict[str, str]:
+        return {"schema": "templar-comms.checkpoint-shard", "section": section}
+
+    async def _stream(self, upload: Upload, name: str, part: dict, section: str) -> None:
+        async with self._writers:
+            stream = ShardStream(part, self._shard_meta(section))
+            await self.store.put_stream(upload.key(name), stream)
+        upload.record(name, stream.written)
 
     async def _write_and_send(self, upload: Upload, name: str, part: dict, section: str) -> None:
         async with self._writers:
@@ -182,9 +233,8 @@ class Checkpointer:
         upload.add_file(name, path, written)
 
     def _write(self, path: str, tensors: dict, section: str) -> Written:
-        meta = {"schema": "templar-comms.checkpoint-shard", "section": section}
         with self.scratch.open_write(path) as fh:
-            return write_shard(fh, tensors, meta)
+            return write_shard(fh, tensors, self._shard_meta(section))
 
     async def advance_pointer(self, manifest: Manifest, manifest_sha256: str) -> None:
         """Point `latest.json` at `manifest` unless it already names a newer window."""

@@ -24,7 +24,15 @@ import torch
 
 from core import strict_json
 
-__all__ = ["DTYPES", "ShardError", "Written", "plan_shards", "read_shard", "write_shard"]
+__all__ = [
+    "DTYPES",
+    "ShardError",
+    "ShardStream",
+    "Written",
+    "plan_shards",
+    "read_shard",
+    "write_shard",
+]
 
 DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -105,24 +113,52 @@ def _host_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
+class ShardStream:
+    """One safetensors file as a stream of chunks, hashed as they pass.
+
+    The size is known before a byte is produced (it comes from the header); `written` is
+    available once the stream has been iterated to its end. The chunks are views of the
+    tensors' own memory (no copy for contiguous CPU tensors), so the tensors must not change
+    until the consumer is done with them.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+        self._tensors = tensors
+        self._head = _header(tensors, metadata)
+        self.size = len(self._head) + sum(t.numel() * t.element_size() for t in tensors.values())
+        self._digest: Any = None
+        self._done = 0
+
+    def __iter__(self) -> Iterator[memoryview | bytes]:
+        if self._digest is not None:
+            raise RuntimeError("a ShardStream can be iterated only once")
+        self._digest = hashlib.sha256(self._head)
+        self._done = len(self._head)
+        yield self._head
+        for t in self._tensors.values():
+            data = _host_bytes(t)
+            for start in range(0, len(data), _CHUNK):
+                piece = data[start : start + _CHUNK]
+                self._digest.update(piece)
+                self._done += len(piece)
+                yield piece
+
+    @property
+    def written(self) -> Written:
+        if self._digest is None or self._done != self.size:
+            raise RuntimeError("the shard stream was not consumed to its end")
+        return Written(size=self.size, sha256=self._digest.hexdigest())
+
+
 def write_shard(
     fh: BinaryIO, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
 ) -> Written:
     """Write `tensors` (in their order) as one safetensors file; returns its size and sha256."""
-    digest = hashlib.sha256()
-    head = _header(tensors, metadata)
-    fh.write(head)
-    digest.update(head)
-    size = len(head)
-    for t in tensors.values():
-        data = _host_bytes(t)
-        for start in range(0, len(data), _CHUNK):
-            piece = data[start : start + _CHUNK]
-            fh.write(piece)
-            digest.update(piece)
-        size += len(data)
+    stream = ShardStream(tensors, metadata)
+    for piece in stream:
+        fh.write(piece)
     fh.flush()
-    return Written(size=size, sha256=digest.hexdigest())
+    return stream.written
 
 
 def _parse_header(raw: bytes, data_size: int) -> tuple[list[tuple[str, torch.dtype, tuple]], dict]:

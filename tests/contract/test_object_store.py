@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import os
+from collections.abc import Iterator
 from datetime import UTC, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -133,6 +136,85 @@ async def test_large_object_round_trip_through_files(case: StoreCase, tmp_path: 
     assert sorted(p.name for p in dest.parent.iterdir()) == ["dest.bin"]  # no temp left
     with pytest.raises(FileNotFoundError):
         await case.store.put_file("large/none", str(tmp_path / "missing.bin"))
+
+
+def uneven_chunks(payload: bytes) -> list[bytes | bytearray | memoryview]:
+    """`payload` cut at uneven places, as bytes, bytearrays and memoryviews (one empty)."""
+    cuts = [0, 1, 4096, 3 << 20, (3 << 20) + 7, len(payload) - 1, len(payload)]
+    kinds = [bytes, bytearray, memoryview]
+    out: list[bytes | bytearray | memoryview] = [b""]
+    for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+        out.append(kinds[i % 3](payload[a:b]))
+    return out
+
+
+async def test_put_stream_stores_what_the_chunks_yield(case: StoreCase) -> None:
+    payload = os.urandom(1 << 20) * 9 + b"tail"  # over the 8 MiB multipart threshold
+    meta = await case.store.put_stream("streamed/big", uneven_chunks(payload))
+    assert meta.size == len(payload)
+    blob = await case.store.get("streamed/big")
+    assert hashlib.sha256(blob.data).digest() == hashlib.sha256(payload).digest()
+    small = await case.store.put_stream("streamed/small", iter([b"ab", memoryview(b"cd")]))
+    assert small.size == 4 and (await case.store.get("streamed/small")).data == b"abcd"
+    empty = await case.store.put_stream("streamed/empty", iter(()))
+    assert empty.size == 0 and (await case.store.get("streamed/empty")).data == b""
+
+
+class Broken(Exception):
+    pass
+
+
+@pytest.mark.parametrize("size", [1 << 10, 12 << 20])
+async def test_a_failing_stream_stores_nothing_and_keeps_the_old_object(
+    case: StoreCase, size: int
+) -> None:
+    await case.store.put("streamed/kept", b"old value")
+
+    def failing() -> Iterator[bytes]:
+        yield os.urandom(size)
+        raise Broken("the producer failed")
+
+    for key in ("streamed/kept", "streamed/new"):
+        with pytest.raises(Broken):
+            await case.store.put_stream(key, failing())
+    assert (await case.store.get("streamed/kept")).data == b"old value"
+    assert await case.store.head("streamed/new") is None
+    assert [m.key for m in await collect(case, "streamed/")] == ["streamed/kept"]
+
+
+async def test_get_stream_hands_the_object_to_the_consumer(case: StoreCase) -> None:
+    payload = os.urandom(1 << 20) * 9 + b"tail"
+    await case.store.put_stream("streamed/read", uneven_chunks(payload))
+
+    def consume(fh: BinaryIO) -> tuple[bytes, bytes, bytes, bytes]:
+        head = fh.read(8)  # exact sizes, however the body arrives
+        middle = bytearray(5 << 20)
+        assert fh.readinto(middle) == len(middle)
+        rest = fh.read(len(payload))  # asks for more than is left: gets the rest
+        return head, bytes(middle), rest, fh.read(1)
+
+    head, middle, rest, after = await case.store.get_stream(
+        "streamed/read", consume, max_bytes=len(payload)
+    )
+    assert head + middle + rest == payload and after == b""
+
+
+async def test_get_stream_refuses_before_calling_the_consumer(case: StoreCase) -> None:
+    await case.store.put("streamed/small", b"0123456789")
+    called = []
+    with pytest.raises(NotFound):
+        await case.store.get_stream("streamed/none", called.append)
+    with pytest.raises(TooLarge):
+        await case.store.get_stream("streamed/small", called.append, max_bytes=9)
+    assert called == []
+
+    def failing(fh: BinaryIO) -> None:
+        fh.read(3)
+        raise Broken("the consumer failed")
+
+    with pytest.raises(Broken):
+        await case.store.get_stream("streamed/small", failing)
+    assert await case.store.get_stream("streamed/small", lambda fh: fh.read()) == b"0123456789"
 
 
 async def test_concurrent_puts_of_one_key_leave_one_whole_value(case: StoreCase) -> None:

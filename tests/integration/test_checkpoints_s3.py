@@ -21,14 +21,14 @@ async def test_checkpoints_on_seaweedfs(seaweedfs: SeaweedServer, tmp_path: Path
     opener = S3StoreOpener()
     store = opener.open(seaweedfs.bucket(name))
     try:
-        ck, _, scratch, cfg, _ = setup(tmp_path, store=store, shard_bytes=2000)
+        ck, _, _scratch, cfg, _ = setup(tmp_path, store=store, shard_bytes=2000)
         model, opt, sched, mom = trained()
         first = await ck.save(state_of(model, opt, sched, mom), meta(5))
         saved = {k: v.clone() for k, v in model.state_dict().items()}
         step(model, opt, sched, mom)
         second = await ck.save(state_of(model, opt, sched, mom), meta(6))
 
-        loaded = await load_checkpoint(store, scratch, cfg)
+        loaded = await load_checkpoint(store, cfg)
         assert loaded.window == 6 and not loaded.fell_back
         assert_same(dict(model.state_dict()), dict(loaded.state.model))
 
@@ -36,7 +36,7 @@ async def test_checkpoints_on_seaweedfs(seaweedfs: SeaweedServer, tmp_path: Path
         data = bytearray((await store.get(shard)).data)
         data[-1] ^= 0xFF
         await store.put(shard, bytes(data))
-        loaded = await load_checkpoint(store, scratch, cfg)
+        loaded = await load_checkpoint(store, cfg)
         assert loaded.window == 5 and "sha256" in loaded.skipped[0].reason
         assert_same(saved, dict(loaded.state.model))
 

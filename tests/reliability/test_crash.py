@@ -95,7 +95,7 @@ async def test_kill_mid_checkpoint_save_then_restart(tmp_path: Path) -> None:
 
     store = LocalStore(root)
     scratch = TempScratch(tmp_path / "scratch")
-    loaded = await load_checkpoint(store, scratch, CHECKPOINT)
+    loaded = await load_checkpoint(store, CHECKPOINT)
     assert max(done) <= loaded.window <= max(done) + 1
     want = model_for(loaded.window)
     assert set(loaded.state.model) == set(want)
@@ -107,7 +107,7 @@ async def test_kill_mid_checkpoint_save_then_restart(tmp_path: Path) -> None:
     await saver.save(
         CheckpointState(model=model_for(nxt)), CheckpointMeta(window=nxt, global_step=nxt, uid=1)
     )
-    again = await load_checkpoint(store, scratch, CHECKPOINT)
+    again = await load_checkpoint(store, CHECKPOINT)
     assert again.window == nxt and not again.fell_back
     assert all(torch.equal(again.state.model[n], t) for n, t in model_for(nxt).items())
     scratch.close()

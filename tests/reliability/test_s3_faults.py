@@ -198,12 +198,12 @@ async def test_server_killed_mid_checkpoint_save_leaves_the_previous_one_loadabl
         assert not private_server.running
 
         _restart(private_server)
-        loaded = await load_checkpoint(store, scratch, cfg)
+        loaded = await load_checkpoint(store, cfg)
         assert loaded.window == 5 and not loaded.fell_back  # window 6 never got a manifest
         assert_same(saved, dict(loaded.state.model))
 
         await saver.save(state_of(model, opt, sched, mom), meta(6))  # the next run completes
-        loaded = await load_checkpoint(store, scratch, cfg)
+        loaded = await load_checkpoint(store, cfg)
         assert loaded.window == 6
         assert_same(dict(model.state_dict()), dict(loaded.state.model))
     finally:

@@ -61,7 +61,7 @@ async def test_late_joiner_matches_the_peer_that_never_left(tmp_path: Path) -> N
     fetch = aggregator_updates(
         agg_store, version=VERSION, compressor=default_compressor(), shapes=shapes
     )
-    ck, store, scratch, cfg, _ = setup(tmp_path)
+    ck, store, _scratch, cfg, _ = setup(tmp_path)
     apply = applier(veteran, vopt)
     for w in range(1, 9):
         apply(w, await fetch(w))
@@ -72,7 +72,7 @@ async def test_late_joiner_matches_the_peer_that_never_left(tmp_path: Path) -> N
 
     torch.manual_seed(123)  # the joiner starts from other weights
     joiner, jopt = network_model()
-    loaded = await load_checkpoint(store, scratch, cfg)
+    loaded = await load_checkpoint(store, cfg)
     joiner.load_state_dict(loaded.state.model)
     jopt.load_state_dict(loaded.state.optimizer)
     result = await catch_up(

@@ -18,7 +18,10 @@ from adapters.storage.memory import MemoryStoreOpener
 from core import keys
 from core.checkpoints import (
     BackgroundSaver,
+    Checkpointer,
+    CheckpointMeta,
     CheckpointSettings,
+    CheckpointState,
     NoCheckpoint,
     Source,
     VersionRefused,
@@ -48,14 +51,17 @@ def fresh_like():
     return trained(seed=99, steps=0)
 
 
-async def test_round_trip_is_bit_exact_and_training_continues_identically(tmp_path: Path) -> None:
-    ck, store, scratch, cfg, _ = setup(tmp_path, shard_bytes=700)  # several shards per section
+@pytest.mark.parametrize("mode", ["stream", "snapshot"])
+async def test_round_trip_is_bit_exact_and_training_continues_identically(
+    tmp_path: Path, mode: str
+) -> None:
+    ck, store, _scratch, cfg, _ = setup(tmp_path, shard_bytes=700)  # several shards per section
     model, opt, sched, mom = trained(steps=3)
     state = state_of(model, opt, sched, mom)
-    manifest = await ck.save(state, meta(5))
+    manifest = await save_by(ck, mode, state, meta(5))
     assert len(manifest.sections["model"].shards) > 1
 
-    loaded = await load_checkpoint(store, scratch, cfg)
+    loaded = await load_checkpoint(store, cfg)
     assert not loaded.fell_back and loaded.window == 5 and loaded.global_step == 50
     for name, section in state.sections().items():
         assert_same(section, loaded.state.sections()[name])
@@ -113,12 +119,22 @@ def test_reader_refuses_malformed_shards(mangle) -> None:
         read_shard(io.BytesIO(data), size=len(data), max_header_bytes=1 << 16)
 
 
+WRITES = ("put", "put_file", "put_stream")
+
+
+async def save_by(ck: Checkpointer, mode: str, state: CheckpointState, m: CheckpointMeta):
+    """Save the streamed way (`save`) or the background way (`snapshot`, then `publish`)."""
+    if mode == "stream":
+        return await ck.save(state, m)
+    return await (await ck.snapshot(state, m)).publish()
+
+
 def fail_after(n: int):
-    """Faults that let `n` writes (put / put_file) through, then fail every write."""
+    """Faults that let `n` writes (put / put_file / put_stream) through, then fail every write."""
     count = {"writes": 0}
 
     def faults(op: str, key: str) -> Fault:
-        if op not in ("put", "put_file"):
+        if op not in WRITES:
             return NO_FAULT
         count["writes"] += 1
         if count["writes"] > n:
@@ -128,12 +144,13 @@ def fail_after(n: int):
     return faults
 
 
+@pytest.mark.parametrize("mode", ["stream", "snapshot"])
 async def test_a_crash_after_any_write_leaves_the_previous_checkpoint_loadable(
-    tmp_path: Path,
+    tmp_path: Path, mode: str
 ) -> None:
     clock = FakeClock()
     inner = MemoryStoreOpener(clock).open(bucket())
-    ck, _, scratch, cfg, _ = setup(tmp_path, store=inner, shard_bytes=700)
+    ck, _, _scratch, cfg, _ = setup(tmp_path, store=inner, shard_bytes=700)
     model, opt, sched, mom = trained()
     first = copy.deepcopy(state_of(model, opt, sched, mom))
     await ck.save(first, meta(5))
@@ -143,8 +160,8 @@ async def test_a_crash_after_any_write_leaves_the_previous_checkpoint_loadable(
         chaos = ChaosStore(inner, clock, fail_after(n))
         ck.store = chaos
         with pytest.raises(TransientStorageError):
-            await ck.save(state_of(model, opt, sched, mom), meta(6))
-        loaded = await load_checkpoint(inner, scratch, cfg)
+            await save_by(ck, mode, state_of(model, opt, sched, mom), meta(6))
+        loaded = await load_checkpoint(inner, cfg)
         # Only a failure of the very last write (the pointer) leaves window 6 complete.
         expected = 6 if n == writes - 1 else 5
         assert loaded.window == expected, n
@@ -155,7 +172,7 @@ async def test_a_crash_after_any_write_leaves_the_previous_checkpoint_loadable(
 
 @pytest.mark.parametrize("damage", ["flip", "delete", "truncate", "manifest", "tree"])
 async def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, damage) -> None:
-    ck, store, scratch, cfg, _ = setup(tmp_path)
+    ck, store, _scratch, cfg, _ = setup(tmp_path)
     model, opt, sched, mom = trained()
     good = copy.deepcopy(state_of(model, opt, sched, mom))
     await ck.save(good, meta(5))
@@ -177,7 +194,7 @@ async def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path: Path,
             bad.key("optimizer.json"), b"[]" + b" " * (bad.file("optimizer.json").size - 2)
         )
 
-    loaded = await load_checkpoint(store, scratch, cfg)
+    loaded = await load_checkpoint(store, cfg)
     assert loaded.window == 5 and loaded.fell_back
     assert loaded.skipped[0].window == 6
     reason = loaded.skipped[0].reason
@@ -189,47 +206,45 @@ async def test_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path: Path,
 
 
 async def test_explicit_window_missing_or_absent_and_nothing_loadable(tmp_path: Path) -> None:
-    ck, store, scratch, cfg, _ = setup(tmp_path)
+    ck, store, _scratch, cfg, _ = setup(tmp_path)
     with pytest.raises(NoCheckpoint):
-        await load_checkpoint(store, scratch, cfg)
+        await load_checkpoint(store, cfg)
     model, opt, sched, mom = trained()
     for w in (4, 8):
         await ck.save(state_of(model, opt, sched, mom), meta(w))
-    assert (await load_checkpoint(store, scratch, cfg, window=4)).window == 4
-    loaded = await load_checkpoint(store, scratch, cfg, window=7)
+    assert (await load_checkpoint(store, cfg, window=4)).window == 4
+    loaded = await load_checkpoint(store, cfg, window=7)
     assert loaded.window == 4 and loaded.requested_window == 7 and loaded.fell_back
     with pytest.raises(NoCheckpoint):
-        await load_checkpoint(store, scratch, cfg, window=3)
+        await load_checkpoint(store, cfg, window=3)
 
 
 async def test_other_versions_are_refused_unless_asked(tmp_path: Path) -> None:
-    ck, store, scratch, _, _ = setup(tmp_path)
+    ck, store, _scratch, _, _ = setup(tmp_path)
     model, opt, sched, mom = trained()
     await ck.save(state_of(model, opt, sched, mom), meta(5))
     newer = CheckpointSettings(version="2.0.0")
     with pytest.raises(NoCheckpoint):
-        await load_checkpoint(store, scratch, newer)  # v2 sees no v1 objects
+        await load_checkpoint(store, newer)  # v2 sees no v1 objects
     with pytest.raises(VersionRefused):
-        await load_checkpoint(store, scratch, newer, version=VERSION)
-    loaded = await load_checkpoint(store, scratch, newer, version=VERSION, allow_other_version=True)
+        await load_checkpoint(store, newer, version=VERSION)
+    loaded = await load_checkpoint(store, newer, version=VERSION, allow_other_version=True)
     assert loaded.manifest.version == VERSION
 
 
 async def test_sizes_are_bounded_before_downloading(tmp_path: Path) -> None:
     clock = FakeClock()
     inner = MemoryStoreOpener(clock).open(bucket())
-    ck, _, scratch, _, _ = setup(tmp_path, store=inner)
+    ck, _, _, _, _ = setup(tmp_path, store=inner)
     model, opt, sched, mom = trained()
     await ck.save(state_of(model, opt, sched, mom), meta(5))
     chaos = ChaosStore(inner, clock)
     tight = CheckpointSettings(version=VERSION, max_checkpoint_bytes=1000)
     with pytest.raises(NoCheckpoint, match="over 1000"):
-        await load_checkpoint(chaos, scratch, tight)
-    assert not [c for c in chaos.calls if c[0] == "get_file"]
+        await load_checkpoint(chaos, tight)
+    assert not [c for c in chaos.calls if c[0] in ("get_file", "get_stream")]
     with pytest.raises(NoCheckpoint, match="manifest is"):
-        await load_checkpoint(
-            inner, scratch, CheckpointSettings(version=VERSION, max_manifest_bytes=10)
-        )
+        await load_checkpoint(inner, CheckpointSettings(version=VERSION, max_manifest_bytes=10))
 
 
 async def test_resaving_a_window_hides_it_first_and_the_pointer_never_goes_back(
@@ -247,14 +262,14 @@ async def test_resaving_a_window_hides_it_first_and_the_pointer_never_goes_back(
     chaos.calls.clear()
     await ck.save(state_of(model, opt, sched, mom), meta(7, step=71))
     manifest = keys.checkpoint_manifest(7, 1, VERSION)
-    ops = [(op, key) for op, key in chaos.calls if op in ("delete", "put", "put_file")]
+    ops = [(op, key) for op, key in chaos.calls if op in ("delete", *WRITES)]
     assert ops[0] == ("delete", manifest)
     assert ops[-2] == ("put", manifest) and ops[-1] == ("put", pointer_key(VERSION))
     assert json.loads((await inner.get(pointer_key(VERSION))).data)["global_step"] == 71
 
 
 async def test_background_save_snapshots_then_uploads(tmp_path: Path) -> None:
-    ck, store, scratch, cfg, _ = setup(tmp_path)
+    ck, store, _scratch, cfg, _ = setup(tmp_path)
     model, opt, sched, mom = trained()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     saver = BackgroundSaver(ck)
@@ -264,7 +279,7 @@ async def test_background_save_snapshots_then_uploads(tmp_path: Path) -> None:
     step(model, opt, sched, mom)  # training goes on while the upload runs
     manifest = await saver.wait()
     assert manifest is not None and manifest.window == 5 and not saver.busy
-    loaded = await load_checkpoint(store, scratch, cfg)
+    loaded = await load_checkpoint(store, cfg)
     assert_same(before, dict(loaded.state.model))
     assert list((tmp_path / "scratch").rglob("*.safetensors*")) == []
 
@@ -329,8 +344,8 @@ async def test_latest_across_local_and_validator_buckets(tmp_path: Path) -> None
     data = bytearray((await val3.get(shard)).data)
     data[-1] ^= 1
     await val3.put(shard, bytes(data))
-    _, _, scratch, cfg, _ = setup(tmp_path)
-    loaded = await load_latest(sources, scratch, cfg)
+    _, _, _scratch, cfg, _ = setup(tmp_path)
+    loaded = await load_latest(sources, cfg)
     assert loaded.window == 12 and loaded.source.startswith("validator uid 2") and loaded.fell_back
     assert await get_latest([Source("empty", opener.open(bucket("e")))], cfg) is None
 
@@ -342,11 +357,9 @@ def test_checkpoint_due() -> None:
 
 
 async def test_concurrent_loads_share_nothing(tmp_path: Path) -> None:
-    ck, store, scratch, cfg, _ = setup(tmp_path)
+    ck, store, _scratch, cfg, _ = setup(tmp_path)
     model, opt, sched, mom = trained()
     await ck.save(state_of(model, opt, sched, mom), meta(5))
-    a, b = await asyncio.gather(
-        load_checkpoint(store, scratch, cfg), load_checkpoint(store, scratch, cfg)
-    )
+    a, b = await asyncio.gather(load_checkpoint(store, cfg), load_checkpoint(store, cfg))
     assert a.state.model["0.weight"] is not b.state.model["0.weight"]
     assert_same(dict(a.state.model), dict(b.state.model))
