@@ -6,9 +6,10 @@ plus the peak RSS of each operation over the RSS before it, relative to the stat
     python -m bench.checkpoint [--quick] [--no-s3] [--out bench/results]
 
 `run()` returns the result dict; `main()` also writes checkpoint.json and checkpoint.md.
-Save = serialise to scratch files + upload + manifest + pointer; load = list + download +
-verify sha256 + parse into fresh tensors. Peak RSS comes from VmHWM after resetting it
-through /proc/self/clear_refs (Linux), so it covers the whole operation.
+Save = stream every shard from the tensors into the store (hashing on the way) + manifest +
+pointer; load = list + stream every shard into fresh tensors, verifying its sha256. Peak RSS
+comes from VmHWM after resetting it through /proc/self/clear_refs (Linux), so it covers the
+whole operation.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from ports import Bucket, ObjectStore
 VERSION = "bench"
 GOAL_RATIO = 0.80
 GOAL_RSS = 1.2
-SHARD_MIB = 64
 
 
 def _bucket(name: str) -> Bucket:
@@ -127,7 +127,7 @@ async def measure_store(
     pile up) measures the disk's state rather than the code.
     """
     scratch = TempScratch(scratch_dir)
-    settings = CheckpointSettings(version=VERSION, shard_bytes=SHARD_MIB << 20)
+    settings = CheckpointSettings(version=VERSION)  # the defaults a neuron runs with
     ck = Checkpointer(store, scratch, SystemClock(), settings)
     # A warm-up save, unmeasured, gives the byte count the raw baseline must move.
     total = (await ck.save(state, CheckpointMeta(window=0, global_step=0, uid=0))).total_bytes

@@ -33,8 +33,9 @@ class S3Settings:
     multipart_threshold: int = attrs.field(default=8 * MiB, validator=_pos)
     multipart_chunksize: int = attrs.field(default=8 * MiB, validator=attrs.validators.ge(5 * MiB))
     max_concurrency: int = attrs.field(default=8, validator=_pos)
-    # Parts of a streamed upload (put_stream) held in memory at once, per upload.
-    max_in_memory_upload_chunks: int = attrs.field(default=4, validator=_pos)
+    # Parts of a streamed upload (put_stream) held in memory at once, per upload: the
+    # memory a checkpoint save costs is about this x multipart_chunksize x its concurrency.
+    max_in_memory_upload_chunks: int = attrs.field(default=2, validator=_pos)
     list_page_size: int = attrs.field(default=1000, validator=[_pos, attrs.validators.le(1000)])
     region: str = "auto"
     addressing_style: str = attrs.field(

@@ -15,12 +15,17 @@ class CheckpointSettings:
     version: str = attrs.field(validator=lambda i, a, v: keys.check_version(v))
     # Save every this many global steps (Templar's `checkpoint_frequency`).
     checkpoint_frequency: int = attrs.field(default=100, validator=gt(0))
-    # Tensors are grouped into files of about this size: uploads and downloads of one file
-    # overlap the serialisation of the next, and no single object grows without bound.
-    shard_bytes: int = attrs.field(default=64 * MiB, validator=gt(0))
-    write_concurrency: int = attrs.field(default=2, validator=gt(0))
+    # Tensors are grouped into files of about this size, so shards stream in parallel and no
+    # single object grows without bound. Measured on 2 cores (docs/benchmarks.md): 16 MiB
+    # shards, 6 at a time, keep both cores busy hashing and writing; for multi-GB states over
+    # a distant R2, larger shards (64-256 MiB) save per-object round trips.
+    shard_bytes: int = attrs.field(default=16 * MiB, validator=gt(0))
+    # Shards serialised (and, for `save`, streamed to the store) at once.
+    write_concurrency: int = attrs.field(default=6, validator=gt(0))
+    # Scratch files a background save (snapshot, then publish) uploads at once.
     upload_concurrency: int = attrs.field(default=4, validator=gt(0))
-    download_concurrency: int = attrs.field(default=2, validator=gt(0))
+    # Shards streamed in and parsed at once by a load.
+    download_concurrency: int = attrs.field(default=4, validator=gt(0))
     # Bounds on what a reader accepts, checked before downloading (a checkpoint may come
     # from another validator's bucket).
     max_manifest_bytes: int = attrs.field(default=1 * MiB, validator=gt(0))
