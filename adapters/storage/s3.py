@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from adapters.storage.files import fsync_dir
@@ -72,6 +73,7 @@ class S3Store:
         bucket: Bucket,
         slot: ClientSlot,
         settings: S3Settings,
+        transfer: TransferConfig,
         executor: ThreadPoolExecutor,
         progress: Progress | None,
         release: Callable[[], None],
@@ -79,7 +81,7 @@ class S3Store:
         self._bucket = bucket
         self._slot = slot
         self._settings = settings
-        self._transfer = settings.transfer_config()
+        self._transfer = transfer
         self._executor = executor
         self._progress = progress
         self._release = release
@@ -356,6 +358,8 @@ class S3StoreOpener:
         self._executor = ThreadPoolExecutor(
             max_workers=self._settings.max_pool_connections, thread_name_prefix="s3"
         )
+        # One for every store: a gather opens a store per peer, every window.
+        self._transfer = self._settings.transfer_config()
 
     @property
     def settings(self) -> S3Settings:
@@ -385,6 +389,7 @@ class S3StoreOpener:
             bucket,
             slot,
             self._settings,
+            self._transfer,
             self._executor,
             self._progress,
             functools.partial(self._release, ident, slot),

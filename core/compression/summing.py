@@ -2,9 +2,9 @@
 
 `DenseSum` works for any compressor: decode each peer to dense tensors and add them.
 `ChunkSum` is the top-k compressor's fast path: the sum lives in the chunk domain (each
-parameter as rows of chunks, under DCT as coefficients), so a peer is one `index_add_` of
-its kept entries, and the parameter layout (and the inverse DCT) is computed once, at the
-end, instead of once per peer.
+parameter as rows of chunks, under DCT as coefficients), so a peer is one scatter-add of its
+kept entries (on the CPU, compiled and batched: `cpu_fold`), and the parameter layout (and
+the inverse DCT) is computed once, at the end, instead of once per peer.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import attrs
 import torch
 
-from core.compression import dct, packing
+from core.compression import cpu_fold, dct, packing
 from core.compression.base import Compressed, Compressor, Shape
 
 INDEX_BITS = 12  # as core.compression.topk (which imports this module)
@@ -63,10 +63,37 @@ class Prepared:
     table: torch.Tensor | None
 
 
-class ChunkSum:
-    """The sum of top-k payloads of one model, kept in the chunk domain."""
+@attrs.frozen(eq=False)
+class Scanned:
+    """A validated peer for the CPU batched fold: its norms and its wire tensors as they came
+    (packed index, codes or float values), plus the float64 value table when quantised."""
 
-    def __init__(self, compressor, plan, device: torch.device | str) -> None:
+    norms: dict[str, float]
+    idx: torch.Tensor
+    values: torch.Tensor
+    table: torch.Tensor | None
+
+
+class ChunkSum:
+    """The sum of top-k payloads of one model, kept in the chunk domain.
+
+    On the CPU (for the wire formats `cpu_fold.supported` accepts) preparing a peer is one
+    compiled pass that validates and counts, and peers are added in batches (`cpu_fold`);
+    elsewhere both are torch operations, one peer at a time. The results are identical: each
+    position receives the same float32 additions in the same peer order.
+    """
+
+    def __init__(
+        self,
+        compressor,
+        plan,
+        device: torch.device | str,
+        *,
+        compiled: bool | None = None,
+        batch: int | None = None,
+    ) -> None:
+        """`compiled`: use the CPU kernels (None: whenever the device and format allow);
+        `batch`: peers per compiled fold (None: as many as `cpu_fold.BATCH_BYTES` holds)."""
         self._compressor = compressor
         self._plan = plan
         self._device = torch.device(device)
@@ -76,7 +103,14 @@ class ChunkSum:
         for m in plan.params:
             self._starts[m.name] = start
             start += m.numel
-        self._rows = plan._cached(self._device, "chunk_rows", self._make_rows)
+        params = compressor.params
+        self._batch: cpu_fold.BatchFold | None = None
+        if compiled is None:
+            compiled = self._device.type == "cpu" and cpu_fold.supported(params)
+        if compiled:
+            self._batch = cpu_fold.BatchFold(plan, params, batch)
+        else:
+            self._rows = plan._cached(self._device, "chunk_rows", self._make_rows)
 
     def _make_rows(self, device: torch.device) -> torch.Tensor:
         parts = []
@@ -86,8 +120,21 @@ class ChunkSum:
         return torch.cat(parts).to(device)
 
     @torch.no_grad()
-    def prepare(self, compressed: Compressed) -> Prepared:
-        """Everything of a peer's fold that does not touch the sum (safe to run in parallel)."""
+    def prepare(self, compressed: Compressed) -> Prepared | Scanned:
+        """Everything of a peer's fold that does not touch the sum (safe to run in parallel).
+
+        On the CPU path this validates too: `InvalidPayload` for what the codec refuses."""
+        if self._batch is None:
+            return self._prepare_torch(compressed)
+        p, t = self._compressor.params, compressed.tensors
+        found = torch.from_numpy(cpu_fold.scan(self._plan, p, t))
+        if p.quantized:
+            table = t["lookup"].to(torch.float64) + t["shift"].to(torch.float64)[:, None]
+            squares = (found * table.square()).sum(1)
+            return Scanned(self._names(squares.sqrt()), t["idx"], t["val"], table)
+        return Scanned(self._names(found.sqrt()), t["idx"], t["val"], None)
+
+    def _prepare_torch(self, compressed: Compressed) -> Prepared:
         plan, t, dev = self._plan, compressed.tensors, self._device
         p = self._compressor.params
         entries = plan.total_entries
@@ -106,14 +153,25 @@ class ChunkSum:
             squares = (counts * table.square()).sum(1)
             return Prepared(self._names(squares.sqrt()), index, codes.to(torch.uint8), table)
         vals = t["val"].to(dev, torch.float32)
-        squares = torch.bincount(ids, weights=vals.square(), minlength=len(plan.params))
+        squares = torch.bincount(ids, weights=vals.square().double(), minlength=len(plan.params))
         return Prepared(self._names(squares.sqrt()), index, vals, None)
 
     @torch.no_grad()
-    def commit(self, prepared: Prepared, weigh: Weigh) -> dict[str, float]:
-        """Add a prepared peer with per-parameter weights `weigh(norms)`; returns the norms."""
+    def commit(self, prepared: Prepared | Scanned, weigh: Weigh) -> dict[str, float]:
+        """Add a prepared peer with per-parameter weights `weigh(norms)`; returns the norms.
+
+        On the CPU path the addition may wait in the batch until it fills or `result()`."""
         plan, dev = self._plan, self._device
         weights = weigh(prepared.norms)
+        if isinstance(prepared, Scanned):
+            assert self._batch is not None
+            per_param = torch.tensor([float(weights[m.name]) for m in plan.params])
+            if prepared.table is not None:
+                table = (prepared.table * per_param.to(torch.float64)[:, None]).to(torch.float32)
+            else:
+                table = per_param  # float32: the torch path multiplies in float32 as well
+            self._batch.add(prepared.idx, prepared.values, table, self._buf.numpy())
+            return prepared.norms
         per_param = torch.tensor([float(weights[m.name]) for m in plan.params], device=dev)
         ids = plan.param_ids(dev)
         if prepared.table is not None:
@@ -141,15 +199,23 @@ class ChunkSum:
         copy of that one parameter, so the peak is the sum plus the largest parameter, not
         two models.
         """
-        if scale != 1.0:
-            self._buf.mul_(scale)
+        if self._batch is not None:
+            self._batch.flush(self._buf.numpy())
+            self._batch.release()
         out: dict[str, torch.Tensor] = {}
         use_dct = self._compressor.params.use_dct
         for m in self._plan.params:
             region = self._buf[self._starts[m.name] : self._starts[m.name] + m.numel]
             chunks = region.view(*m.grid, m.h, m.w)
-            chunks = dct.inverse(chunks) if use_dct else chunks.clone()
-            m.chunked_view(region).copy_(chunks)
+            if use_dct:
+                chunks = dct.inverse(chunks)
+                m.chunked_view(region).copy_(chunks.mul_(scale) if scale != 1.0 else chunks)
+            elif m.grid[1] == 1 or m.h == 1:
+                # Chunks of whole rows (or of single rows) are already in row-major order.
+                if scale != 1.0:
+                    region.mul_(scale)
+            else:
+                m.chunked_view(region).copy_(chunks * scale)  # the product is the copy
             out[m.name] = region.view(m.shape)
         self._buf = torch.zeros(0, device=self._device)  # the sum is handed over, once
         return out

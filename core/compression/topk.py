@@ -23,7 +23,7 @@ import attrs
 import numpy as np
 import torch
 
-from core.compression import dct, packing
+from core.compression import cpu_fold, dct, packing
 from core.compression.base import Compressed, Shape, Spec, TensorSpec
 from core.compression.chunking import Plan, PlanCache
 from core.compression.quantize import dequantize, quantize
@@ -277,6 +277,19 @@ class TopKCompressor:
         plan = self._plans.get(compressed.shapes)
         t = compressed.tensors
         p = self.params
+        if t["idx"].device.type == "cpu" and cpu_fold.supported(p):
+            cpu_fold.scan(plan, p, t)  # indices and codes, one compiled pass
+        else:
+            self._validate_entries(plan, t)
+        if p.quantized:
+            for name in ("shift", "lookup"):
+                if not bool(torch.isfinite(t[name]).all()):
+                    raise InvalidPayload("non_finite", f"{name} holds NaN or inf")
+        elif not bool(torch.isfinite(t["val"]).all()):
+            raise InvalidPayload("non_finite", "val holds NaN or inf")
+
+    def _validate_entries(self, plan: Plan, t) -> None:
+        p = self.params
         e = plan.total_entries
         local = packing.unpack(t["idx"], e, INDEX_BITS)
         beyond = local >= plan.chunk_sizes(local.device)
@@ -289,16 +302,10 @@ class TopKCompressor:
         for offset, n_rows, k in plan.runs:
             if k > 1 and _has_repeats(local[offset : offset + n_rows * k].view(n_rows, k)):
                 raise InvalidPayload("duplicate_index", "an index repeats within a chunk")
-        if p.quantized:
-            if p.quantization_bins != 1 << p.value_bits:
-                codes = packing.unpack(t["val"], e, p.value_bits)
-                if int(codes.max()) >= p.quantization_bins:
-                    raise InvalidPayload("bad_value_code", "value code beyond quantization_bins")
-            for name in ("shift", "lookup"):
-                if not bool(torch.isfinite(t[name]).all()):
-                    raise InvalidPayload("non_finite", f"{name} holds NaN or inf")
-        elif not bool(torch.isfinite(t["val"]).all()):
-            raise InvalidPayload("non_finite", "val holds NaN or inf")
+        if p.quantized and p.quantization_bins != 1 << p.value_bits:
+            codes = packing.unpack(t["val"], e, p.value_bits)
+            if int(codes.max()) >= p.quantization_bins:
+                raise InvalidPayload("bad_value_code", "value code beyond quantization_bins")
 
 
 def _has_repeats(rows: torch.Tensor) -> bool:

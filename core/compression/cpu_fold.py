@@ -1,0 +1,175 @@
+"""The CPU path of the top-k payload checks and of the chunk-domain sum, on `kernels`.
+
+`supported(params)` says whether a payload format has it (float values, or codes whose bit
+width divides 8: every width the defaults use); otherwise, and on other devices, the torch
+code in `topk` and `summing` does the same work.
+"""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import torch
+
+from core.compression import kernels
+from core.compression.chunking import Plan
+from core.invalid import InvalidPayload
+
+__all__ = ["BatchFold", "Layout", "layout", "scan", "supported"]
+
+# Peers' wire arrays held for one batched fold: ~32 default payloads of the 25M model.
+BATCH_BYTES = 24 << 20
+MAX_BATCH = 32
+
+
+def supported(params) -> bool:
+    return not params.quantized or 8 % params.value_bits == 0
+
+
+@attrs.frozen(eq=False)
+class Layout:
+    """A plan as the kernels take it: per parameter, its first entry, chunk count, k, chunk
+    size and start in the chunk-domain sum (int64 arrays)."""
+
+    offsets: np.ndarray
+    n_chunks: np.ndarray
+    ks: np.ndarray
+    sizes: np.ndarray
+    starts: np.ndarray
+
+    @property
+    def args(self) -> tuple[np.ndarray, ...]:
+        return self.offsets, self.n_chunks, self.ks, self.sizes
+
+
+def layout(plan: Plan) -> Layout:
+    def make(_device: torch.device) -> Layout:
+        numel = [m.numel for m in plan.params]
+        return Layout(
+            offsets=np.array([m.offset for m in plan.params], np.int64),
+            n_chunks=np.array([m.n_chunks for m in plan.params], np.int64),
+            ks=np.array([m.k for m in plan.params], np.int64),
+            sizes=np.array([m.chunk_size for m in plan.params], np.int64),
+            starts=np.concatenate([[0], np.cumsum(numel)[:-1]]).astype(np.int64),
+        )
+
+    return plan._cached(torch.device("cpu"), "kernel_layout", make)
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _index_at(idx: np.ndarray, e: int) -> int:
+    b = 3 * (e >> 1)
+    if e & 1:
+        return (int(idx[b + 1]) >> 4) | (int(idx[b + 2]) << 4)
+    return int(idx[b]) | ((int(idx[b + 1]) & 0xF) << 8)
+
+
+def scan(plan: Plan, params, tensors) -> np.ndarray:
+    """Check a payload's indices (and codes) in one pass; return what its norms need: code
+    counts (parameters x bins) when quantised, else each parameter's sum of squares.
+
+    Raises `InvalidPayload` as `TopKCompressor.validate` documents.
+    """
+    lay = layout(plan)
+    idx = _array(tensors["idx"])
+    entries = plan.total_entries
+    # The kernels do not check bounds: the arrays must be what the layout says, whoever
+    # built the payload.
+    if params.quantized:
+        wanted = {"idx": (torch.uint8, (entries * 12 + 7) // 8),
+                  "val": (torch.uint8, (entries * params.value_bits + 7) // 8)}  # fmt: skip
+    else:
+        wanted = {"idx": (torch.uint8, (entries * 12 + 7) // 8), "val": (torch.float32, entries)}
+    for name, (dtype, size) in wanted.items():
+        t = tensors[name]
+        if t.dtype != dtype or t.dim() != 1 or t.numel() != size or t.device.type != "cpu":
+            raise InvalidPayload("malformed", f"{name} is not {size} {dtype} values on the CPU")
+    if params.quantized:
+        out = np.zeros((len(plan.params), params.quantization_bins), np.int64)
+        status, entry = kernels.scan_codes(
+            idx, _array(tensors["val"]), params.value_bits, params.quantization_bins,
+            *lay.args, out,
+        )  # fmt: skip
+    else:
+        out = np.zeros(len(plan.params), np.float64)
+        status, entry = kernels.scan_values(idx, _array(tensors["val"]), *lay.args, out)
+    if status == kernels.OUT_OF_RANGE:
+        name = next(m.name for m in reversed(plan.params) if m.offset <= entry)
+        raise InvalidPayload(
+            "index_out_of_range", f"{name}: index {_index_at(idx, entry)} beyond its chunk"
+        )
+    if status == kernels.DUPLICATE:
+        raise InvalidPayload("duplicate_index", "an index repeats within a chunk")
+    if status == kernels.BAD_CODE:
+        raise InvalidPayload("bad_value_code", "value code beyond quantization_bins")
+    return out
+
+
+class BatchFold:
+    """Peers waiting to be added to a chunk-domain sum, added a batch at a time (see
+    `kernels`: one pass over the sum per batch instead of per peer)."""
+
+    def __init__(self, plan: Plan, params, batch: int | None = None) -> None:
+        self._plan = plan
+        self._params = params
+        self._layout = layout(plan)
+        entries = plan.total_entries
+        self._idx_bytes = (entries * 12 + 7) // 8
+        if params.quantized:
+            self._value_shape: tuple[int, ...] = ((entries * params.value_bits + 7) // 8,)
+            value_dtype, value_bytes = np.uint8, self._value_shape[0]
+            self._table_shape: tuple[int, ...] = (len(plan.params), params.quantization_bins)
+        else:
+            self._value_shape = (entries,)
+            value_dtype, value_bytes = np.float32, 4 * entries
+            self._table_shape = (len(plan.params),)
+        if batch is None:
+            batch = BATCH_BYTES // max(1, self._idx_bytes + value_bytes)
+        self.batch = max(1, min(MAX_BATCH, batch))
+        self._value_dtype = value_dtype
+        self._idx: np.ndarray | None = None
+        self._vals: np.ndarray | None = None
+        self._tables: np.ndarray | None = None
+        self._count = 0
+
+    def _allocate(self) -> None:
+        b = self.batch
+        self._idx = np.empty((b, self._idx_bytes), np.uint8)
+        self._vals = np.empty((b, *self._value_shape), self._value_dtype)
+        self._tables = np.empty((b, *self._table_shape), np.float32)
+
+    def add(
+        self, idx: torch.Tensor, values: torch.Tensor, table: torch.Tensor, out: np.ndarray
+    ) -> None:
+        """Queue one validated peer: its wire index and values, and its float32 per-parameter
+        table (codes) or weights (float values); folds into `out` when the batch is full."""
+        if self._idx is None:
+            self._allocate()
+        assert self._idx is not None and self._vals is not None and self._tables is not None
+        i = self._count
+        self._idx[i] = _array(idx)[: self._idx_bytes]
+        self._vals[i] = _array(values)[: self._value_shape[0]]
+        self._tables[i] = _array(table)
+        self._count += 1
+        if self._count == self.batch:
+            self.flush(out)
+
+    def flush(self, out: np.ndarray) -> None:
+        """Add every queued peer into `out`."""
+        n, self._count = self._count, 0
+        if n == 0:
+            return
+        lay, p = self._layout, self._params
+        if p.quantized:
+            kernels.fold_codes(
+                self._idx, self._vals, n, p.value_bits, *lay.args, lay.starts, self._tables, out
+            )
+        else:
+            kernels.fold_values(self._idx, self._vals, n, *lay.args, lay.starts, self._tables, out)
+
+    def release(self) -> None:
+        self._idx = self._vals = self._tables = None
+        self._count = 0

@@ -1,0 +1,150 @@
+"""Compiled CPU loops over the top-k wire stream (numba), for the per-peer work of a gather.
+
+A peer's payload is ~400K entries: a 12-bit index within its chunk and a small value code
+(or a float). Torch does the per-peer work as a dozen vectorised passes (unpack, compare,
+sort, bincount, gather, scatter), each allocating an entry-sized tensor. Here each job is one
+pass over the packed bytes with nothing allocated:
+
+- `scan_*` validates a payload (index inside its chunk, no index twice in a chunk, code
+  within the quantisation bins) and, in the same pass, counts what the norms need. Its
+  verdict has the torch validator's precedence: an index out of range anywhere first, then
+  a repeated index, then a bad code.
+- `fold_*` adds a batch of validated peers into the chunk-domain sum. The sum is a
+  model-sized buffer far larger than the caches, and one peer touches ~64 random cache lines
+  in each 16 KB chunk: peer by peer, nearly every write is a cache miss (9 ms a peer for the
+  25M-parameter model). Folding a batch chunk by chunk brings each chunk into the cache once
+  for all peers of the batch (1.9 ms a peer at 32). docs/gather.md has the measurements.
+
+Stream layout (core.compression.packing): entry e's index is bits [12e, 12e+12) of the
+little-endian bit stream; its code is bits [we, we+w), where the width w divides 8 here.
+Entries run parameter by parameter, chunk by chunk, k per chunk. Callers pass arrays whose
+lengths the codec has already checked; the fold re-checks each index against its chunk so
+that no input can write outside the sum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "BAD_CODE",
+    "DUPLICATE",
+    "OK",
+    "OUT_OF_RANGE",
+    "fold_codes",
+    "fold_values",
+    "scan_codes",
+    "scan_values",
+]
+
+OK, OUT_OF_RANGE, DUPLICATE, BAD_CODE = 0, 1, 2, 3
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _index(idx, e):
+    b = 3 * (e >> 1)
+    if e & 1:
+        return (np.int64(idx[b + 1]) >> 4) | (np.int64(idx[b + 2]) << 4)
+    return np.int64(idx[b]) | ((np.int64(idx[b + 1]) & 0xF) << 8)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _code(codes, e, width, mask):
+    bit = e * width
+    return (np.int64(codes[bit >> 3]) >> (bit & 7)) & mask
+
+
+@njit(nogil=True, cache=True)
+def scan_codes(idx, codes, width, bins, offsets, n_chunks, ks, sizes, counts):
+    """Validate a quantised payload and add its code counts per parameter to `counts`
+    (parameters x bins). Returns (status, first bad entry or -1)."""
+    seen = np.zeros(sizes.max(), np.int64)
+    chunk_id = 0
+    mask = (1 << width) - 1
+    found, at = OK, -1
+    for p in range(offsets.size):
+        e = offsets[p]
+        size = sizes[p]
+        for _ in range(n_chunks[p]):
+            chunk_id += 1
+            for _ in range(ks[p]):
+                local = _index(idx, e)
+                if local >= size:
+                    return OUT_OF_RANGE, e
+                if seen[local] == chunk_id and found != DUPLICATE:
+                    found, at = DUPLICATE, e
+                seen[local] = chunk_id
+                code = _code(codes, e, width, mask)
+                if code >= bins:
+                    if found == OK:
+                        found, at = BAD_CODE, e
+                elif found == OK:
+                    counts[p, code] += 1
+                e += 1
+    return found, at
+
+
+@njit(nogil=True, cache=True)
+def scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares):
+    """Validate a float payload's indices and add each parameter's sum of squared values to
+    `squares` (float64). Returns (status, first bad entry or -1)."""
+    seen = np.zeros(sizes.max(), np.int64)
+    chunk_id = 0
+    found, at = OK, -1
+    for p in range(offsets.size):
+        e = offsets[p]
+        size = sizes[p]
+        total = 0.0
+        for _ in range(n_chunks[p]):
+            chunk_id += 1
+            for _ in range(ks[p]):
+                local = _index(idx, e)
+                if local >= size:
+                    return OUT_OF_RANGE, e
+                if seen[local] == chunk_id and found == OK:
+                    found, at = DUPLICATE, e
+                seen[local] = chunk_id
+                v = vals[e]
+                total += np.float64(v * v)
+                e += 1
+        squares[p] += total
+    return found, at
+
+
+@njit(nogil=True, cache=True)
+def fold_codes(idx, codes, count, width, offsets, n_chunks, ks, sizes, starts, tables, out):
+    """out[chunk row + index] += tables[b, parameter, code] for the first `count` peers of the
+    batch (idx, codes: peers x bytes; tables: peers x parameters x bins, float32)."""
+    mask = (1 << width) - 1
+    for p in range(offsets.size):
+        size = sizes[p]
+        k = ks[p]
+        for c in range(n_chunks[p]):
+            row = starts[p] + c * size
+            first = offsets[p] + c * k
+            for b in range(count):
+                peer_idx = idx[b]
+                peer_codes = codes[b]
+                for e in range(first, first + k):
+                    local = _index(peer_idx, e)
+                    if local < size:
+                        out[row + local] += tables[b, p, _code(peer_codes, e, width, mask)]
+
+
+@njit(nogil=True, cache=True)
+def fold_values(idx, vals, count, offsets, n_chunks, ks, sizes, starts, weights, out):
+    """out[chunk row + index] += vals[b, e] * weights[b, parameter] (float32), as fold_codes."""
+    for p in range(offsets.size):
+        size = sizes[p]
+        k = ks[p]
+        for c in range(n_chunks[p]):
+            row = starts[p] + c * size
+            first = offsets[p] + c * k
+            for b in range(count):
+                peer_idx = idx[b]
+                w = weights[b, p]
+                for e in range(first, first + k):
+                    local = _index(peer_idx, e)
+                    if local < size:
+                        out[row + local] += vals[b, e] * w
