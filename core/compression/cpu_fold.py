@@ -7,6 +7,10 @@ code in `topk` and `summing` does the same work.
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
+
 import attrs
 import numpy as np
 import torch
@@ -15,7 +19,7 @@ from core.compression import kernels
 from core.compression.chunking import Plan
 from core.invalid import InvalidPayload
 
-__all__ = ["BatchFold", "Layout", "layout", "scan", "supported"]
+__all__ = ["BatchFold", "Layout", "ScanMemo", "layout", "scan", "supported"]
 
 # Peers' wire arrays held for one batched fold: ~32 default payloads of the 25M model.
 BATCH_BYTES = 24 << 20
@@ -106,6 +110,36 @@ def scan(plan: Plan, params, tensors) -> np.ndarray:
     if status == kernels.BAD_CODE:
         raise InvalidPayload("bad_value_code", "value code beyond quantization_bins")
     return out
+
+
+class ScanMemo:
+    """Recent scan results, keyed by the very tensors scanned.
+
+    A gather checks each payload in the codec, then prepares it for the sum; both need the
+    same scan. The codec leaves its result here and the sum takes it, so each payload is
+    scanned once. Entries hold weak references and are matched by identity: a result is
+    only ever handed back for the same idx and val tensor objects it was computed from.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[int, tuple[weakref.ref, weakref.ref, np.ndarray]] = OrderedDict()
+
+    def put(self, tensors, result: np.ndarray) -> None:
+        idx, val = tensors["idx"], tensors["val"]
+        with self._lock:
+            self._items[id(idx)] = (weakref.ref(idx), weakref.ref(val), result)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def take(self, tensors) -> np.ndarray | None:
+        idx, val = tensors["idx"], tensors["val"]
+        with self._lock:
+            item = self._items.pop(id(idx), None)
+        if item is None or item[0]() is not idx or item[1]() is not val:
+            return None
+        return item[2]
 
 
 class BatchFold:

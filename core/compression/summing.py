@@ -127,7 +127,10 @@ class ChunkSum:
         if self._batch is None:
             return self._prepare_torch(compressed)
         p, t = self._compressor.params, compressed.tensors
-        found = torch.from_numpy(cpu_fold.scan(self._plan, p, t))
+        counted = self._compressor.scans.take(t)  # the codec's check of this very payload
+        if counted is None:
+            counted = cpu_fold.scan(self._plan, p, t)
+        found = torch.from_numpy(counted)
         if p.quantized:
             table = t["lookup"].to(torch.float64) + t["shift"].to(torch.float64)[:, None]
             squares = (found * table.square()).sum(1)

@@ -71,6 +71,7 @@ class TopKCompressor:
         self._reuse = reuse_buffers
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._encode_lock = threading.Lock()
+        self.scans = cpu_fold.ScanMemo()
 
     def __repr__(self) -> str:
         return f"TopKCompressor({self.params!r})"
@@ -278,7 +279,8 @@ class TopKCompressor:
         t = compressed.tensors
         p = self.params
         if t["idx"].device.type == "cpu" and cpu_fold.supported(p):
-            cpu_fold.scan(plan, p, t)  # indices and codes, one compiled pass
+            # Indices and codes in one compiled pass; its counts wait for the running sum.
+            self.scans.put(t, cpu_fold.scan(plan, p, t))
         else:
             self._validate_entries(plan, t)
         if p.quantized:

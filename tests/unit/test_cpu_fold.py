@@ -1,0 +1,58 @@
+"""The compiled path's bookkeeping: one scan per payload in a gather, and no result reused
+for tensors it was not computed from."""
+
+from __future__ import annotations
+
+import torch
+
+from core.compression import TopKCompressor, TopKParams, cpu_fold
+from core.compression.summing import ChunkSum
+
+SHAPES = {"a": (64, 64), "b": (40,)}
+
+
+def payload(comp: TopKCompressor, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    return comp.encode({k: torch.randn(s, generator=gen) for k, s in SHAPES.items()})
+
+
+def test_the_sum_takes_the_codecs_scan_instead_of_scanning_again(monkeypatch) -> None:
+    comp = TopKCompressor(TopKParams())
+    c = payload(comp, 0)
+    calls = []
+    real = cpu_fold.scan
+    monkeypatch.setattr(cpu_fold, "scan", lambda *a: calls.append(1) or real(*a))
+    comp.validate(c)
+    total = ChunkSum(comp, comp._plans.get(c.shapes), "cpu")
+    total.prepare(c)
+    assert len(calls) == 1
+    total.prepare(c)  # taken once: a second prepare scans again
+    assert len(calls) == 2
+
+
+def test_a_memo_is_only_returned_for_the_same_tensor_objects() -> None:
+    comp = TopKCompressor(TopKParams())
+    c, other = payload(comp, 0), payload(comp, 1)
+    memo = cpu_fold.ScanMemo(size=2)
+    memo.put(c.tensors, "result")
+    assert memo.take({"idx": c.tensors["idx"], "val": other.tensors["val"]}) is None
+    memo.put(c.tensors, "result")
+    assert memo.take({"idx": c.tensors["idx"].clone(), "val": c.tensors["val"]}) is None
+    memo.put(c.tensors, "result")
+    assert memo.take(c.tensors) == "result" and memo.take(c.tensors) is None
+    for i in range(3):  # bounded: the oldest goes
+        memo.put(payload(comp, i).tensors, i)
+    assert len(memo._items) == 2
+
+
+def test_batches_flush_as_they_fill_and_at_the_end() -> None:
+    comp = TopKCompressor(TopKParams())
+    peers = [payload(comp, s) for s in range(5)]
+    plan = comp._plans.get(peers[0].shapes)
+    one = ChunkSum(comp, plan, "cpu", compiled=False)
+    batched = ChunkSum(comp, plan, "cpu", batch=2)
+    for c in peers:
+        for total in (one, batched):
+            total.commit(total.prepare(c), lambda n: dict.fromkeys(n, 1.0))
+    a, b = one.result(0.2), batched.result(0.2)
+    assert all(torch.equal(a[k], b[k]) for k in SHAPES)
