@@ -109,12 +109,19 @@ class Expected:
     require_signature: bool = False
     hotkey: str | None = None
 
+    # layout and size_limit are asked for every peer of a gather; both follow from the
+    # fields above, which never change.
+    _memo: dict = attrs.field(factory=dict, init=False, repr=False, eq=False)
+
     def __attrs_post_init__(self) -> None:
         if self.require_signature and self.hotkey is None:
             raise ValueError("require_signature needs the expected hotkey")
 
     def layout(self) -> dict[str, TensorSpec]:
-        return self.codec.layout(self.shapes)
+        found = self._memo.get("layout")
+        if found is None:
+            found = self._memo["layout"] = self.codec.layout(self.shapes)
+        return found
 
     def header_limit(self) -> int:
         """`max_header_bytes`, or an allowance generous for these parameter names."""
@@ -126,7 +133,11 @@ class Expected:
     def size_limit(self) -> int:
         if self.max_bytes is not None:
             return self.max_bytes
-        return 8 + self.header_limit() + self.codec.estimate_bytes(self.shapes)
+        found = self._memo.get("size_limit")
+        if found is None:
+            estimate = self.codec.estimate_bytes(self.shapes)
+            found = self._memo["size_limit"] = 8 + self.header_limit() + estimate
+        return found
 
 
 @attrs.frozen(eq=False)

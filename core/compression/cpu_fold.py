@@ -19,7 +19,16 @@ from core.compression import kernels
 from core.compression.chunking import Plan
 from core.invalid import InvalidPayload
 
-__all__ = ["BatchFold", "Layout", "ScanMemo", "layout", "scan", "supported"]
+__all__ = [
+    "BatchFold",
+    "Layout",
+    "ScanMemo",
+    "compact",
+    "compact_dtype",
+    "layout",
+    "scan",
+    "supported",
+]
 
 # Peers' wire arrays held for one batched fold: ~32 default payloads of the 25M model.
 BATCH_BYTES = 24 << 20
@@ -142,50 +151,54 @@ class ScanMemo:
         return item[2]
 
 
+def compact_dtype(params) -> type:
+    """One integer per entry: its index in the low 12 bits, its code above them."""
+    return np.uint16 if params.value_bits <= 4 else np.uint32
+
+
+def compact(plan: Plan, params, tensors) -> np.ndarray:
+    """A scanned quantised payload's entries unpacked for the fold (`compact_dtype`)."""
+    out = np.empty(plan.total_entries, compact_dtype(params))
+    kernels.decode_compact(_array(tensors["idx"]), _array(tensors["val"]), params.value_bits, out)
+    return out
+
+
 class BatchFold:
     """Peers waiting to be added to a chunk-domain sum, added a batch at a time (see
-    `kernels`: one pass over the sum per batch instead of per peer)."""
+    `kernels`: one pass over the sum per batch instead of per peer).
+
+    A quantised peer waits as its `compact` entries and its float32 weighted value table
+    (parameters x bins); a float peer as its packed index, its values and its per-parameter
+    weights.
+    """
 
     def __init__(self, plan: Plan, params, batch: int | None = None) -> None:
-        self._plan = plan
         self._params = params
         self._layout = layout(plan)
-        entries = plan.total_entries
-        self._idx_bytes = (entries * 12 + 7) // 8
+        entries, n_params = plan.total_entries, len(plan.params)
         if params.quantized:
-            self._value_shape: tuple[int, ...] = ((entries * params.value_bits + 7) // 8,)
-            value_dtype, value_bytes = np.uint8, self._value_shape[0]
-            self._table_shape: tuple[int, ...] = (len(plan.params), params.quantization_bins)
+            self._columns = [((entries,), compact_dtype(params))]
+            self._table_shape: tuple[int, ...] = (n_params, params.quantization_bins)
         else:
-            self._value_shape = (entries,)
-            value_dtype, value_bytes = np.float32, 4 * entries
-            self._table_shape = (len(plan.params),)
+            self._columns = [(((entries * 12 + 7) // 8,), np.uint8), ((entries,), np.float32)]
+            self._table_shape = (n_params,)
+        per_peer = sum(shape[0] * np.dtype(dtype).itemsize for shape, dtype in self._columns)
         if batch is None:
-            batch = BATCH_BYTES // max(1, self._idx_bytes + value_bytes)
+            batch = BATCH_BYTES // max(1, per_peer)
         self.batch = max(1, min(MAX_BATCH, batch))
-        self._value_dtype = value_dtype
-        self._idx: np.ndarray | None = None
-        self._vals: np.ndarray | None = None
+        self._arrays: list[np.ndarray] = []
         self._tables: np.ndarray | None = None
         self._count = 0
 
-    def _allocate(self) -> None:
-        b = self.batch
-        self._idx = np.empty((b, self._idx_bytes), np.uint8)
-        self._vals = np.empty((b, *self._value_shape), self._value_dtype)
-        self._tables = np.empty((b, *self._table_shape), np.float32)
-
-    def add(
-        self, idx: torch.Tensor, values: torch.Tensor, table: torch.Tensor, out: np.ndarray
-    ) -> None:
-        """Queue one validated peer: its wire index and values, and its float32 per-parameter
-        table (codes) or weights (float values); folds into `out` when the batch is full."""
-        if self._idx is None:
-            self._allocate()
-        assert self._idx is not None and self._vals is not None and self._tables is not None
+    def add(self, arrays, table: torch.Tensor, out: np.ndarray) -> None:
+        """Queue one validated peer (its arrays in the order the class doc gives, and its
+        float32 table or weights); folds into `out` when the batch is full."""
+        if self._tables is None:
+            self._arrays = [np.empty((self.batch, *s), d) for s, d in self._columns]
+            self._tables = np.empty((self.batch, *self._table_shape), np.float32)
         i = self._count
-        self._idx[i] = _array(idx)[: self._idx_bytes]
-        self._vals[i] = _array(values)[: self._value_shape[0]]
+        for column, array in zip(self._arrays, arrays, strict=True):
+            column[i] = array.numpy() if isinstance(array, torch.Tensor) else array
         self._tables[i] = _array(table)
         self._count += 1
         if self._count == self.batch:
@@ -196,14 +209,12 @@ class BatchFold:
         n, self._count = self._count, 0
         if n == 0:
             return
-        lay, p = self._layout, self._params
-        if p.quantized:
-            kernels.fold_codes(
-                self._idx, self._vals, n, p.value_bits, *lay.args, lay.starts, self._tables, out
-            )
+        lay = self._layout
+        if self._params.quantized:
+            kernels.fold_compact(self._arrays[0], n, *lay.args, lay.starts, self._tables, out)
         else:
-            kernels.fold_values(self._idx, self._vals, n, *lay.args, lay.starts, self._tables, out)
+            idx, vals = self._arrays
+            kernels.fold_values(idx, vals, n, *lay.args, lay.starts, self._tables, out)
 
     def release(self) -> None:
-        self._idx = self._vals = self._tables = None
-        self._count = 0
+        self._arrays, self._tables, self._count = [], None, 0

@@ -9,11 +9,14 @@ pass over the packed bytes with nothing allocated:
   within the quantisation bins) and, in the same pass, counts what the norms need. Its
   verdict has the torch validator's precedence: an index out of range anywhere first, then
   a repeated index, then a bad code.
+- `decode_compact` unpacks a validated quantised payload into one integer per entry, so
+  the serial fold does no bit work.
 - `fold_*` adds a batch of validated peers into the chunk-domain sum. The sum is a
   model-sized buffer far larger than the caches, and one peer touches ~64 random cache lines
   in each 16 KB chunk: peer by peer, nearly every write is a cache miss (9 ms a peer for the
   25M-parameter model). Folding a batch chunk by chunk brings each chunk into the cache once
-  for all peers of the batch (1.9 ms a peer at 32). docs/gather.md has the measurements.
+  for all peers of the batch (1.1 ms a peer at 32, from compact entries). docs/gather.md
+  has the measurements.
 
 Stream layout (core.compression.packing): entry e's index is bits [12e, 12e+12) of the
 little-endian bit stream; its code is bits [we, we+w), where the width w divides 8 here.
@@ -32,7 +35,8 @@ __all__ = [
     "DUPLICATE",
     "OK",
     "OUT_OF_RANGE",
-    "fold_codes",
+    "decode_compact",
+    "fold_compact",
     "fold_values",
     "scan_codes",
     "scan_values",
@@ -113,10 +117,19 @@ def scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares):
 
 
 @njit(nogil=True, cache=True)
-def fold_codes(idx, codes, count, width, offsets, n_chunks, ks, sizes, starts, tables, out):
-    """out[chunk row + index] += tables[b, parameter, code] for the first `count` peers of the
-    batch (idx, codes: peers x bytes; tables: peers x parameters x bins, float32)."""
+def decode_compact(idx, codes, width, out):
+    """out[e] = index | code << 12 for every entry: the fold's input, unpacked once, in the
+    parallel stage, instead of in the serial fold."""
     mask = (1 << width) - 1
+    for e in range(out.size):
+        out[e] = _index(idx, e) | (_code(codes, e, width, mask) << 12)
+
+
+@njit(nogil=True, cache=True)
+def fold_compact(entries, count, offsets, n_chunks, ks, sizes, starts, tables, out):
+    """out[chunk row + index] += tables[b, parameter, code] for the first `count` peers of the
+    batch (entries: peers x entries from decode_compact; tables: peers x parameters x bins,
+    float32)."""
     for p in range(offsets.size):
         size = sizes[p]
         k = ks[p]
@@ -124,12 +137,13 @@ def fold_codes(idx, codes, count, width, offsets, n_chunks, ks, sizes, starts, t
             row = starts[p] + c * size
             first = offsets[p] + c * k
             for b in range(count):
-                peer_idx = idx[b]
-                peer_codes = codes[b]
+                peer = entries[b]
+                table = tables[b, p]
                 for e in range(first, first + k):
-                    local = _index(peer_idx, e)
+                    v = np.int64(peer[e])
+                    local = v & 0xFFF
                     if local < size:
-                        out[row + local] += tables[b, p, _code(peer_codes, e, width, mask)]
+                        out[row + local] += table[v >> 12]
 
 
 @njit(nogil=True, cache=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import attrs
+import numpy as np
 import torch
 
 from core.compression import cpu_fold, dct, packing
@@ -65,12 +66,12 @@ class Prepared:
 
 @attrs.frozen(eq=False)
 class Scanned:
-    """A validated peer for the CPU batched fold: its norms and its wire tensors as they came
-    (packed index, codes or float values), plus the float64 value table when quantised."""
+    """A validated peer for the CPU batched fold: its norms, what `cpu_fold.BatchFold` takes
+    (compact entries, or the packed index and float values) and the float64 value table when
+    quantised."""
 
     norms: dict[str, float]
-    idx: torch.Tensor
-    values: torch.Tensor
+    arrays: tuple
     table: torch.Tensor | None
 
 
@@ -97,7 +98,13 @@ class ChunkSum:
         self._compressor = compressor
         self._plan = plan
         self._device = torch.device(device)
-        self._buf = torch.zeros(sum(m.numel for m in plan.params), device=self._device)
+        numel = sum(m.numel for m in plan.params)
+        if self._device.type == "cpu":
+            # numpy's zeros is calloc: the pages are zeroed as the fold first touches them,
+            # instead of by a memset of the whole model up front and then again on touch.
+            self._buf = torch.from_numpy(np.zeros(numel, np.float32))
+        else:
+            self._buf = torch.zeros(numel, device=self._device)
         self._starts = {}
         start = 0
         for m in plan.params:
@@ -134,8 +141,9 @@ class ChunkSum:
         if p.quantized:
             table = t["lookup"].to(torch.float64) + t["shift"].to(torch.float64)[:, None]
             squares = (found * table.square()).sum(1)
-            return Scanned(self._names(squares.sqrt()), t["idx"], t["val"], table)
-        return Scanned(self._names(found.sqrt()), t["idx"], t["val"], None)
+            entries = (cpu_fold.compact(self._plan, p, t),)
+            return Scanned(self._names(squares.sqrt()), entries, table)
+        return Scanned(self._names(found.sqrt()), (t["idx"], t["val"]), None)
 
     def _prepare_torch(self, compressed: Compressed) -> Prepared:
         plan, t, dev = self._plan, compressed.tensors, self._device
@@ -173,7 +181,7 @@ class ChunkSum:
                 table = (prepared.table * per_param.to(torch.float64)[:, None]).to(torch.float32)
             else:
                 table = per_param  # float32: the torch path multiplies in float32 as well
-            self._batch.add(prepared.idx, prepared.values, table, self._buf.numpy())
+            self._batch.add(prepared.arrays, table, self._buf.numpy())
             return prepared.norms
         per_param = torch.tensor([float(weights[m.name]) for m in plan.params], device=dev)
         ids = plan.param_ids(dev)
