@@ -10,6 +10,7 @@ fields, check order and reasons are documented in docs/wire-format.md.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -116,6 +117,17 @@ class Expected:
     def __attrs_post_init__(self) -> None:
         if self.require_signature and self.hotkey is None:
             raise ValueError("require_signature needs the expected hotkey")
+
+    def for_peer(self, window: int, uid: int, hotkey: str | None) -> Expected:
+        """This expectation for one peer's payload. Cheap (a gather asks it for every peer):
+        the copy shares the layout and limits worked out already, which the three fields it
+        sets do not affect, and skips converting the shapes again."""
+        if self.require_signature and hotkey is None:
+            raise ValueError("require_signature needs the expected hotkey")
+        peer = copy.copy(self)
+        for name, value in (("window", window), ("uid", uid), ("hotkey", hotkey)):
+            object.__setattr__(peer, name, value)  # frozen: set once, before anyone sees it
+        return peer
 
     def layout(self) -> dict[str, TensorSpec]:
         found = self._memo.get("layout")
@@ -326,7 +338,10 @@ def _check_metadata(metadata: dict[str, str], expected: Expected) -> PayloadMeta
         raise InvalidPayload("bad_metadata", "hotkey too long")
     if expected.hotkey is not None and hotkey != expected.hotkey:
         raise InvalidPayload("hotkey_mismatch", f"hotkey {hotkey!r} != {expected.hotkey!r}")
-    _check_params(metadata["params"], expected.shapes)
+    # Honest peers all send the same canonical params text: check it once per expectation.
+    if metadata["params"] != expected._memo.get("params_ok"):
+        _check_params(metadata["params"], expected.shapes)
+        expected._memo["params_ok"] = metadata["params"]
     return PayloadMeta(
         window=window,
         uid=uid,

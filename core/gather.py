@@ -74,7 +74,7 @@ class PeerDecoder:
         hotkey = self._hotkeys.get(uid)
         if self._expected.require_signature and hotkey is None:
             raise Rejected("unsigned", f"uid {uid} has no hotkey on the metagraph")
-        expected = attrs.evolve(self._expected, window=self._window, uid=uid, hotkey=hotkey)
+        expected = self._expected.for_peer(self._window, uid, hotkey)
         try:
             return codec.decode(data, expected, verifier=self._verifier)
         except InvalidPayload as exc:

@@ -170,6 +170,20 @@ def test_parameter_set_and_shapes_must_match(payload):
     assert reason(payload, expected(shapes=fewer)) == "unknown_param"
 
 
+def test_one_expectation_checks_every_peer_after_the_first(payload):
+    # The params check is remembered per expectation (and its per-peer copies) once passed:
+    # a later payload with other params must still be refused.
+    exp = expected()
+    peer = exp.for_peer(10, 3, None)
+    codec.decode(payload, peer)
+    params = json.loads(split(payload)[0]["params"])
+    bad = rebuild(payload, meta={"params": json.dumps(params[1:])})
+    assert reason(bad, exp.for_peer(10, 3, None)) == "missing_param"
+    assert codec.decode(payload, exp.for_peer(10, 3, None)).meta.uid == 3
+    assert reason(payload, exp.for_peer(10, 4, None)) == "uid_mismatch"
+    assert (exp.window, exp.uid) == (10, 3) and peer.layout() is exp.layout()
+
+
 def test_tensor_layout_is_checked(payload):
     _, tensors = split(payload)
     metadata = split(payload)[0]
