@@ -22,8 +22,8 @@ from core.invalid import InvalidPayload
 __all__ = [
     "BatchFold",
     "Layout",
+    "Scan",
     "ScanMemo",
-    "compact",
     "compact_dtype",
     "layout",
     "scan",
@@ -80,14 +80,21 @@ def _index_at(idx: np.ndarray, e: int) -> int:
     return int(idx[b]) | ((int(idx[b + 1]) & 0xF) << 8)
 
 
-def scan(plan: Plan, params, tensors) -> np.ndarray:
-    """Check a payload's indices (and codes) in one pass; return what its norms need: code
-    counts (parameters x bins) when quantised, else each parameter's sum of squares.
+@attrs.frozen(eq=False)
+class Scan:
+    """What checking a payload found: code counts per parameter (parameters x bins) and the
+    compact entries when quantised; each parameter's sum of squares when not."""
+
+    found: np.ndarray
+    entries: np.ndarray | None
+
+
+def scan(plan: Plan, params, tensors) -> Scan:
+    """Check a payload's indices (and codes) and gather what its norms and its fold need.
 
     Raises `InvalidPayload` as `TopKCompressor.validate` documents.
     """
     lay = layout(plan)
-    idx = _array(tensors["idx"])
     entries = plan.total_entries
     # The kernels do not check bounds: the arrays must be what the layout says, whoever
     # built the payload.
@@ -100,15 +107,16 @@ def scan(plan: Plan, params, tensors) -> np.ndarray:
         t = tensors[name]
         if t.dtype != dtype or t.dim() != 1 or t.numel() != size or t.device.type != "cpu":
             raise InvalidPayload("malformed", f"{name} is not {size} {dtype} values on the CPU")
+    idx = _array(tensors["idx"])
+    compact: np.ndarray | None = None
     if params.quantized:
-        out = np.zeros((len(plan.params), params.quantization_bins), np.int64)
-        status, entry = kernels.scan_codes(
-            idx, _array(tensors["val"]), params.value_bits, params.quantization_bins,
-            *lay.args, out,
-        )  # fmt: skip
+        compact = np.empty(entries, compact_dtype(params))
+        kernels.decode_compact(idx, _array(tensors["val"]), params.value_bits, compact)
+        found = np.zeros((len(plan.params), params.quantization_bins), np.int64)
+        status, entry = kernels.check_compact(compact, params.quantization_bins, *lay.args, found)
     else:
-        out = np.zeros(len(plan.params), np.float64)
-        status, entry = kernels.scan_values(idx, _array(tensors["val"]), *lay.args, out)
+        found = np.zeros(len(plan.params), np.float64)
+        status, entry = kernels.scan_values(idx, _array(tensors["val"]), *lay.args, found)
     if status == kernels.OUT_OF_RANGE:
         name = next(m.name for m in reversed(plan.params) if m.offset <= entry)
         raise InvalidPayload(
@@ -118,7 +126,7 @@ def scan(plan: Plan, params, tensors) -> np.ndarray:
         raise InvalidPayload("duplicate_index", "an index repeats within a chunk")
     if status == kernels.BAD_CODE:
         raise InvalidPayload("bad_value_code", "value code beyond quantization_bins")
-    return out
+    return Scan(found, compact)
 
 
 class ScanMemo:
@@ -127,22 +135,24 @@ class ScanMemo:
     A gather checks each payload in the codec, then prepares it for the sum; both need the
     same scan. The codec leaves its result here and the sum takes it, so each payload is
     scanned once. Entries hold weak references and are matched by identity: a result is
-    only ever handed back for the same idx and val tensor objects it was computed from.
+    only ever handed back for the same idx and val tensor objects it was computed from. A
+    result holds the compact entries (0.8 MB for the 25M model), so only the last few are
+    kept: in a gather the sum takes each one right after the codec left it.
     """
 
-    def __init__(self, size: int = 256) -> None:
+    def __init__(self, size: int = 8) -> None:
         self._size = size
         self._lock = threading.Lock()
         self._items: OrderedDict[int, tuple[weakref.ref, weakref.ref, np.ndarray]] = OrderedDict()
 
-    def put(self, tensors, result: np.ndarray) -> None:
+    def put(self, tensors, result: Scan) -> None:
         idx, val = tensors["idx"], tensors["val"]
         with self._lock:
             self._items[id(idx)] = (weakref.ref(idx), weakref.ref(val), result)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
-    def take(self, tensors) -> np.ndarray | None:
+    def take(self, tensors) -> Scan | None:
         idx, val = tensors["idx"], tensors["val"]
         with self._lock:
             item = self._items.pop(id(idx), None)
@@ -154,13 +164,6 @@ class ScanMemo:
 def compact_dtype(params) -> type:
     """One integer per entry: its index in the low 12 bits, its code above them."""
     return np.uint16 if params.value_bits <= 4 else np.uint32
-
-
-def compact(plan: Plan, params, tensors) -> np.ndarray:
-    """A scanned quantised payload's entries unpacked for the fold (`compact_dtype`)."""
-    out = np.empty(plan.total_entries, compact_dtype(params))
-    kernels.decode_compact(_array(tensors["idx"]), _array(tensors["val"]), params.value_bits, out)
-    return out
 
 
 class BatchFold:

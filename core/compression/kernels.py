@@ -3,14 +3,15 @@
 A peer's payload is ~400K entries: a 12-bit index within its chunk and a small value code
 (or a float). Torch does the per-peer work as a dozen vectorised passes (unpack, compare,
 sort, bincount, gather, scatter), each allocating an entry-sized tensor. Here each job is one
-pass over the packed bytes with nothing allocated:
+pass, allocating at most the compact entries:
 
-- `scan_*` validates a payload (index inside its chunk, no index twice in a chunk, code
-  within the quantisation bins) and, in the same pass, counts what the norms need. Its
-  verdict has the torch validator's precedence: an index out of range anywhere first, then
-  a repeated index, then a bad code.
-- `decode_compact` unpacks a validated quantised payload into one integer per entry, so
-  the serial fold does no bit work.
+- `decode_compact` unpacks a quantised payload into one integer per entry, `index | code <<
+  12`; `check_compact` then validates it (index inside its chunk, no index twice in a chunk,
+  code within the quantisation bins) and, in the same pass, counts what the norms need;
+  `scan_values` does both for float values, from the packed index. A verdict has the torch
+  validator's precedence: an index out of range anywhere first, then a repeated index, then a
+  bad code. The compact entries are also what the fold reads, so the serial fold does no
+  bit work.
 - `fold_*` adds a batch of validated peers into the chunk-domain sum. The sum is a
   model-sized buffer far larger than the caches, and one peer touches ~64 random cache lines
   in each 16 KB chunk: peer by peer, nearly every write is a cache miss (9 ms a peer for the
@@ -35,10 +36,10 @@ __all__ = [
     "DUPLICATE",
     "OK",
     "OUT_OF_RANGE",
+    "check_compact",
     "decode_compact",
     "fold_compact",
     "fold_values",
-    "scan_codes",
     "scan_values",
 ]
 
@@ -60,32 +61,36 @@ def _code(codes, e, width, mask):
 
 
 @njit(nogil=True, cache=True)
-def scan_codes(idx, codes, width, bins, offsets, n_chunks, ks, sizes, counts):
-    """Validate a quantised payload and add its code counts per parameter to `counts`
-    (parameters x bins). Returns (status, first bad entry or -1)."""
+def check_compact(entries, bins, offsets, n_chunks, ks, sizes, counts):
+    """Validate a quantised payload from its compact entries (`decode_compact`) and add its
+    code counts per parameter to `counts` (parameters x bins). Returns (status, first bad
+    entry or -1). Faster from compact entries than from the packed bytes (0.42 against 1.06
+    ms, with the unpacking 0.44 ms either way)."""
     seen = np.zeros(sizes.max(), np.int64)
     chunk_id = 0
-    mask = (1 << width) - 1
     found, at = OK, -1
     for p in range(offsets.size):
-        e = offsets[p]
         size = sizes[p]
-        for _ in range(n_chunks[p]):
+        k = ks[p]
+        tally = counts[p]
+        for c in range(n_chunks[p]):
             chunk_id += 1
-            for _ in range(ks[p]):
-                local = _index(idx, e)
+            first = offsets[p] + c * k
+            chunk = entries[first : first + k]
+            for j in range(k):
+                v = np.int64(chunk[j])
+                local = v & 0xFFF
                 if local >= size:
-                    return OUT_OF_RANGE, e
+                    return OUT_OF_RANGE, first + j
                 if seen[local] == chunk_id and found != DUPLICATE:
-                    found, at = DUPLICATE, e
+                    found, at = DUPLICATE, first + j
                 seen[local] = chunk_id
-                code = _code(codes, e, width, mask)
+                code = v >> 12
                 if code >= bins:
                     if found == OK:
-                        found, at = BAD_CODE, e
+                        found, at = BAD_CODE, first + j
                 elif found == OK:
-                    counts[p, code] += 1
-                e += 1
+                    tally[code] += 1
     return found, at
 
 

@@ -134,15 +134,14 @@ class ChunkSum:
         if self._batch is None:
             return self._prepare_torch(compressed)
         p, t = self._compressor.params, compressed.tensors
-        counted = self._compressor.scans.take(t)  # the codec's check of this very payload
-        if counted is None:
-            counted = cpu_fold.scan(self._plan, p, t)
-        found = torch.from_numpy(counted)
+        scanned = self._compressor.scans.take(t)  # the codec's check of this very payload
+        if scanned is None:
+            scanned = cpu_fold.scan(self._plan, p, t)
+        found = torch.from_numpy(scanned.found)
         if p.quantized:
             table = t["lookup"].to(torch.float64) + t["shift"].to(torch.float64)[:, None]
             squares = (found * table.square()).sum(1)
-            entries = (cpu_fold.compact(self._plan, p, t),)
-            return Scanned(self._names(squares.sqrt()), entries, table)
+            return Scanned(self._names(squares.sqrt()), (scanned.entries,), table)
         return Scanned(self._names(found.sqrt()), (t["idx"], t["val"]), None)
 
     def _prepare_torch(self, compressed: Compressed) -> Prepared:

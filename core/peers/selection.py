@@ -44,7 +44,10 @@ def weighted_sample(
         if not math.isfinite(weight) or weight <= 0:
             weight = floor
         # Efraimidis-Spirakis: the k largest u^(1/w) are a weighted sample without replacement.
-        keyed.append((math.log(rng.random() or 1e-300) / weight, uid))
+        # A zero weight (no exploration, or a floor that underflowed next to a denormal best
+        # score) ranks last: u^(1/0) is 0.
+        u = math.log(rng.random() or 1e-300)
+        keyed.append((u / weight if weight > 0 else -math.inf, uid))
     keyed.sort(reverse=True)
     return [uid for _, uid in keyed[:k]]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -162,3 +163,12 @@ class ActivityMachine(RuleBasedStateMachine):
 
 ActivityMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
 TestActivity = ActivityMachine.TestCase
+
+
+def test_denormal_and_zero_scores_never_divide_by_zero() -> None:
+    # Found by hypothesis: 0.1 x 5e-324 underflows to a zero floor.
+    rng = random.Random(0)
+    for scores, exploration in (({0: 0.0, 1: 5e-324}, 0.1), ({0: 0.0, 1: 1.0}, 0.0)):
+        picked = weighted_sample(scores, 1, rng, exploration)
+        assert picked == [1]
+    assert sorted(weighted_sample({0: 0.0, 1: 0.0}, 2, rng, 0.0)) == [0, 1]
