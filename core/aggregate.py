@@ -55,9 +55,11 @@ class Aggregator:
         *,
         device: torch.device | str = "cpu",
         normalisation: Normalisation = Normalisation.UNIT,
+        peers: int | None = None,
     ) -> None:
+        """`peers`: how many peers are expected, when known (lets the sum plan its work)."""
         self._mode = normalisation
-        self._sum = make_sum(compressor, shapes, device)
+        self._sum = make_sum(compressor, shapes, device, peers=peers)
         self._held: list[tuple[Compressed, dict[str, float]]] = []
         self.count = 0
 

@@ -106,7 +106,11 @@ async def gather(
     started = clock.monotonic()
     uids = list(dict.fromkeys(uids))
     aggregator = Aggregator(
-        expected.codec, expected.shapes, device=device, normalisation=settings.normalisation
+        expected.codec,
+        expected.shapes,
+        device=device,
+        normalisation=settings.normalisation,
+        peers=len(uids),
     )
     global_steps: dict[int, int] = {}
     norms: dict[int, dict[str, float]] = {}

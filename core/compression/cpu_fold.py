@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # Peers' wire arrays held for one batched fold: ~32 default payloads of the 25M model.
-BATCH_BYTES = 24 << 20
+BATCH_BYTES = 26 << 20
 MAX_BATCH = 32
 
 
@@ -175,7 +175,9 @@ class BatchFold:
     weights.
     """
 
-    def __init__(self, plan: Plan, params, batch: int | None = None) -> None:
+    def __init__(
+        self, plan: Plan, params, batch: int | None = None, *, peers: int | None = None
+    ) -> None:
         self._params = params
         self._layout = layout(plan)
         entries, n_params = plan.total_entries, len(plan.params)
@@ -187,7 +189,11 @@ class BatchFold:
             self._table_shape = (n_params,)
         per_peer = sum(shape[0] * np.dtype(dtype).itemsize for shape, dtype in self._columns)
         if batch is None:
-            batch = BATCH_BYTES // max(1, per_peer)
+            batch = max(1, min(MAX_BATCH, BATCH_BYTES // max(1, per_peer)))
+            if peers:
+                # Equal batches: a last batch of a few peers would cost nearly a full pass
+                # over the sum for them alone (64 peers: 32 + 32, not 31 + 31 + 2).
+                batch = -(-peers // -(-peers // batch))
         self.batch = max(1, min(MAX_BATCH, batch))
         self._arrays: list[np.ndarray] = []
         self._tables: np.ndarray | None = None

@@ -92,9 +92,11 @@ class ChunkSum:
         *,
         compiled: bool | None = None,
         batch: int | None = None,
+        peers: int | None = None,
     ) -> None:
         """`compiled`: use the CPU kernels (None: whenever the device and format allow);
-        `batch`: peers per compiled fold (None: as many as `cpu_fold.BATCH_BYTES` holds)."""
+        `batch`: peers per compiled fold (None: as many as `cpu_fold.BATCH_BYTES` holds, in
+        equal batches when the number of `peers` expected is known)."""
         self._compressor = compressor
         self._plan = plan
         self._device = torch.device(device)
@@ -115,7 +117,7 @@ class ChunkSum:
         if compiled is None:
             compiled = self._device.type == "cpu" and cpu_fold.supported(params)
         if compiled:
-            self._batch = cpu_fold.BatchFold(plan, params, batch)
+            self._batch = cpu_fold.BatchFold(plan, params, batch, peers=peers)
         else:
             self._rows = plan._cached(self._device, "chunk_rows", self._make_rows)
 
@@ -232,10 +234,14 @@ class ChunkSum:
 
 
 def make_sum(
-    compressor: Compressor, shapes: Mapping[str, Shape], device: torch.device | str = "cpu"
+    compressor: Compressor,
+    shapes: Mapping[str, Shape],
+    device: torch.device | str = "cpu",
+    *,
+    peers: int | None = None,
 ) -> DenseSum | ChunkSum:
-    """The fastest running sum this compressor supports."""
+    """The fastest running sum this compressor supports (`peers`: how many are expected)."""
     own = getattr(compressor, "chunk_sum", None)
     if own is not None:
-        return own(shapes, device)
+        return own(shapes, device, peers=peers)
     return DenseSum(compressor, shapes, device)

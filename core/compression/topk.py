@@ -222,9 +222,13 @@ class TopKCompressor:
                 out[m.name] = dense.view(m.shape)
         return {m.name: out[m.name] for m in plan.params}
 
-    def chunk_sum(self, shapes: Mapping[str, Shape], device: torch.device | str = "cpu"):
-        """A running sum of payloads for these parameter shapes (see core.compression.summing)."""
-        return ChunkSum(self, self._plans.get(sorted(shapes.items())), device)
+    def chunk_sum(
+        self, shapes: Mapping[str, Shape], device: torch.device | str = "cpu", *, peers=None
+    ):
+        """A running sum of payloads for these parameter shapes (see core.compression.summing);
+        `peers`: how many are expected, if known (sizes the CPU fold's batches)."""
+        plan = self._plans.get(sorted(shapes.items()))
+        return ChunkSum(self, plan, device, peers=peers)
 
     @torch.no_grad()
     def positions(self, compressed: Compressed) -> torch.Tensor:

@@ -3,6 +3,7 @@ for tensors it was not computed from."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from core.compression import TopKCompressor, TopKParams, cpu_fold
@@ -56,3 +57,12 @@ def test_batches_flush_as_they_fill_and_at_the_end() -> None:
             total.commit(total.prepare(c), lambda n: dict.fromkeys(n, 1.0))
     a, b = one.result(0.2), batched.result(0.2)
     assert all(torch.equal(a[k], b[k]) for k in SHAPES)
+
+
+@pytest.mark.parametrize(
+    ("peers", "batch"), [(None, 32), (1, 1), (20, 20), (32, 32), (40, 20), (64, 32), (65, 22)]
+)
+def test_batches_are_equal_when_the_peer_count_is_known(peers, batch) -> None:
+    comp = TopKCompressor(TopKParams())
+    plan = comp._plans.get(payload(comp, 0).shapes)
+    assert cpu_fold.BatchFold(plan, comp.params, peers=peers).batch == batch
