@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import numpy as np
@@ -49,10 +50,25 @@ class Layout:
     ks: np.ndarray
     sizes: np.ndarray
     starts: np.ndarray
+    first: int = 0  # the plan's number of the first parameter here
 
     @property
     def args(self) -> tuple[np.ndarray, ...]:
         return self.offsets, self.n_chunks, self.ks, self.sizes
+
+    def part(self, lo: int, hi: int) -> Layout:
+        """Parameters lo..hi-1 only (each parameter's fields are absolute positions)."""
+        arrays = (self.offsets, self.n_chunks, self.ks, self.sizes, self.starts)
+        return Layout(*(a[lo:hi] for a in arrays), first=self.first + lo)
+
+    def halves(self) -> tuple[Layout, ...]:
+        """The parameters in two runs of about equal entry counts (one run when a single
+        parameter holds most of them)."""
+        entries = self.n_chunks * self.ks
+        cut = int(np.searchsorted(np.cumsum(entries), entries.sum() / 2)) + 1
+        if cut <= 0 or cut >= entries.size:
+            return (self,)
+        return self.part(0, cut), self.part(cut, entries.size)
 
 
 def layout(plan: Plan) -> Layout:
@@ -195,6 +211,8 @@ class BatchFold:
                 # over the sum for them alone (64 peers: 32 + 32, not 31 + 31 + 2).
                 batch = -(-peers // -(-peers // batch))
         self.batch = max(1, min(MAX_BATCH, batch))
+        self._expected = peers
+        self._added = 0
         self._arrays: list[np.ndarray] = []
         self._tables: np.ndarray | None = None
         self._count = 0
@@ -210,20 +228,39 @@ class BatchFold:
             column[i] = array.numpy() if isinstance(array, torch.Tensor) else array
         self._tables[i] = _array(table)
         self._count += 1
+        self._added += 1
         if self._count == self.batch:
-            self.flush(out)
+            # The last expected peer: nothing is left to decode, both cores may fold.
+            self.flush(out, both_cores=self._added == self._expected)
 
-    def flush(self, out: np.ndarray) -> None:
-        """Add every queued peer into `out`."""
+    def flush(self, out: np.ndarray, *, both_cores: bool = False) -> None:
+        """Add every queued peer into `out`.
+
+        `both_cores`: fold the two halves of the parameters at once, one on a helper thread
+        (the halves write disjoint parts of `out`). For the last flush of a gather, when
+        nothing else is left to run; during a gather the other core is busy decoding and the
+        split only adds overhead (measured).
+        """
         n, self._count = self._count, 0
         if n == 0:
             return
-        lay = self._layout
+        halves = self._layout.halves() if both_cores else (self._layout,)
+        if len(halves) == 1:
+            self._fold(halves[0], n, out)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold-half") as helper:
+            other = helper.submit(self._fold, halves[1], n, out)
+            self._fold(halves[0], n, out)
+            other.result()
+
+    def _fold(self, part: Layout, n: int, out: np.ndarray) -> None:
+        assert self._tables is not None
+        tables = self._tables[:, part.first : part.first + part.offsets.size]
+        args = (*part.args, part.starts, tables, out)
         if self._params.quantized:
-            kernels.fold_compact(self._arrays[0], n, *lay.args, lay.starts, self._tables, out)
+            kernels.fold_compact(self._arrays[0], n, *args)
         else:
-            idx, vals = self._arrays
-            kernels.fold_values(idx, vals, n, *lay.args, lay.starts, self._tables, out)
+            kernels.fold_values(*self._arrays, n, *args)
 
     def release(self) -> None:
         self._arrays, self._tables, self._count = [], None, 0

@@ -212,7 +212,7 @@ class ChunkSum:
         two models.
         """
         if self._batch is not None:
-            self._batch.flush(self._buf.numpy())
+            self._batch.flush(self._buf.numpy(), both_cores=True)
             self._batch.release()
         out: dict[str, torch.Tensor] = {}
         use_dct = self._compressor.params.use_dct

@@ -66,3 +66,22 @@ def test_batches_are_equal_when_the_peer_count_is_known(peers, batch) -> None:
     comp = TopKCompressor(TopKParams())
     plan = comp._plans.get(payload(comp, 0).shapes)
     assert cpu_fold.BatchFold(plan, comp.params, peers=peers).batch == batch
+
+
+def test_the_last_flush_split_over_two_cores_adds_what_one_pass_adds() -> None:
+    comp = TopKCompressor(TopKParams(target_chunk=8, topk=6))
+    shapes = {f"w{i}": (16, 24) for i in range(5)}
+    gen = torch.Generator().manual_seed(0)
+    peers = [
+        comp.encode({k: torch.randn(s, generator=gen) for k, s in shapes.items()}) for _ in range(3)
+    ]
+    plan = comp._plans.get(peers[0].shapes)
+    halves = cpu_fold.layout(plan).halves()
+    assert len(halves) == 2 and halves[1].first == len(halves[0].offsets)
+    one = ChunkSum(comp, plan, "cpu", compiled=False)
+    split = ChunkSum(comp, plan, "cpu", batch=4)  # everything waits for the last flush
+    for c in peers:
+        for total in (one, split):
+            total.commit(total.prepare(c), lambda n: {k: float(k[1:]) + 0.5 for k in n})
+    a, b = one.result(), split.result()
+    assert all(torch.equal(a[k], b[k]) for k in shapes)
