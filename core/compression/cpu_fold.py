@@ -226,7 +226,7 @@ class BatchFold:
         i = self._count
         for column, array in zip(self._arrays, arrays, strict=True):
             column[i] = array.numpy() if isinstance(array, torch.Tensor) else array
-        self._tables[i] = _array(table)
+        self._tables[i] = table.numpy() if isinstance(table, torch.Tensor) else table
         self._count += 1
         self._added += 1
         if self._count == self.batch:

@@ -139,12 +139,14 @@ class ChunkSum:
         scanned = self._compressor.scans.take(t)  # the codec's check of this very payload
         if scanned is None:
             scanned = cpu_fold.scan(self._plan, p, t)
-        found = torch.from_numpy(scanned.found)
+        # numpy, not torch, for these small tables: its operations keep the GIL, where each
+        # torch call lets it go and must queue for it again behind the S3 threads.
         if p.quantized:
-            table = t["lookup"].to(torch.float64) + t["shift"].to(torch.float64)[:, None]
-            squares = (found * table.square()).sum(1)
-            return Scanned(self._names(squares.sqrt()), (scanned.entries,), table)
-        return Scanned(self._names(found.sqrt()), (t["idx"], t["val"]), None)
+            shift = t["shift"].numpy().astype(np.float64)
+            table = t["lookup"].numpy().astype(np.float64) + shift[:, None]
+            squares = _squares(scanned.found, table)
+            return Scanned(self._norms(squares), (scanned.entries,), table)
+        return Scanned(self._norms(scanned.found), (t["idx"], t["val"]), None)
 
     def _prepare_torch(self, compressed: Compressed) -> Prepared:
         plan, t, dev = self._plan, compressed.tensors, self._device
@@ -162,7 +164,7 @@ class ChunkSum:
             codes = packing.unpack(t["val"].to(dev), entries, p.value_bits)
             table = t["lookup"].to(dev, torch.float64) + t["shift"].to(dev, torch.float64)[:, None]
             counts = torch.bincount(ids * bins + codes, minlength=table.numel()).view_as(table)
-            squares = (counts * table.square()).sum(1)
+            squares = _squares(counts, table)
             return Prepared(self._names(squares.sqrt()), index, codes.to(torch.uint8), table)
         vals = t["val"].to(dev, torch.float32)
         squares = torch.bincount(ids, weights=vals.square().double(), minlength=len(plan.params))
@@ -177,11 +179,13 @@ class ChunkSum:
         weights = weigh(prepared.norms)
         if isinstance(prepared, Scanned):
             assert self._batch is not None
-            per_param = torch.tensor([float(weights[m.name]) for m in plan.params])
+            # float32 weights, as torch.tensor makes them on the torch path, then the same
+            # float64 products rounded to float32.
+            per_param = np.array([float(weights[m.name]) for m in plan.params], np.float32)
             if prepared.table is not None:
-                table = (prepared.table * per_param.to(torch.float64)[:, None]).to(torch.float32)
+                table = (prepared.table * per_param.astype(np.float64)[:, None]).astype(np.float32)
             else:
-                table = per_param  # float32: the torch path multiplies in float32 as well
+                table = per_param
             self._batch.add(prepared.arrays, table, self._buf.numpy())
             return prepared.norms
         per_param = torch.tensor([float(weights[m.name]) for m in plan.params], device=dev)
@@ -198,6 +202,11 @@ class ChunkSum:
 
     def fold(self, compressed: Compressed, weigh: Weigh) -> dict[str, float]:
         return self.commit(self.prepare(compressed), weigh)
+
+    def _norms(self, squares: np.ndarray) -> dict[str, float]:
+        # torch's square root, not numpy's: they can differ in the last bit (measured), and
+        # the two paths must give the same norms.
+        return self._names(torch.from_numpy(squares).sqrt())
 
     def _names(self, norms: torch.Tensor) -> dict[str, float]:
         # The DCT is orthonormal, so chunk-domain norms are the parameters' norms.
@@ -231,6 +240,15 @@ class ChunkSum:
             out[m.name] = region.view(m.shape)
         self._buf = torch.zeros(0, device=self._device)  # the sum is handed over, once
         return out
+
+
+def _squares(counts, table):
+    """Each parameter's sum of squared values from its code counts, bin by bin in order: the
+    same additions in the same order on the torch and the numpy side (bit-identical norms)."""
+    squares = counts[:, 0] * table[:, 0] ** 2
+    for j in range(1, table.shape[1]):
+        squares = squares + counts[:, j] * table[:, j] ** 2
+    return squares
 
 
 def make_sum(
