@@ -86,6 +86,8 @@ def layout(plan: Plan) -> Layout:
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
+    if not t.requires_grad and t.is_contiguous():
+        return t.numpy()  # the payload's own tensors: no torch call, no trip through the GIL
     return t.detach().contiguous().numpy()
 
 
