@@ -117,6 +117,8 @@ class ChunkSum:
         if compiled is None:
             compiled = self._device.type == "cpu" and cpu_fold.supported(params)
         if compiled:
+            if self._device.type != "cpu" or not cpu_fold.supported(params):
+                raise ValueError("the compiled sum needs the CPU and a format cpu_fold supports")
             self._batch = cpu_fold.BatchFold(plan, params, batch, peers=peers)
         else:
             self._rows = plan._cached(self._device, "chunk_rows", self._make_rows)

@@ -85,3 +85,12 @@ def test_the_last_flush_split_over_two_cores_adds_what_one_pass_adds() -> None:
             total.commit(total.prepare(c), lambda n: {k: float(k[1:]) + 0.5 for k in n})
     a, b = one.result(), split.result()
     assert all(torch.equal(a[k], b[k]) for k in shapes)
+
+
+def test_the_compiled_sum_refuses_what_it_cannot_do() -> None:
+    comp = TopKCompressor(TopKParams(quantization_bins=8))  # 3-bit codes
+    plan = comp._plans.get(payload(comp, 0).shapes)
+    assert not cpu_fold.supported(comp.params)
+    with pytest.raises(ValueError, match="compiled sum"):
+        ChunkSum(comp, plan, "cpu", compiled=True)
+    ChunkSum(comp, plan, "cpu")  # the torch path takes it
