@@ -108,6 +108,7 @@ async def test_failing_s3_calls_and_gathers_never_show_a_secret(
             for call in (
                 lambda s=store: s.put("k", b"v"),
                 lambda s=store: s.put_file("k", str(src)),
+                lambda s=store: s.put_stream("k", iter([b"x" * 1024])),
                 lambda s=store: s.delete(["k"]),
             ):
                 assert isinstance(await scan.fails(call), StorageError)
@@ -116,6 +117,7 @@ async def test_failing_s3_calls_and_gathers_never_show_a_secret(
                     lambda s=store: s.get("k"),
                     lambda s=store: s.head("k"),
                     lambda s=store: s.get_file("k", str(tmp_path / "out")),
+                    lambda s=store: s.get_stream("k", lambda fh: fh.read()),
                     lambda s=store: anext(aiter(s.list())),
                 ):
                     assert isinstance(await scan.fails(call), StorageError)
