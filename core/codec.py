@@ -16,7 +16,7 @@ import json
 import math
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -122,18 +122,20 @@ class Expected:
         """This expectation for one peer's payload. Cheap (a gather asks it for every peer):
         the copy shares the layout and limits worked out already, which the three fields it
         sets do not affect, and skips converting the shapes again."""
-        if self.require_signature and hotkey is None:
-            raise ValueError("require_signature needs the expected hotkey")
         peer = copy.copy(self)
         for name, value in (("window", window), ("uid", uid), ("hotkey", hotkey)):
             object.__setattr__(peer, name, value)  # frozen: set once, before anyone sees it
+        peer.__attrs_post_init__()  # the checks attrs runs on a new instance
         return peer
 
-    def layout(self) -> dict[str, TensorSpec]:
-        found = self._memo.get("layout")
+    def _derived(self, name: str, make: Callable[[], Any]) -> Any:
+        found = self._memo.get(name)
         if found is None:
-            found = self._memo["layout"] = self.codec.layout(self.shapes)
+            found = self._memo[name] = make()
         return found
+
+    def layout(self) -> dict[str, TensorSpec]:
+        return self._derived("layout", lambda: self.codec.layout(self.shapes))
 
     def header_limit(self) -> int:
         """`max_header_bytes`, or an allowance generous for these parameter names."""
@@ -145,11 +147,9 @@ class Expected:
     def size_limit(self) -> int:
         if self.max_bytes is not None:
             return self.max_bytes
-        found = self._memo.get("size_limit")
-        if found is None:
-            estimate = self.codec.estimate_bytes(self.shapes)
-            found = self._memo["size_limit"] = 8 + self.header_limit() + estimate
-        return found
+        return self._derived(
+            "size_limit", lambda: 8 + self.header_limit() + self.codec.estimate_bytes(self.shapes)
+        )
 
 
 @attrs.frozen(eq=False)

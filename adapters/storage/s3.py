@@ -65,6 +65,15 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _announced(resp: dict[str, Any], key: str, max_bytes: int | None) -> int | None:
+    """The body size a GET announced; `TooLarge` before any of the body is read when it is
+    over `max_bytes`."""
+    advertised = resp.get("ContentLength")
+    if max_bytes is not None and advertised is not None and advertised > max_bytes:
+        raise TooLarge(key, advertised, max_bytes)
+    return advertised
+
+
 class S3Store:
     """One bucket on an S3-compatible service. Use `S3StoreOpener.open` to make one."""
 
@@ -204,9 +213,7 @@ class S3Store:
         resp = client.get_object(Bucket=self.name, Key=key)
         # Closing an unread body drops its connection instead of draining it.
         with contextlib.closing(resp["Body"]) as body:
-            advertised = resp.get("ContentLength")
-            if max_bytes is not None and advertised is not None and advertised > max_bytes:
-                raise TooLarge(key, advertised, max_bytes)
+            advertised = _announced(resp, key, max_bytes)
             # A body longer than advertised must not get past the limit either.
             data = body.read() if max_bytes is None else body.read(max_bytes + 1)
         if max_bytes is not None and len(data) > max_bytes:
@@ -221,9 +228,7 @@ class S3Store:
         # One GET, read as it arrives: one version of the object, no temp file.
         resp = client.get_object(Bucket=self.name, Key=key)
         with contextlib.closing(resp["Body"]) as body:
-            advertised = resp.get("ContentLength")
-            if max_bytes is not None and advertised is not None and advertised > max_bytes:
-                raise TooLarge(key, advertised, max_bytes)
+            _announced(resp, key, max_bytes)
             with BoundedReader(body, key, max_bytes) as reader:
                 return consume(reader)
 

@@ -49,8 +49,9 @@ __all__ = ["BackgroundSaver", "Checkpointer", "Upload"]
 
 
 async def _all(coros: list[Awaitable[None]]) -> None:
-    """Run `coros` to the end, every one of them, then raise the first error: a shard still
-    being read when save() returns would race the caller's next optimizer step."""
+    """Run `coros` (or tasks) to the end, every one of them, then raise the first error: a
+    shard still being read when save() returns would race the caller's next optimizer step,
+    and a manifest must not be written while an upload may still fail."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -86,7 +87,7 @@ class Upload:
 
     def add_file(self, name: str, path: str, written: Written) -> None:
         self._paths.append(path)
-        self.files.append(FileEntry(name, written.size, written.sha256))
+        self.record(name, written)
         self._tasks.append(asyncio.create_task(self._send(self._saver.store.put_file, name, path)))
 
     def add_bytes(self, name: str, data: bytes) -> None:
@@ -116,12 +117,9 @@ class Upload:
         """
         s, meta = self._saver, self._meta
         try:
-            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            await _all(self._tasks)
         finally:
             self._cleanup()
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
         manifest = Manifest(
             version=s.settings.version,
             window=meta.window,

@@ -23,6 +23,9 @@ import torch
 
 from core.compression.base import Shape
 
+# Bits of one index within its chunk on the wire: chunks are at most 64 x 64 = 4096 entries.
+INDEX_BITS = 12
+
 
 def largest_divisor_at_most(n: int, limit: int) -> int:
     """Largest divisor of n that is <= limit (n >= 1, limit >= 1)."""

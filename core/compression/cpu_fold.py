@@ -16,8 +16,8 @@ import attrs
 import numpy as np
 import torch
 
-from core.compression import kernels
-from core.compression.chunking import Plan
+from core.compression import kernels, packing
+from core.compression.chunking import INDEX_BITS, Plan
 from core.invalid import InvalidPayload
 
 __all__ = [
@@ -91,13 +91,6 @@ def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _index_at(idx: np.ndarray, e: int) -> int:
-    b = 3 * (e >> 1)
-    if e & 1:
-        return (int(idx[b + 1]) >> 4) | (int(idx[b + 2]) << 4)
-    return int(idx[b]) | ((int(idx[b + 1]) & 0xF) << 8)
-
-
 @attrs.frozen(eq=False)
 class Scan:
     """What checking a payload found: code counts per parameter (parameters x bins) and the
@@ -117,10 +110,10 @@ def scan(plan: Plan, params, tensors) -> Scan:
     # The kernels do not check bounds: the arrays must be what the layout says, whoever
     # built the payload.
     if params.quantized:
-        wanted = {"idx": (torch.uint8, (entries * 12 + 7) // 8),
-                  "val": (torch.uint8, (entries * params.value_bits + 7) // 8)}  # fmt: skip
+        values = (torch.uint8, packing.packed_nbytes(entries, params.value_bits))
     else:
-        wanted = {"idx": (torch.uint8, (entries * 12 + 7) // 8), "val": (torch.float32, entries)}
+        values = (torch.float32, entries)
+    wanted = {"idx": (torch.uint8, packing.packed_nbytes(entries, INDEX_BITS)), "val": values}
     for name, (dtype, size) in wanted.items():
         t = tensors[name]
         if t.dtype != dtype or t.dim() != 1 or t.numel() != size or t.device.type != "cpu":
@@ -138,7 +131,8 @@ def scan(plan: Plan, params, tensors) -> Scan:
     if status == kernels.OUT_OF_RANGE:
         name = next(m.name for m in reversed(plan.params) if m.offset <= entry)
         raise InvalidPayload(
-            "index_out_of_range", f"{name}: index {_index_at(idx, entry)} beyond its chunk"
+            "index_out_of_range",
+            f"{name}: index {int(kernels._index(idx, entry))} beyond its chunk",
         )
     if status == kernels.DUPLICATE:
         raise InvalidPayload("duplicate_index", "an index repeats within a chunk")
@@ -203,7 +197,8 @@ class BatchFold:
             self._columns = [((entries,), compact_dtype(params))]
             self._table_shape: tuple[int, ...] = (n_params, params.quantization_bins)
         else:
-            self._columns = [(((entries * 12 + 7) // 8,), np.uint8), ((entries,), np.float32)]
+            idx_bytes = packing.packed_nbytes(entries, INDEX_BITS)
+            self._columns = [((idx_bytes,), np.uint8), ((entries,), np.float32)]
             self._table_shape = (n_params,)
         per_peer = sum(shape[0] * np.dtype(dtype).itemsize for shape, dtype in self._columns)
         if batch is None:

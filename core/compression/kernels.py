@@ -169,7 +169,7 @@ def fold_compact(entries, count, offsets, n_chunks, ks, sizes, starts, tables, o
 
 @njit(nogil=True, cache=True)
 def fold_values(idx, vals, count, offsets, n_chunks, ks, sizes, starts, weights, out):
-    """out[chunk row + index] += vals[b, e] * weights[b, parameter] (float32), as fold_codes."""
+    """out[chunk row + index] += vals[b, e] * weights[b, parameter] (float32), as fold_compact."""
     for p in range(offsets.size):
         size = sizes[p]
         k = ks[p]

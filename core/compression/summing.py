@@ -17,8 +17,7 @@ import torch
 
 from core.compression import cpu_fold, dct, packing
 from core.compression.base import Compressed, Compressor, Shape
-
-INDEX_BITS = 12  # as core.compression.topk (which imports this module)
+from core.compression.chunking import INDEX_BITS
 
 Weigh = Callable[[dict[str, float]], Mapping[str, float]]
 

@@ -25,12 +25,11 @@ import torch
 
 from core.compression import cpu_fold, dct, packing
 from core.compression.base import Compressed, Shape, Spec, TensorSpec
-from core.compression.chunking import Plan, PlanCache
+from core.compression.chunking import INDEX_BITS, Plan, PlanCache
 from core.compression.quantize import dequantize, quantize
 from core.compression.summing import ChunkSum
 from core.invalid import InvalidPayload
 
-INDEX_BITS = 12
 METHOD = "chunked_topk"
 _MAX_BUFFERS = 16
 
