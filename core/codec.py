@@ -391,7 +391,7 @@ def _check_layout(header: Mapping[str, Any], layout: Mapping[str, TensorSpec]) -
         if tuple(entry["shape"]) != tuple(spec.shape):
             raise InvalidPayload("bad_shape", f"{name}: shape {entry['shape']} != {spec.shape}")
         start, end = entry["data_offsets"]
-        size = math.prod(spec.shape) * torch.empty(0, dtype=spec.dtype).element_size()
+        size = math.prod(spec.shape) * spec.dtype.itemsize
         if end - start != size:
             raise InvalidPayload("bad_header", f"{name}: data offsets do not match its shape")
 

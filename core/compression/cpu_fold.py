@@ -7,6 +7,7 @@ code in `topk` and `summing` does the same work.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -43,23 +44,38 @@ def supported(params) -> bool:
 @attrs.frozen(eq=False)
 class Layout:
     """A plan as the kernels take it: per parameter, its first entry, chunk count, k, chunk
-    size and start in the chunk-domain sum (int64 arrays)."""
+    size and start in the sum (int64 arrays), and where its chunks lie there.
+
+    `shape` holds per parameter (chunks per grid row, h, w, line stride, grid row stride,
+    grid column stride, start of its offset table in `locs`): chunk c starts at
+    start + (c // gx) * row stride + (c % gx) * column stride, and its entry i lies
+    `locs[table + i]` further on. In the chunk domain each chunk is h * w consecutive
+    numbers (the line stride is w); in row-major order (`row_major`) the sum is the
+    parameters themselves, so the sum needs no reordering at the end.
+    """
 
     offsets: np.ndarray
     n_chunks: np.ndarray
     ks: np.ndarray
     sizes: np.ndarray
     starts: np.ndarray
+    shape: np.ndarray
+    locs: np.ndarray
+    row_major: bool = False
     first: int = 0  # the plan's number of the first parameter here
 
     @property
     def args(self) -> tuple[np.ndarray, ...]:
         return self.offsets, self.n_chunks, self.ks, self.sizes
 
+    @property
+    def fold_args(self) -> tuple[np.ndarray, ...]:
+        return (*self.args, self.starts, self.shape, self.locs)
+
     def part(self, lo: int, hi: int) -> Layout:
         """Parameters lo..hi-1 only (each parameter's fields are absolute positions)."""
-        arrays = (self.offsets, self.n_chunks, self.ks, self.sizes, self.starts)
-        return Layout(*(a[lo:hi] for a in arrays), first=self.first + lo)
+        arrays = (self.offsets, self.n_chunks, self.ks, self.sizes, self.starts, self.shape)
+        return Layout(*(a[lo:hi] for a in arrays), self.locs, self.row_major, first=self.first + lo)
 
     def halves(self) -> tuple[Layout, ...]:
         """The parameters in two runs of about equal entry counts (one run when a single
@@ -71,18 +87,39 @@ class Layout:
         return self.part(0, cut), self.part(cut, entries.size)
 
 
-def layout(plan: Plan) -> Layout:
+def layout(plan: Plan, *, row_major: bool = False) -> Layout:
     def make(_device: torch.device) -> Layout:
         numel = [m.numel for m in plan.params]
+        tables: dict[tuple[int, int, int], int] = {}
+        locs: list[np.ndarray] = []
+        shape = []
+        at = 0
+        for m in plan.params:
+            gx = m.grid[1]
+            if row_major:
+                line, strides = m.cols, (m.h * m.cols, m.w)
+            else:
+                line, strides = m.w, (gx * m.chunk_size, m.chunk_size)
+            key = (m.h, m.w, line)
+            if key not in tables:
+                tables[key] = at
+                i = np.arange(m.h, dtype=np.int64)[:, None] * line
+                locs.append((i + np.arange(m.w, dtype=np.int64)[None, :]).reshape(-1))
+                at += m.chunk_size
+            shape.append((gx, m.h, m.w, line, *strides, tables[key]))
         return Layout(
             offsets=np.array([m.offset for m in plan.params], np.int64),
             n_chunks=np.array([m.n_chunks for m in plan.params], np.int64),
             ks=np.array([m.k for m in plan.params], np.int64),
             sizes=np.array([m.chunk_size for m in plan.params], np.int64),
             starts=np.concatenate([[0], np.cumsum(numel)[:-1]]).astype(np.int64),
+            shape=np.array(shape, np.int64).reshape(-1, 7),
+            locs=np.concatenate(locs),
+            row_major=row_major,
         )
 
-    return plan._cached(torch.device("cpu"), "kernel_layout", make)
+    key = "kernel_layout/rows" if row_major else "kernel_layout/chunks"
+    return plan._cached(torch.device("cpu"), key, make)
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
@@ -179,19 +216,21 @@ def compact_dtype(params) -> type:
 
 
 class BatchFold:
-    """Peers waiting to be added to a chunk-domain sum, added a batch at a time (see
-    `kernels`: one pass over the sum per batch instead of per peer).
+    """Peers waiting to be added to a sum, added a batch at a time (see `kernels`: one pass
+    over the sum per batch instead of per peer).
 
     A quantised peer waits as its `compact` entries and its float32 weighted value table
     (parameters x bins); a float peer as its packed index, its values and its per-parameter
-    weights.
+    weights. The first batch clears each chunk of the sum as it first reaches it, so the sum
+    needs no zeroing beforehand; the last one (`flush(scale=)`) scales each chunk as it
+    leaves it.
     """
 
     def __init__(
-        self, plan: Plan, params, batch: int | None = None, *, peers: int | None = None
+        self, lay: Layout, plan: Plan, params, batch: int | None = None, *, peers: int | None = None
     ) -> None:
         self._params = params
-        self._layout = layout(plan)
+        self._layout = lay
         entries, n_params = plan.total_entries, len(plan.params)
         if params.quantized:
             self._columns = [((entries,), compact_dtype(params))]
@@ -213,10 +252,13 @@ class BatchFold:
         self._arrays: list[np.ndarray] = []
         self._tables: np.ndarray | None = None
         self._count = 0
+        self.cleared = False  # whether a flush has cleared the sum yet
 
     def add(self, arrays, table: torch.Tensor, out: np.ndarray) -> None:
         """Queue one validated peer (its arrays in the order the class doc gives, and its
-        float32 table or weights); folds into `out` when the batch is full."""
+        float32 table or weights); folds into `out` when the batch is full, except for the
+        last expected peer's batch, which waits for the final `flush`, so that the scale
+        is applied on the way."""
         if self._tables is None:
             self._arrays = [np.empty((self.batch, *s), d) for s, d in self._columns]
             self._tables = np.empty((self.batch, *self._table_shape), np.float32)
@@ -226,12 +268,12 @@ class BatchFold:
         self._tables[i] = table.numpy() if isinstance(table, torch.Tensor) else table
         self._count += 1
         self._added += 1
-        if self._count == self.batch:
-            # The last expected peer: nothing is left to decode, both cores may fold.
-            self.flush(out, both_cores=self._added == self._expected)
+        if self._count == self.batch and self._added != self._expected:
+            self.flush(out)
 
-    def flush(self, out: np.ndarray, *, both_cores: bool = False) -> None:
-        """Add every queued peer into `out`.
+    def flush(self, out: np.ndarray, *, both_cores: bool = False, scale: float = 1.0) -> bool:
+        """Add every queued peer into `out`, times `scale`; False when nothing was queued
+        (and so nothing was scaled).
 
         `both_cores`: fold the two halves of the parameters at once, one on a helper thread
         (the halves write disjoint parts of `out`). For the last flush of a gather, when
@@ -240,20 +282,23 @@ class BatchFold:
         """
         n, self._count = self._count, 0
         if n == 0:
-            return
+            return False
+        zero, self.cleared = not self.cleared, True
         halves = self._layout.halves() if both_cores else (self._layout,)
+        fold = functools.partial(self._fold, n=n, out=out, zero=zero, scale=np.float32(scale))
         if len(halves) == 1:
-            self._fold(halves[0], n, out)
-            return
+            fold(halves[0])
+            return True
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold-half") as helper:
-            other = helper.submit(self._fold, halves[1], n, out)
-            self._fold(halves[0], n, out)
+            other = helper.submit(fold, halves[1])
+            fold(halves[0])
             other.result()
+        return True
 
-    def _fold(self, part: Layout, n: int, out: np.ndarray) -> None:
+    def _fold(self, part: Layout, *, n: int, out: np.ndarray, zero: bool, scale) -> None:
         assert self._tables is not None
         tables = self._tables[:, part.first : part.first + part.offsets.size]
-        args = (*part.args, part.starts, tables, out)
+        args = (*part.fold_args, tables, zero, scale, out)
         if self._params.quantized:
             kernels.fold_compact(self._arrays[0], n, *args)
         else:

@@ -12,12 +12,12 @@ pass, allocating at most the compact entries:
   validator's precedence: an index out of range anywhere first, then a repeated index, then a
   bad code. The compact entries are also what the fold reads, so the serial fold does no
   bit work.
-- `fold_*` adds a batch of validated peers into the chunk-domain sum. The sum is a
-  model-sized buffer far larger than the caches, and one peer touches ~64 random cache lines
-  in each 16 KB chunk: peer by peer, nearly every write is a cache miss (9 ms a peer for the
-  25M-parameter model). Folding a batch chunk by chunk brings each chunk into the cache once
-  for all peers of the batch (0.9 ms a peer at 32, from compact entries). docs/gather.md
-  has the measurements.
+- `fold_*` adds a batch of validated peers into the sum. The sum is a model-sized buffer
+  far larger than the caches, and one peer touches ~64 random cache lines in each 16 KB
+  chunk: peer by peer, nearly every write is a cache miss (9 ms a peer for the
+  25M-parameter model). Folding a batch band by band (a row of chunks) brings each band
+  into the cache once, in address order, for all peers of the batch (0.65 ms a peer at 32,
+  plus ~4 ms a pass, from compact entries). docs/gather.md has the measurements.
 
 Stream layout (core.compression.packing): entry e's index is bits [12e, 12e+12) of the
 little-endian bit stream; its code is bits [we, we+w), where the width w divides 8 here.
@@ -145,42 +145,88 @@ def decode_compact(idx, codes, width, out):
         out[e] = _index(idx, e) | (_code(codes, e, width, mask) << 12)
 
 
-@njit(nogil=True, cache=True)
-def fold_compact(entries, count, offsets, n_chunks, ks, sizes, starts, tables, out):
-    """out[chunk row + index] += tables[b, parameter, code] for the first `count` peers of the
-    batch (entries: peers x entries from decode_compact; tables: peers x parameters x bins,
-    float32)."""
-    for p in range(offsets.size):
-        size = sizes[p]
-        k = ks[p]
-        for c in range(n_chunks[p]):
-            # Slices, not offsets into the whole arrays: measured 0.9 against 1.16 ms a peer.
-            row = out[starts[p] + c * size : starts[p] + (c + 1) * size]
-            first = offsets[p] + c * k
-            for b in range(count):
-                peer = entries[b, first : first + k]
-                table = tables[b, p]
-                for j in range(k):
-                    v = np.int64(peer[j])
-                    local = v & 0xFFF
-                    if local < size:
-                        row[local] += table[v >> 12]
+@njit(nogil=True, cache=True, inline="always")
+def _enter(band, zero):
+    """Bring a band of chunks into the cache in address order, before the scattered adds:
+    cleared when `zero`, else read one number per cache line. The adds alone would fetch
+    it line by line in random order, which the prefetcher cannot follow (measured: 20
+    peers take 14 ms against 28 ms). Returns the numbers read, so that the reads stay."""
+    seen = np.float32(0.0)
+    if zero:
+        band[:] = 0.0
+    else:
+        for i in range(0, band.size, 16):
+            seen += band[i]
+    return seen
 
 
 @njit(nogil=True, cache=True)
-def fold_values(idx, vals, count, offsets, n_chunks, ks, sizes, starts, weights, out):
-    """out[chunk row + index] += vals[b, e] * weights[b, parameter] (float32), as fold_compact."""
+def fold_compact(
+    entries, count, offsets, n_chunks, ks, sizes, starts, shape, locs, tables, zero, scale, out
+):
+    """out[chunk + locs[index]] += tables[b, parameter, code] for the first `count` peers of
+    the batch (entries: peers x entries from decode_compact; tables: peers x parameters x
+    bins, float32).
+
+    `shape` places each parameter's chunks (see `cpu_fold.Layout`); they are visited a band
+    at a time: a row of chunks, which is one contiguous stretch of `out` in either layout.
+    `zero`: clear each band first (the sum's first batch); `scale` != 1: multiply each band
+    by it after the adds (the last batch)."""
+    seen = np.float32(0.0)
     for p in range(offsets.size):
         size = sizes[p]
         k = ks[p]
-        for c in range(n_chunks[p]):
-            row = out[starts[p] + c * size : starts[p] + (c + 1) * size]
-            first = offsets[p] + c * k
-            for b in range(count):
-                peer_idx = idx[b]
-                peer_vals = vals[b]
-                w = weights[b, p]
-                for e in range(first, first + k):
-                    local = _index(peer_idx, e)
-                    if local < size:
-                        row[local] += peer_vals[e] * w
+        gx, h, w, rstride, ystride, xstride, loc_at = shape[p]
+        loc = locs[loc_at : loc_at + size]
+        span = (h - 1) * rstride + w
+        for cy in range(n_chunks[p] // gx):
+            band = out[starts[p] + cy * ystride : starts[p] + (cy + 1) * ystride]
+            seen += _enter(band, zero)
+            for cx in range(gx):
+                # Slices, not offsets into the whole arrays: measured 0.9 against 1.16 ms
+                # a peer.
+                row = band[cx * xstride : cx * xstride + span]
+                first = offsets[p] + (cy * gx + cx) * k
+                for b in range(count):
+                    peer = entries[b, first : first + k]
+                    table = tables[b, p]
+                    for j in range(k):
+                        v = np.int64(peer[j])
+                        local = v & 0xFFF
+                        if local < size:
+                            row[loc[local]] += table[v >> 12]
+            if scale != 1.0:
+                band *= scale
+    return seen
+
+
+@njit(nogil=True, cache=True)
+def fold_values(
+    idx, vals, count, offsets, n_chunks, ks, sizes, starts, shape, locs, weights, zero, scale, out
+):
+    """out[chunk + locs[index]] += vals[b, e] * weights[b, parameter] (float32), as
+    fold_compact."""
+    seen = np.float32(0.0)
+    for p in range(offsets.size):
+        size = sizes[p]
+        k = ks[p]
+        gx, h, w, rstride, ystride, xstride, loc_at = shape[p]
+        loc = locs[loc_at : loc_at + size]
+        span = (h - 1) * rstride + w
+        for cy in range(n_chunks[p] // gx):
+            band = out[starts[p] + cy * ystride : starts[p] + (cy + 1) * ystride]
+            seen += _enter(band, zero)
+            for cx in range(gx):
+                row = band[cx * xstride : cx * xstride + span]
+                first = offsets[p] + (cy * gx + cx) * k
+                for b in range(count):
+                    peer_idx = idx[b]
+                    peer_vals = vals[b]
+                    wt = weights[b, p]
+                    for e in range(first, first + k):
+                        local = _index(peer_idx, e)
+                        if local < size:
+                            row[loc[local]] += peer_vals[e] * wt
+            if scale != 1.0:
+                band *= scale
+    return seen

@@ -1,10 +1,12 @@
 """Running sums of many peers' gradients, for gather.
 
 `DenseSum` works for any compressor: decode each peer to dense tensors and add them.
-`ChunkSum` is the top-k compressor's fast path: the sum lives in the chunk domain (each
-parameter as rows of chunks, under DCT as coefficients), so a peer is one scatter-add of its
-kept entries (on the CPU, compiled and batched: `cpu_fold`), and the parameter layout (and
-the inverse DCT) is computed once, at the end, instead of once per peer.
+`ChunkSum` is the top-k compressor's fast path: a peer is one scatter-add of its kept
+entries (on the CPU, compiled and batched: `cpu_fold`), never a dense decode. The torch path
+and the DCT keep the sum in the chunk domain (each parameter as rows of chunks, under DCT as
+coefficients) and turn it into the parameter layout (and invert the DCT) once, at the end;
+the compiled path without the DCT adds straight into the parameters' layout. On the CPU the
+compiled sum reuses a buffer kept from the last gather (`buffers`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from core.compression import cpu_fold, dct, packing
 from core.compression.base import Compressed, Compressor, Shape
+from core.compression.buffers import BUFFERS
 from core.compression.chunking import INDEX_BITS
 
 Weigh = Callable[[dict[str, float]], Mapping[str, float]]
@@ -100,12 +103,6 @@ class ChunkSum:
         self._plan = plan
         self._device = torch.device(device)
         numel = sum(m.numel for m in plan.params)
-        if self._device.type == "cpu":
-            # numpy's zeros is calloc: the pages are zeroed as the fold first touches them,
-            # instead of by a memset of the whole model up front and then again on touch.
-            self._buf = torch.from_numpy(np.zeros(numel, np.float32))
-        else:
-            self._buf = torch.zeros(numel, device=self._device)
         self._starts = {}
         start = 0
         for m in plan.params:
@@ -115,11 +112,24 @@ class ChunkSum:
         self._batch: cpu_fold.BatchFold | None = None
         if compiled is None:
             compiled = self._device.type == "cpu" and cpu_fold.supported(params)
+        # Without the DCT the compiled fold adds straight into each parameter's row-major
+        # layout, so the result needs no reordering; the DCT's inverse needs whole chunks.
+        self._row_major = bool(compiled) and not params.use_dct
         if compiled:
             if self._device.type != "cpu" or not cpu_fold.supported(params):
                 raise ValueError("the compiled sum needs the CPU and a format cpu_fold supports")
-            self._batch = cpu_fold.BatchFold(plan, params, batch, peers=peers)
+            lay = cpu_fold.layout(plan, row_major=self._row_major)
+            self._batch = cpu_fold.BatchFold(lay, plan, params, batch, peers=peers)
+            # A kept buffer, not zeroed here: the first batch clears each chunk as it first
+            # reaches it, while the chunk is in the cache anyway.
+            self._buf = torch.from_numpy(BUFFERS.take(numel))
+        elif self._device.type == "cpu":
+            # numpy's zeros is calloc: the pages are zeroed as the fold first touches them,
+            # instead of by a memset of the whole model up front and then again on touch.
+            self._buf = torch.from_numpy(np.zeros(numel, np.float32))
         else:
+            self._buf = torch.zeros(numel, device=self._device)
+        if not compiled:
             self._rows = plan._cached(self._device, "chunk_rows", self._make_rows)
 
     def _make_rows(self, device: torch.device) -> torch.Tensor:
@@ -217,14 +227,28 @@ class ChunkSum:
     def result(self, scale: float = 1.0) -> dict[str, torch.Tensor]:
         """The sum (times `scale`) per parameter, as views into the sum's own buffer.
 
-        Each parameter is turned from chunk rows into its own layout in place, through a
-        copy of that one parameter, so the peak is the sum plus the largest parameter, not
-        two models.
+        The compiled path without the DCT folded into the parameters' own layout already,
+        and scaled during its last batch. Otherwise each parameter is turned from chunk rows
+        into its own layout in place, through a copy of that one parameter, so the peak is
+        the sum plus the largest parameter, not two models.
         """
+        scaled = False
         if self._batch is not None:
-            self._batch.flush(self._buf.numpy(), both_cores=True)
+            fused = scale if self._row_major else 1.0
+            scaled = self._batch.flush(self._buf.numpy(), both_cores=True, scale=fused)
+            scaled = scaled and self._row_major
+            if not self._batch.cleared:  # no peer was added: the kept buffer is not clear
+                self._buf.zero_()
             self._batch.release()
         out: dict[str, torch.Tensor] = {}
+        if self._row_major:
+            if not scaled and scale != 1.0:
+                self._buf.mul_(scale)
+            for m in self._plan.params:
+                start = self._starts[m.name]
+                out[m.name] = self._buf[start : start + m.numel].view(m.shape)
+            self._buf = torch.zeros(0)
+            return out
         use_dct = self._compressor.params.use_dct
         for m in self._plan.params:
             region = self._buf[self._starts[m.name] : self._starts[m.name] + m.numel]

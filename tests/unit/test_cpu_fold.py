@@ -65,7 +65,7 @@ def test_batches_flush_as_they_fill_and_at_the_end() -> None:
 def test_batches_are_equal_when_the_peer_count_is_known(peers, batch) -> None:
     comp = TopKCompressor(TopKParams())
     plan = comp._plans.get(payload(comp, 0).shapes)
-    assert cpu_fold.BatchFold(plan, comp.params, peers=peers).batch == batch
+    assert cpu_fold.BatchFold(cpu_fold.layout(plan), plan, comp.params, peers=peers).batch == batch
 
 
 def test_the_last_flush_split_over_two_cores_adds_what_one_pass_adds() -> None:
