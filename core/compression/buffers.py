@@ -71,5 +71,9 @@ class BufferPool:
         with self._lock:
             return sum(len(a) for a in self._kept.values())
 
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return sum(a.nbytes for arrays in self._kept.values() for a in arrays)
+
 
 BUFFERS = BufferPool()

@@ -224,6 +224,10 @@ class BatchFold:
     weights. The first batch clears each chunk of the sum as it first reaches it, so the sum
     needs no zeroing beforehand; the last one (`flush(scale=)`) scales each chunk as it
     leaves it.
+
+    A full batch is folded on a thread of its own while the next one fills, in a second set
+    of arrays: the caller (the gather's fold) does not wait for the pass over the sum, so
+    the fetches it holds back keep going. Each set holds half of `BATCH_BYTES`.
     """
 
     def __init__(
@@ -241,7 +245,7 @@ class BatchFold:
             self._table_shape = (n_params,)
         per_peer = sum(shape[0] * np.dtype(dtype).itemsize for shape, dtype in self._columns)
         if batch is None:
-            batch = max(1, min(MAX_BATCH, BATCH_BYTES // max(1, per_peer)))
+            batch = max(1, min(MAX_BATCH, BATCH_BYTES // 2 // max(1, per_peer)))
             if peers:
                 # Equal batches: a last batch of a few peers would cost nearly a full pass
                 # over the sum for them alone (64 peers: 32 + 32, not 31 + 31 + 2).
@@ -249,60 +253,90 @@ class BatchFold:
         self.batch = max(1, min(MAX_BATCH, batch))
         self._expected = peers
         self._added = 0
-        self._arrays: list[np.ndarray] = []
-        self._tables: np.ndarray | None = None
+        self._sets: list[tuple[list[np.ndarray], np.ndarray]] = []
+        self._filling = 0
         self._count = 0
+        self._running: threading.Thread | None = None
+        self._error: BaseException | None = None
         self.cleared = False  # whether a flush has cleared the sum yet
 
     def add(self, arrays, table: torch.Tensor, out: np.ndarray) -> None:
         """Queue one validated peer (its arrays in the order the class doc gives, and its
-        float32 table or weights); folds into `out` when the batch is full, except for the
-        last expected peer's batch, which waits for the final `flush`, so that the scale
-        is applied on the way."""
-        if self._tables is None:
-            self._arrays = [np.empty((self.batch, *s), d) for s, d in self._columns]
-            self._tables = np.empty((self.batch, *self._table_shape), np.float32)
+        float32 table or weights); a full batch starts folding into `out` in the
+        background, except the last expected peer's, which waits for the final `flush` so
+        that the scale is applied on the way."""
+        columns, tables = self._set(self._filling)
         i = self._count
-        for column, array in zip(self._arrays, arrays, strict=True):
+        for column, array in zip(columns, arrays, strict=True):
             column[i] = array.numpy() if isinstance(array, torch.Tensor) else array
-        self._tables[i] = table.numpy() if isinstance(table, torch.Tensor) else table
+        tables[i] = table.numpy() if isinstance(table, torch.Tensor) else table
         self._count += 1
         self._added += 1
         if self._count == self.batch and self._added != self._expected:
-            self.flush(out)
+            self._join()  # the other set's fold: it must be done before that set refills
+            job = self._job(self._filling, self._count, out, self._layout, 1.0)
+            self._running = threading.Thread(target=self._catching, args=(job,), daemon=True)
+            self._running.start()
+            self._filling, self._count = 1 - self._filling, 0
 
     def flush(self, out: np.ndarray, *, both_cores: bool = False, scale: float = 1.0) -> bool:
-        """Add every queued peer into `out`, times `scale`; False when nothing was queued
-        (and so nothing was scaled).
+        """Finish any background fold, then add every queued peer into `out`, times `scale`;
+        False when nothing was queued (and so nothing was scaled).
 
         `both_cores`: fold the two halves of the parameters at once, one on a helper thread
         (the halves write disjoint parts of `out`). For the last flush of a gather, when
         nothing else is left to run; during a gather the other core is busy decoding and the
         split only adds overhead (measured).
         """
+        self._join()
         n, self._count = self._count, 0
         if n == 0:
             return False
-        zero, self.cleared = not self.cleared, True
         halves = self._layout.halves() if both_cores else (self._layout,)
-        fold = functools.partial(self._fold, n=n, out=out, zero=zero, scale=np.float32(scale))
-        if len(halves) == 1:
-            fold(halves[0])
+        jobs = [self._job(self._filling, n, out, half, scale) for half in halves]
+        if len(jobs) == 1:
+            jobs[0]()
             return True
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold-half") as helper:
-            other = helper.submit(fold, halves[1])
-            fold(halves[0])
+            other = helper.submit(jobs[1])
+            jobs[0]()
             other.result()
         return True
 
-    def _fold(self, part: Layout, *, n: int, out: np.ndarray, zero: bool, scale) -> None:
-        assert self._tables is not None
-        tables = self._tables[:, part.first : part.first + part.offsets.size]
-        args = (*part.fold_args, tables, zero, scale, out)
+    def _set(self, index: int) -> tuple[list[np.ndarray], np.ndarray]:
+        while len(self._sets) <= index:
+            columns = [np.empty((self.batch, *s), d) for s, d in self._columns]
+            self._sets.append((columns, np.empty((self.batch, *self._table_shape), np.float32)))
+        return self._sets[index]
+
+    def _job(self, index: int, n: int, out: np.ndarray, part: Layout, scale: float):
+        """The fold of the first n peers of set `index` over `part` of the parameters.
+
+        Decides here, in order, whether this pass is the one that clears the sum."""
+        zero = not self.cleared
+        if part.first + part.offsets.size == len(self._layout.offsets):
+            self.cleared = True  # both halves of a split pass clear (set after the last)
+        columns, tables = self._set(index)
+        tables = tables[:, part.first : part.first + part.offsets.size]
+        args = (*part.fold_args, tables, zero, np.float32(scale), out)
         if self._params.quantized:
-            kernels.fold_compact(self._arrays[0], n, *args)
-        else:
-            kernels.fold_values(*self._arrays, n, *args)
+            return functools.partial(kernels.fold_compact, columns[0], n, *args)
+        return functools.partial(kernels.fold_values, *columns, n, *args)
+
+    def _catching(self, job) -> None:
+        try:
+            job()
+        except BaseException as exc:  # handed to the thread that waits for this fold
+            self._error = exc
+
+    def _join(self) -> None:
+        running, self._running = self._running, None
+        if running is not None:
+            running.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def release(self) -> None:
-        self._arrays, self._tables, self._count = [], None, 0
+        self._join()
+        self._sets, self._count = [], 0
