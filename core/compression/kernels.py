@@ -60,20 +60,74 @@ def _code(codes, e, width, mask):
     return (np.int64(codes[bit >> 3]) >> (bit & 7)) & mask
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _rising(chunk, k, size):
+    """Whether a chunk's indices strictly increase and stay below `size`: then none is out
+    of range or repeated, which a vectorised compare shows without the table of indices
+    seen. Our encoder sends them so."""
+    step = np.int32(1)
+    for j in range(1, k):
+        step = min(step, np.int32(chunk[j] & 0xFFF) - np.int32(chunk[j - 1] & 0xFFF))
+    return step > 0 and np.int64(chunk[k - 1] & 0xFFF) < size
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _tally(entries, bins, tally):
+    """Add the code counts of `entries` to `tally`; returns the first entry whose code is
+    beyond the bins, or -1. Up to four bins (the default two-bit codes) as four sums the
+    compiler vectorises; one counter per bin in memory would chain each increment to the
+    last one of the same code (0.3 against 0.02 ms a payload)."""
+    if bins <= 4:
+        c0, c1, c2, c3 = 0, 0, 0, 0
+        for e in range(entries.size):
+            code = np.int64(entries[e]) >> 12
+            c0 += code == 0
+            c1 += code == 1
+            c2 += code == 2
+            c3 += code == 3
+        if c0 + c1 + c2 + c3 == entries.size and (bins > 3 or c3 == 0) and (bins > 2 or c2 == 0):
+            sums = (c0, c1, c2, c3)
+            for b in range(bins):
+                tally[b] += sums[b]
+            return -1
+    for e in range(entries.size):
+        code = np.int64(entries[e]) >> 12
+        if code >= bins:
+            return e
+    for e in range(entries.size):
+        tally[np.int64(entries[e]) >> 12] += 1
+    return -1
+
+
 @njit(nogil=True, cache=True)
 def check_compact(entries, bins, offsets, n_chunks, ks, sizes, counts):
     """Validate a quantised payload from its compact entries (`decode_compact`) and add its
     code counts per parameter to `counts` (parameters x bins). Returns (status, first bad
-    entry or -1). Faster from compact entries than from the packed bytes (0.42 against 1.06
-    ms, with the unpacking 0.44 ms either way)."""
+    entry or -1).
+
+    A parameter whose every chunk rises (`_rising`) needs no table of the indices seen
+    (0.1 against 0.4 ms a payload); any other parameter is checked entry by entry."""
     seen = np.zeros(sizes.max(), np.int64)
     chunk_id = 0
     found, at = OK, -1
     for p in range(offsets.size):
         size = sizes[p]
         k = ks[p]
+        n = n_chunks[p]
+        rising = True
+        for c in range(n):
+            if not _rising(entries[offsets[p] + c * k : offsets[p] + (c + 1) * k], k, size):
+                rising = False
+                break
+        if rising:
+            chunk_id += n
+            if found == OK:
+                bad = _tally(entries[offsets[p] : offsets[p] + n * k], bins, counts[p])
+                if bad >= 0:
+                    found, at = BAD_CODE, offsets[p] + bad
+            continue
         tally = counts[p]
-        for c in range(n_chunks[p]):
+        for c in range(n):
             chunk_id += 1
             first = offsets[p] + c * k
             chunk = entries[first : first + k]

@@ -172,6 +172,10 @@ class TopKCompressor:
             score = buf.view(total, h * w)
         k = members[0].k
         local = torch.topk(score, k, dim=1, largest=True, sorted=False).indices
+        # In increasing order within each chunk: the format allows any order, but a
+        # receiver checks increasing indices for repeats with one compare each (kernels:
+        # 0.17 against 0.43 ms a payload); the sort costs the sender ~5% of the top-k.
+        local = local.sort(dim=1).values
         start = 0
         for m in members:
             rows = local[start : start + m.n_chunks]
