@@ -63,6 +63,12 @@ class Aggregator:
         self._held: list[tuple[Compressed, dict[str, float]]] = []
         self.count = 0
 
+    @property
+    def queues(self) -> bool:
+        """Whether `add` only queues the peer (a copy, well under a millisecond), the pass
+        over the sum running on a thread of its own: the compiled CPU sum."""
+        return bool(getattr(self._sum, "queues", False))
+
     def prepare(self, compressed: Compressed) -> object:
         """The part of `add` that may run in parallel threads, ahead of the serial part."""
         return self._sum.prepare(compressed)

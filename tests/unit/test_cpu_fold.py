@@ -94,3 +94,14 @@ def test_the_compiled_sum_refuses_what_it_cannot_do() -> None:
     with pytest.raises(ValueError, match="compiled sum"):
         ChunkSum(comp, plan, "cpu", compiled=True)
     ChunkSum(comp, plan, "cpu")  # the torch path takes it
+
+
+def test_only_the_compiled_sum_queues_its_adds() -> None:
+    """The gather folds on its event loop only where adding is a queued copy."""
+    from core.aggregate import Aggregator
+    from core.compression import DenseCompressor
+
+    comp = TopKCompressor(TopKParams())
+    assert Aggregator(comp, SHAPES).queues
+    assert not Aggregator(TopKCompressor(TopKParams(quantization_bins=8)), SHAPES).queues
+    assert not Aggregator(DenseCompressor(), SHAPES).queues
