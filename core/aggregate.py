@@ -69,6 +69,12 @@ class Aggregator:
         over the sum running on a thread of its own: the compiled CPU sum."""
         return bool(getattr(self._sum, "queues", False))
 
+    def busy(self):
+        """A `concurrent.futures.Future` to await before the next `add` when that add
+        would wait for the sum's background work; None when it would not."""
+        busy = getattr(self._sum, "busy", None)
+        return None if busy is None else busy()
+
     def prepare(self, compressed: Compressed) -> object:
         """The part of `add` that may run in parallel threads, ahead of the serial part."""
         return self._sum.prepare(compressed)

@@ -149,11 +149,16 @@ async def gather(
     async def on_ok(fetched: Fetched[tuple[Payload, object]]) -> None:
         assert fetched.payload is not None and fetched.uid is not None
         payload, prepared = fetched.payload
-        if exchange.settings.decode_in_thread and not fold_here:
+        if not exchange.settings.decode_in_thread:
+            fold(fetched.uid, payload, prepared)
+        elif fold_here:
+            busy = aggregator.busy()
+            if busy is not None:  # a batch is still folding: wait here, not in the loop
+                await asyncio.wrap_future(busy)
+            fold(fetched.uid, payload, prepared)
+        else:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(folder, fold, fetched.uid, payload, prepared)
-        else:
-            fold(fetched.uid, payload, prepared)
         global_steps[fetched.uid] = payload.meta.global_step
 
     fetch = settings.fetch

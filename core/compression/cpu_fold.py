@@ -11,7 +11,7 @@ import functools
 import threading
 import weakref
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import attrs
 import numpy as np
@@ -256,8 +256,7 @@ class BatchFold:
         self._sets: list[tuple[list[np.ndarray], np.ndarray]] = []
         self._filling = 0
         self._count = 0
-        self._running: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._running: Future | None = None
         self.cleared = False  # whether a flush has cleared the sum yet
 
     def add(self, arrays, table: torch.Tensor, out: np.ndarray) -> None:
@@ -275,9 +274,16 @@ class BatchFold:
         if self._count == self.batch and self._added != self._expected:
             self._join()  # the other set's fold: it must be done before that set refills
             job = self._job(self._filling, self._count, out, self._layout, 1.0)
-            self._running = threading.Thread(target=self._catching, args=(job,), daemon=True)
-            self._running.start()
+            self._running = Future()
+            threading.Thread(target=_settle, args=(self._running, job), daemon=True).start()
             self._filling, self._count = 1 - self._filling, 0
+
+    def busy(self) -> Future | None:
+        """The background fold that the next `add` would wait for, if any: a caller on an
+        event loop awaits it first (`asyncio.wrap_future`) instead of blocking the loop."""
+        fills = self._count + 1 == self.batch and self._added + 1 != self._expected
+        running = self._running
+        return running if fills and running is not None and not running.done() else None
 
     def flush(self, out: np.ndarray, *, both_cores: bool = False, scale: float = 1.0) -> bool:
         """Finish any background fold, then add every queued peer into `out`, times `scale`;
@@ -323,20 +329,20 @@ class BatchFold:
             return functools.partial(kernels.fold_compact, columns[0], n, *args)
         return functools.partial(kernels.fold_values, *columns, n, *args)
 
-    def _catching(self, job) -> None:
-        try:
-            job()
-        except BaseException as exc:  # handed to the thread that waits for this fold
-            self._error = exc
-
     def _join(self) -> None:
         running, self._running = self._running, None
         if running is not None:
-            running.join()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+            running.result()  # raises what the fold raised
 
     def release(self) -> None:
         self._join()
         self._sets, self._count = [], 0
+
+
+def _settle(future: Future, job) -> None:
+    try:
+        job()
+    except BaseException as exc:  # handed to whoever waits for this fold
+        future.set_exception(exc)
+    else:
+        future.set_result(None)

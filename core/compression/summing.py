@@ -137,6 +137,11 @@ class ChunkSum:
         """Whether `commit` only queues the peer for a batched fold (`cpu_fold.BatchFold`)."""
         return self._batch is not None
 
+    def busy(self):
+        """A future to await before the next `commit`, when that commit would otherwise
+        wait for a batch still being folded (see `cpu_fold.BatchFold.busy`); else None."""
+        return None if self._batch is None else self._batch.busy()
+
     def _make_rows(self, device: torch.device) -> torch.Tensor:
         parts = []
         for m in self._plan.params:

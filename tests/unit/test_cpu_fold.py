@@ -105,3 +105,31 @@ def test_only_the_compiled_sum_queues_its_adds() -> None:
     assert Aggregator(comp, SHAPES).queues
     assert not Aggregator(TopKCompressor(TopKParams(quantization_bins=8)), SHAPES).queues
     assert not Aggregator(DenseCompressor(), SHAPES).queues
+
+
+def test_a_full_batch_folds_in_the_background_and_busy_says_when_to_wait(monkeypatch) -> None:
+    import threading
+
+    from core.compression import kernels
+
+    comp = TopKCompressor(TopKParams())
+    peers = [payload(comp, s) for s in range(4)]
+    plan = comp._plans.get(peers[0].shapes)
+    reference = ChunkSum(comp, plan, "cpu", compiled=False)
+    total = ChunkSum(comp, plan, "cpu", batch=2)
+    release = threading.Event()
+    real = kernels.fold_compact
+    monkeypatch.setattr(kernels, "fold_compact", lambda *a: release.wait(5) and real(*a))
+    ones = lambda n: dict.fromkeys(n, 1.0)  # noqa: E731
+    for c in peers[:3]:
+        assert total.busy() is None  # the next add would not wait
+        total.commit(total.prepare(c), ones)
+        reference.commit(reference.prepare(c), ones)
+    busy = total.busy()  # the 4th add fills the second set while the first still folds
+    assert busy is not None and not busy.done()
+    release.set()
+    busy.result(timeout=5)
+    total.commit(total.prepare(peers[3]), ones)
+    reference.commit(reference.prepare(peers[3]), ones)
+    a, b = total.result(0.25), reference.result(0.25)
+    assert all(torch.equal(a[k], b[k]) for k in SHAPES)
