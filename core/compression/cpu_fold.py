@@ -257,6 +257,7 @@ class BatchFold:
         self._filling = 0
         self._count = 0
         self._running: Future | None = None
+        self._failed: BaseException | None = None
         self.cleared = False  # whether a flush has cleared the sum yet
 
     def add(self, arrays, table: torch.Tensor, out: np.ndarray) -> None:
@@ -264,6 +265,7 @@ class BatchFold:
         float32 table or weights); a full batch starts folding into `out` in the
         background, except the last expected peer's, which waits for the final `flush` so
         that the scale is applied on the way."""
+        self._healthy()
         columns, tables = self._set(self._filling)
         i = self._count
         for column, array in zip(columns, arrays, strict=True):
@@ -329,13 +331,24 @@ class BatchFold:
             return functools.partial(kernels.fold_compact, columns[0], n, *args)
         return functools.partial(kernels.fold_values, *columns, n, *args)
 
+    def _healthy(self) -> None:
+        if self._failed is not None:  # a batch is missing from the sum: it must not be used
+            raise RuntimeError("an earlier batch failed to fold") from self._failed
+
     def _join(self) -> None:
+        self._healthy()
         running, self._running = self._running, None
         if running is not None:
-            running.result()  # raises what the fold raised
+            try:
+                running.result()
+            except BaseException as exc:
+                self._failed = exc
+                raise
 
     def release(self) -> None:
-        self._join()
+        running, self._running = self._running, None
+        if running is not None:
+            running.exception()  # wait for it; whoever asked for the result saw any error
         self._sets, self._count = [], 0
 
 

@@ -120,8 +120,8 @@ class ChunkSum:
                 raise ValueError("the compiled sum needs the CPU and a format cpu_fold supports")
             lay = cpu_fold.layout(plan, row_major=self._row_major)
             self._batch = cpu_fold.BatchFold(lay, plan, params, batch, peers=peers)
-            # A kept buffer, not zeroed here: the first batch clears each chunk as it first
-            # reaches it, while the chunk is in the cache anyway.
+            # A kept buffer, not zeroed here: the first batch clears each band as it first
+            # reaches it, while the band is in the cache anyway.
             self._buf = torch.from_numpy(BUFFERS.take(numel))
         elif self._device.type == "cpu":
             # numpy's zeros is calloc: the pages are zeroed as the fold first touches them,

@@ -133,3 +133,26 @@ def test_a_full_batch_folds_in_the_background_and_busy_says_when_to_wait(monkeyp
     reference.commit(reference.prepare(peers[3]), ones)
     a, b = total.result(0.25), reference.result(0.25)
     assert all(torch.equal(a[k], b[k]) for k in SHAPES)
+
+
+def test_a_batch_that_fails_to_fold_fails_the_sum_instead_of_leaving_it_short(
+    monkeypatch,
+) -> None:
+    from core.compression import kernels
+
+    comp = TopKCompressor(TopKParams())
+    peers = [payload(comp, s) for s in range(3)]
+    total = ChunkSum(comp, comp._plans.get(peers[0].shapes), "cpu", batch=1)
+
+    def broken(*args):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(kernels, "fold_compact", broken)
+    ones = lambda n: dict.fromkeys(n, 1.0)  # noqa: E731
+    total.commit(total.prepare(peers[0]), ones)  # its batch folds in the background
+    with pytest.raises(MemoryError):
+        total.commit(total.prepare(peers[1]), ones)  # waits for it, and sees it fail
+    with pytest.raises(RuntimeError, match="earlier batch"):
+        total.commit(total.prepare(peers[2]), ones)
+    with pytest.raises(RuntimeError, match="earlier batch"):
+        total.result()
