@@ -85,8 +85,11 @@ def _tally(entries, bins, tally):
             c1 += code == 1
             c2 += code == 2
             c3 += code == 3
-        if c0 + c1 + c2 + c3 == entries.size and (bins > 3 or c3 == 0) and (bins > 2 or c2 == 0):
-            sums = (c0, c1, c2, c3)
+        sums = (c0, c1, c2, c3)
+        valid = 0
+        for b in range(bins):
+            valid += sums[b]
+        if valid == entries.size:  # every code is one of the bins
             for b in range(bins):
                 tally[b] += sums[b]
             return -1

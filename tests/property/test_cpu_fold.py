@@ -24,8 +24,9 @@ shapes = st.dictionaries(
     min_size=1,
     max_size=4,
 )
-# Every format the compiled path takes: float values and code widths 1, 2, 4, 8.
-bins = st.sampled_from([0, 2, 4, 16, 256])
+# Every format the compiled path takes: float values and code widths 1, 2, 4, 8, with bin
+# counts that fill their width and ones that leave codes unused (1, 3).
+bins = st.sampled_from([0, 1, 2, 3, 4, 16, 256])
 
 
 def payloads(shape_map, params, seed, n):

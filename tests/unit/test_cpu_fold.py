@@ -156,3 +156,21 @@ def test_a_batch_that_fails_to_fold_fails_the_sum_instead_of_leaving_it_short(
         total.commit(total.prepare(peers[2]), ones)
     with pytest.raises(RuntimeError, match="earlier batch"):
         total.result()
+
+
+@pytest.mark.parametrize("bins", [1, 3])
+def test_a_code_beyond_the_bins_is_refused_on_the_rising_path(bins) -> None:
+    """Bin counts that do not fill their code width leave codes unused: 1 bin in 1 bit, 3
+    bins in 2."""
+    from core.invalid import InvalidPayload
+
+    comp = TopKCompressor(TopKParams(quantization_bins=bins))
+    c = payload(comp, 0)
+    plan = comp._plans.get(c.shapes)
+    val = c.tensors["val"].clone()
+    val[0] = 0xFF  # the first entries get the largest code of the width
+    tensors = dict(c.tensors) | {"val": val}
+    for check in (cpu_fold.scan, lambda *a: comp._validate_entries(plan, tensors)):
+        with pytest.raises(InvalidPayload) as err:
+            check(plan, comp.params, tensors)
+        assert err.value.reason == "bad_value_code"
