@@ -46,12 +46,12 @@ class Layout:
     """A plan as the kernels take it: per parameter, its first entry, chunk count, k, chunk
     size and start in the sum (int64 arrays), and where its chunks lie there.
 
-    `shape` holds per parameter (chunks per grid row, h, w, line stride, grid row stride,
-    grid column stride, start of its offset table in `locs`): chunk c starts at
-    start + (c // gx) * row stride + (c % gx) * column stride, and its entry i lies
-    `locs[table + i]` further on. In the chunk domain each chunk is h * w consecutive
-    numbers (the line stride is w); in row-major order (`row_major`) the sum is the
-    parameters themselves, so the sum needs no reordering at the end.
+    `shape` holds per parameter (chunks per grid row gx, grid row stride, grid column
+    stride, span of one chunk, start of its offset table in `locs`): chunk c starts at
+    start + (c // gx) * row stride + (c % gx) * column stride, covers `span` numbers from
+    there, and its entry i lies `locs[table + i]` further on. In the chunk domain each chunk
+    is h * w consecutive numbers; in row-major order (`layout(row_major=True)`) the sum is
+    the parameters themselves, so the sum needs no reordering at the end.
     """
 
     offsets: np.ndarray
@@ -61,7 +61,6 @@ class Layout:
     starts: np.ndarray
     shape: np.ndarray
     locs: np.ndarray
-    row_major: bool = False
     first: int = 0  # the plan's number of the first parameter here
 
     @property
@@ -75,7 +74,7 @@ class Layout:
     def part(self, lo: int, hi: int) -> Layout:
         """Parameters lo..hi-1 only (each parameter's fields are absolute positions)."""
         arrays = (self.offsets, self.n_chunks, self.ks, self.sizes, self.starts, self.shape)
-        return Layout(*(a[lo:hi] for a in arrays), self.locs, self.row_major, first=self.first + lo)
+        return Layout(*(a[lo:hi] for a in arrays), self.locs, first=self.first + lo)
 
     def halves(self) -> tuple[Layout, ...]:
         """The parameters in two runs of about equal entry counts (one run when a single
@@ -106,16 +105,16 @@ def layout(plan: Plan, *, row_major: bool = False) -> Layout:
                 i = np.arange(m.h, dtype=np.int64)[:, None] * line
                 locs.append((i + np.arange(m.w, dtype=np.int64)[None, :]).reshape(-1))
                 at += m.chunk_size
-            shape.append((gx, m.h, m.w, line, *strides, tables[key]))
+            span = (m.h - 1) * line + m.w
+            shape.append((gx, *strides, span, tables[key]))
         return Layout(
             offsets=np.array([m.offset for m in plan.params], np.int64),
             n_chunks=np.array([m.n_chunks for m in plan.params], np.int64),
             ks=np.array([m.k for m in plan.params], np.int64),
             sizes=np.array([m.chunk_size for m in plan.params], np.int64),
             starts=np.concatenate([[0], np.cumsum(numel)[:-1]]).astype(np.int64),
-            shape=np.array(shape, np.int64).reshape(-1, 7),
+            shape=np.array(shape, np.int64).reshape(-1, 5),
             locs=np.concatenate(locs),
-            row_major=row_major,
         )
 
     key = "kernel_layout/rows" if row_major else "kernel_layout/chunks"

@@ -233,9 +233,8 @@ def fold_compact(
     for p in range(offsets.size):
         size = sizes[p]
         k = ks[p]
-        gx, h, w, rstride, ystride, xstride, loc_at = shape[p]
+        gx, ystride, xstride, span, loc_at = shape[p]
         loc = locs[loc_at : loc_at + size]
-        span = (h - 1) * rstride + w
         for cy in range(n_chunks[p] // gx):
             band = out[starts[p] + cy * ystride : starts[p] + (cy + 1) * ystride]
             seen += _enter(band, zero)
@@ -267,9 +266,8 @@ def fold_values(
     for p in range(offsets.size):
         size = sizes[p]
         k = ks[p]
-        gx, h, w, rstride, ystride, xstride, loc_at = shape[p]
+        gx, ystride, xstride, span, loc_at = shape[p]
         loc = locs[loc_at : loc_at + size]
-        span = (h - 1) * rstride + w
         for cy in range(n_chunks[p] // gx):
             band = out[starts[p] + cy * ystride : starts[p] + (cy + 1) * ystride]
             seen += _enter(band, zero)

@@ -245,8 +245,8 @@ class ChunkSum:
         scaled = False
         if self._batch is not None:
             fused = scale if self._row_major else 1.0
-            scaled = self._batch.flush(self._buf.numpy(), both_cores=True, scale=fused)
-            scaled = scaled and self._row_major
+            flushed = self._batch.flush(self._buf.numpy(), both_cores=True, scale=fused)
+            scaled = flushed and self._row_major
             if not self._batch.cleared:  # no peer was added: the kept buffer is not clear
                 self._buf.zero_()
             self._batch.release()
