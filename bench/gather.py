@@ -48,6 +48,8 @@ BUCKETS = 8
 DISTINCT = 8
 CONCURRENCY = 32
 PAIRS = 9  # alternating raw GET and gather runs per peer count
+LATENESS_RUNS = 3  # extra, untimed runs with a ticker on the loop
+TICK = 0.002
 GOALS = {"ratio_vs_raw_max": 2.0, "speedup_vs_baseline_min": 5.0, "put_ratio_vs_raw_max": 1.1}
 
 
@@ -60,6 +62,34 @@ async def _timed(fn, repeats: int) -> tuple[list[float], list[int]]:
             times.append(time.perf_counter() - start)
         peaks.append(rss.growth)
     return times, peaks
+
+
+async def _lateness(fn, runs: int) -> list[float]:
+    """How late a task sleeping TICK seconds on the same event loop wakes: the worst of each
+    run. The gather decodes small payloads on the loop; this is what other tasks of a
+    neuron's loop (chain calls, uploads, timers) see meanwhile."""
+    worst = [0.0]
+
+    async def tick() -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(TICK)
+            worst[0] = max(worst[0], time.perf_counter() - start - TICK)
+
+    ticker = asyncio.ensure_future(tick())
+    out = []
+    try:
+        for _ in range(runs):
+            worst[0] = 0.0
+            await fn()
+            out.append(worst[0])
+    finally:
+        ticker.cancel()
+    return out
+
+
+def _late(values: list[float]) -> dict[str, float]:
+    return {"median_ms": statistics.median(values) * 1e3, "max_ms": max(values) * 1e3}
 
 
 class Bench:
@@ -168,6 +198,8 @@ class Bench:
                 t, p = await _timed(lambda fn=fn: fn(n), 1)
                 times += t
                 peaks += p
+        late_raw = await _lateness(lambda: self.raw(n), LATENESS_RUNS)
+        late_gather = await _lateness(lambda: self.gather(n), LATENESS_RUNS)
         base_t, base_rss = await _timed(lambda: self.torch_path(n), repeats)
         dense_bytes = 4 * sum(torch.Size(s).numel() for s in self.shapes.values())
         # The sum's buffer outlives a gather (kept for the next one): it counts as the
@@ -192,6 +224,7 @@ class Bench:
                 "torch_save_baseline": max(base_rss),
             },
             "rss_budget_bytes": int(1.2 * (dense_bytes + CONCURRENCY * payload_bytes)),
+            "loop_lateness": {"gather": _late(late_gather), "raw_get": _late(late_raw)},
         }
 
 
@@ -270,8 +303,9 @@ def markdown(result: dict) -> str:
         "(min in brackets).",
         "",
         "| peers | gather s | raw GET s | torch.save path s | gather / raw | speed-up vs "
-        "torch.save | gather MB/s | peak RSS growth MB, kept sum included (budget) |",
-        "|---|---|---|---|---|---|---|---|",
+        "torch.save | gather MB/s | peak RSS growth MB, kept sum included (budget) "
+        "| loop lateness ms, gather / raw GET |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["cases"]:
         g, r, b = c["gather"], c["raw_get"], c["torch_save_baseline"]
@@ -280,9 +314,12 @@ def markdown(result: dict) -> str:
             f"({r['min_s']:.3f}) | {b['median_s']:.3f} ({b['min_s']:.3f}) | "
             f"{c['ratio_vs_raw']:.2f}x | {c['speedup_vs_baseline']:.1f}x | "
             f"{c['gather_mb_per_s']:.0f} | {c['peak_rss_growth_bytes']['gather'] / 1e6:.0f} "
-            f"({c['rss_budget_bytes'] / 1e6:.0f}) |"
+            f"({c['rss_budget_bytes'] / 1e6:.0f}) | {_late_cell(c)} |"
         )
     lines += [
+        "",
+        f"Loop lateness: how late a task sleeping {TICK * 1e3:g} ms on the same event loop woke, "
+        f"worst of each of {LATENESS_RUNS} extra runs, median (max).",
         "",
         f"Time growth from fewest to most peers, relative to linear: "
         f"{result['time_growth_vs_linear']:.2f} (1.0 = linear, below = better).",
@@ -299,6 +336,14 @@ def markdown(result: dict) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def _late_cell(case: dict) -> str:
+    late = case.get("loop_lateness")
+    if not late:
+        return "-"
+    g, r = late["gather"], late["raw_get"]
+    return f"{g['median_ms']:.0f} ({g['max_ms']:.0f}) / {r['median_ms']:.0f} ({r['max_ms']:.0f})"
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -72,12 +72,15 @@ async def fetch_peers(
     time_window: TimeWindow | None = None,
     settings: FetchSettings | None = None,
     kind: KeyKind = KeyKind.GRADIENT,
+    inline_decode: bool = False,
 ) -> list[Fetched[T]]:
     """Fetch every uid (and reserves for failures); returns one payload-free record per try.
 
     `decode(uid, data)` validates one peer's bytes (raising `Rejected` / ValueError).
     `on_ok` runs for each valid payload inside the fetch's slot; if it raises, that peer is
-    recorded as an ERROR and a reserve is tried. Never raises for a peer's fault.
+    recorded as an ERROR and a reserve is tried. `inline_decode`: `decode` is short enough
+    to run on the event loop (`Exchange.get_from`'s `inline`). Never raises for a peer's
+    fault.
     """
     settings = settings or FetchSettings()
     clock = exchange.clock
@@ -109,6 +112,7 @@ async def fetch_peers(
                 time_window=time_window,
                 timeout=remaining,
                 max_bytes=settings.max_bytes,
+                inline=inline_decode,
             )
             if settings.peer_timeout is None:
                 got = await fetch

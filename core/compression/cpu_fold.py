@@ -7,6 +7,7 @@ code in `topk` and `summing` does the same work.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import weakref
@@ -156,14 +157,15 @@ def scan(plan: Plan, params, tensors) -> Scan:
             raise InvalidPayload("malformed", f"{name} is not {size} {dtype} values on the CPU")
     idx = _array(tensors["idx"])
     compact: np.ndarray | None = None
+    checks = kernels.HOLDING if _on_event_loop() else kernels.RELEASING
     if params.quantized:
         compact = np.empty(entries, compact_dtype(params))
-        kernels.decode_compact(idx, _array(tensors["val"]), params.value_bits, compact)
+        checks.decode_compact(idx, _array(tensors["val"]), params.value_bits, compact)
         found = np.zeros((len(plan.params), params.quantization_bins), np.int64)
-        status, entry = kernels.check_compact(compact, params.quantization_bins, *lay.args, found)
+        status, entry = checks.check_compact(compact, params.quantization_bins, *lay.args, found)
     else:
         found = np.zeros(len(plan.params), np.float64)
-        status, entry = kernels.scan_values(idx, _array(tensors["val"]), *lay.args, found)
+        status, entry = checks.scan_values(idx, _array(tensors["val"]), *lay.args, found)
     if status == kernels.OUT_OF_RANGE:
         name = next(m.name for m in reversed(plan.params) if m.offset <= entry)
         raise InvalidPayload(
@@ -175,6 +177,15 @@ def scan(plan: Plan, params, tensors) -> Scan:
     if status == kernels.BAD_CODE:
         raise InvalidPayload("bad_value_code", "value code beyond quantization_bins")
     return Scan(found, compact)
+
+
+def _on_event_loop() -> bool:
+    """Whether this thread runs an event loop (see `kernels.HOLDING`)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class ScanMemo:

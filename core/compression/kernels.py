@@ -28,14 +28,20 @@ that no input can write outside the sum.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import attrs
 import numpy as np
 from numba import njit
 
 __all__ = [
     "BAD_CODE",
     "DUPLICATE",
+    "HOLDING",
     "OK",
     "OUT_OF_RANGE",
+    "RELEASING",
+    "Checks",
     "check_compact",
     "decode_compact",
     "fold_compact",
@@ -102,8 +108,8 @@ def _tally(entries, bins, tally):
     return -1
 
 
-@njit(nogil=True, cache=True)
-def check_compact(entries, bins, offsets, n_chunks, ks, sizes, counts):
+@njit(cache=True)
+def _check_compact(entries, bins, offsets, n_chunks, ks, sizes, counts):
     """Validate a quantised payload from its compact entries (`decode_compact`) and add its
     code counts per parameter to `counts` (parameters x bins). Returns (status, first bad
     entry or -1).
@@ -151,8 +157,8 @@ def check_compact(entries, bins, offsets, n_chunks, ks, sizes, counts):
     return found, at
 
 
-@njit(nogil=True, cache=True)
-def scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares):
+@njit(cache=True)
+def _scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares):
     """Validate a float payload's indices and add each parameter's sum of squared values to
     `squares` (float64). Returns (status, first bad entry or -1)."""
     seen = np.zeros(sizes.max(), np.int64)
@@ -178,8 +184,8 @@ def scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares):
     return found, at
 
 
-@njit(nogil=True, cache=True)
-def decode_compact(idx, codes, width, out):
+@njit(cache=True)
+def _decode_compact(idx, codes, width, out):
     """out[e] = index | code << 12 for every entry: the fold's input, unpacked once, in the
     parallel stage, instead of in the serial fold."""
     mask = (1 << width) - 1
@@ -200,6 +206,55 @@ def decode_compact(idx, codes, width, out):
             out[e + 3] = (i4 >> 4) | (i5 << 4) | (((c >> 6) & 3) << 12)
     for e in range(start, out.size):
         out[e] = _index(idx, e) | (_code(codes, e, width, mask) << 12)
+
+
+# The per-peer checks come twice: releasing the GIL, for worker threads, so that other
+# threads run meanwhile; and holding it, for an event loop's thread. A loop thread that lets
+# the GIL go for a fraction of a millisecond queues behind the other threads to get it back,
+# up to the 5 ms switch interval each time (measured: 3 waits and ~15 ms a decode against
+# 1 ms of CPU, beside a busy thread). Separate functions, not two dispatchers of one: numba's
+# on-disk cache does not key on nogil.
+
+
+@njit(nogil=True, cache=True)
+def decode_compact(idx, codes, width, out):
+    return _decode_compact(idx, codes, width, out)
+
+
+@njit(cache=True)
+def decode_compact_held(idx, codes, width, out):
+    return _decode_compact(idx, codes, width, out)
+
+
+@njit(nogil=True, cache=True)
+def check_compact(entries, bins, offsets, n_chunks, ks, sizes, counts):
+    return _check_compact(entries, bins, offsets, n_chunks, ks, sizes, counts)
+
+
+@njit(cache=True)
+def check_compact_held(entries, bins, offsets, n_chunks, ks, sizes, counts):
+    return _check_compact(entries, bins, offsets, n_chunks, ks, sizes, counts)
+
+
+@njit(nogil=True, cache=True)
+def scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares):
+    return _scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares)
+
+
+@njit(cache=True)
+def scan_values_held(idx, vals, offsets, n_chunks, ks, sizes, squares):
+    return _scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares)
+
+
+@attrs.frozen
+class Checks:
+    decode_compact: Callable
+    check_compact: Callable
+    scan_values: Callable
+
+
+RELEASING = Checks(decode_compact, check_compact, scan_values)
+HOLDING = Checks(decode_compact_held, check_compact_held, scan_values_held)
 
 
 @njit(nogil=True, cache=True, inline="always")

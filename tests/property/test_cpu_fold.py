@@ -3,9 +3,11 @@ same verdict on every payload, bit-identical sums and norms, across batch bounda
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import attrs
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -99,6 +101,33 @@ def test_compiled_checks_agree_with_torch_on_damaged_payloads(
     tensors = dict(c.tensors) | {name: raw.view(c.tensors[name].dtype)}
     expected = verdict(lambda: comp._validate_entries(plan, tensors))
     assert verdict(lambda: cpu_fold.scan(plan, params, tensors)) == expected
+    # On an event loop's thread the same checks run compiled to hold the GIL.
+    assert verdict(lambda: on_a_loop(cpu_fold.scan, plan, params, tensors)) == expected
+
+
+def on_a_loop(fn, *args):
+    async def run():
+        return fn(*args)
+
+    return asyncio.run(run())
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes, st.integers(1, 16), st.integers(1, 40), bins, st.integers(0, 2**31 - 1))
+def test_the_gil_holding_checks_find_what_the_releasing_ones_find(
+    shape_map, target, topk, nbins, seed
+):
+    params = TopKParams(target_chunk=target, topk=topk, quantization_bins=nbins)
+    comp, (c,) = payloads(shape_map, params, seed, 1)
+    plan = comp._plans.get(c.shapes)
+    off, on = (
+        cpu_fold.scan(plan, params, c.tensors),
+        on_a_loop(cpu_fold.scan, plan, params, c.tensors),
+    )
+    assert np.array_equal(off.found, on.found)
+    assert (off.entries is None) == (on.entries is None)
+    if off.entries is not None:
+        assert np.array_equal(off.entries, on.entries)
 
 
 def test_wrong_sized_arrays_never_reach_the_kernels() -> None:

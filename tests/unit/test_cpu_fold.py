@@ -3,10 +3,13 @@ for tensors it was not computed from."""
 
 from __future__ import annotations
 
+import asyncio
+
+import attrs
 import pytest
 import torch
 
-from core.compression import TopKCompressor, TopKParams, cpu_fold
+from core.compression import TopKCompressor, TopKParams, cpu_fold, kernels
 from core.compression.summing import ChunkSum
 
 SHAPES = {"a": (64, 64), "b": (40,)}
@@ -174,3 +177,30 @@ def test_a_code_beyond_the_bins_is_refused_on_the_rising_path(bins) -> None:
         with pytest.raises(InvalidPayload) as err:
             check(plan, comp.params, tensors)
         assert err.value.reason == "bad_value_code"
+
+
+@pytest.mark.parametrize("quantized", [True, False])
+async def test_checks_on_an_event_loop_keep_the_gil_and_in_a_worker_let_it_go(
+    monkeypatch, quantized
+) -> None:
+    """A loop thread that lets the GIL go waits up to a switch interval to get it back."""
+    comp = TopKCompressor(TopKParams(quantization_bins=4 if quantized else 0))
+    c = payload(comp, 0)
+    plan = comp._plans.get(c.shapes)
+    used = []
+
+    def spied(variant: kernels.Checks, label: str) -> kernels.Checks:
+        def spy(fn):
+            return lambda *a: used.append(label) or fn(*a)
+
+        return kernels.Checks(
+            *(spy(getattr(variant, f.name)) for f in attrs.fields(kernels.Checks))
+        )
+
+    monkeypatch.setattr(kernels, "HOLDING", spied(kernels.HOLDING, "holding"))
+    monkeypatch.setattr(kernels, "RELEASING", spied(kernels.RELEASING, "releasing"))
+    cpu_fold.scan(plan, comp.params, c.tensors)  # on the loop
+    on_loop = set(used)
+    used.clear()
+    await asyncio.to_thread(cpu_fold.scan, plan, comp.params, c.tensors)
+    assert (on_loop, set(used)) == ({"holding"}, {"releasing"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 
 import attrs
@@ -189,3 +190,37 @@ async def test_last_modified_rounded_to_the_second_is_not_too_early(net, monkeyp
     assert got.status is Status.OK
     got = await me.get(bucket("peer"), 3, G, ident, uid=1, time_window=tw)  # exact times
     assert got.status is Status.TOO_EARLY
+
+
+async def test_inline_decodes_run_on_the_loops_thread_others_on_a_worker(net) -> None:
+    _, me, peer = net
+    await peer.put(b"x", 3, G, uid=1)
+    threads = []
+
+    def decode(data: bytes) -> bytes:
+        threads.append(threading.get_ident())
+        return data
+
+    for inline in (True, False):
+        got = await me.get(bucket("peer"), 3, G, decode, uid=1, inline=inline)
+        assert got.ok and got.payload == b"x"
+    assert threads[0] == threading.get_ident() != threads[1]
+
+
+@pytest.mark.parametrize("slice_seconds", [60.0, 1e-9])
+async def test_inline_calls_give_the_loop_a_pass_once_their_slice_is_spent(
+    slice_seconds,
+) -> None:
+    clock = FakeClock()
+    opener = MemoryStoreOpener(clock)
+    me = Exchange(
+        opener.open(bucket("me")), opener, clock, V, ExchangeSettings(inline_slice=slice_seconds)
+    )
+    order: list[str] = []
+    calls = [asyncio.ensure_future(me.run_inline(order.append, f"call{i}")) for i in range(4)]
+    asyncio.get_running_loop().call_soon(order.append, "loop")  # queued behind the calls
+    await asyncio.gather(*calls)
+    if slice_seconds > 1:  # one burst: all four before the loop's next pass
+        assert order == ["call0", "call1", "call2", "call3", "loop"]
+    else:  # the slice is spent at once: the loop gets its pass after the first call
+        assert order[:2] == ["call0", "loop"] and sorted(order[2:]) == ["call1", "call2", "call3"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from core.codec import Expected, PayloadMeta
 from core.compression import topk_only_compressor
 from core.exchange import Exchange, ExchangeSettings, Status
 from core.fetch import FetchSettings
-from core.gather import GatherSettings, gather, stream
+from core.gather import GatherSettings, PeerDecoder, gather, stream
 from core.keys import KeyKind
 from core.windows import TimeWindow
 from ports import Bucket
@@ -252,3 +253,37 @@ async def test_aggregator_bucket_payloads_use_the_same_path() -> None:
         settings=GatherSettings(normalisation=Normalisation.NONE),
     )
     assert result.ok and result.global_steps == {0: 3}
+
+
+@pytest.mark.parametrize("inline_bytes", [4 << 20, 0])
+async def test_small_payloads_decode_on_the_loop_and_large_ones_in_workers(
+    monkeypatch, inline_bytes
+) -> None:
+    """With the compiled CPU sum a payload under `inline_decode_bytes` is decoded on the
+    event loop (no trip between threads); the aggregate does not depend on where."""
+    net = Net()
+    net.me = Exchange(
+        net.opener.open(bucket(0)),
+        net.opener,
+        net.clock,
+        V,
+        ExchangeSettings(timestamp_resolution=0),  # decode_in_thread on, as a neuron runs
+    )
+    for uid in (1, 2, 3):
+        await net.upload(uid, payload(uid))
+    threads = set()
+    real = PeerDecoder.__call__
+
+    def spy(self, uid, data):
+        threads.add(threading.get_ident())
+        return real(self, uid, data)
+
+    monkeypatch.setattr(PeerDecoder, "__call__", spy)
+    settings = GatherSettings(fetch=FetchSettings(timeout=5), inline_decode_bytes=inline_bytes)
+    result = await net.gather([1, 2, 3], settings=settings)
+    assert sorted(result.uids) == [1, 2, 3]
+    on_loop = threads == {threading.get_ident()}
+    assert on_loop == (inline_bytes > 0)
+    want = reference([1, 2, 3], Normalisation.UNIT)
+    for name in SHAPES:
+        torch.testing.assert_close(result.aggregate[name], want[name], rtol=1e-5, atol=1e-6)
