@@ -24,7 +24,7 @@ import safetensors.torch
 import torch
 
 from core import strict_json
-from core.compression.base import Compressed, Compressor, Shape, TensorSpec
+from core.compression.base import Compressed, Compressor, Shape, Shapes, TensorSpec
 from core.invalid import InvalidPayload
 from core.keys import check_version
 from ports.signing import Signer, Verifier
@@ -137,12 +137,23 @@ class Expected:
     def layout(self) -> dict[str, TensorSpec]:
         return self._derived("layout", lambda: self.codec.layout(self.shapes))
 
+    def wire_shapes(self) -> Shapes:
+        """The shapes in wire order (by name), as every decoded `Compressed` carries them."""
+        return self._derived("wire_shapes", lambda: Shapes(sorted(self.shapes.items())))
+
+    def codec_spec(self) -> Any:
+        """Our compressor's spec as a peer's `codec` metadata must parse to."""
+        return self._derived("codec_spec", lambda: json.loads(_canonical(dict(self.codec.spec))))
+
     def header_limit(self) -> int:
         """`max_header_bytes`, or an allowance generous for these parameter names."""
         if self.max_header_bytes is not None:
             return self.max_header_bytes
         # names appear twice-escaped in the params JSON; 16 KiB covers fields and signature
-        return 16384 + sum(4 * len(n) + 16 * len(s) + 64 for n, s in self.shapes.items())
+        return self._derived(
+            "header_limit",
+            lambda: 16384 + sum(4 * len(n) + 16 * len(s) + 64 for n, s in self.shapes.items()),
+        )
 
     def size_limit(self) -> int:
         if self.max_bytes is not None:
@@ -254,7 +265,7 @@ def _decode(data: bytes, expected: Expected, verifier: Verifier | None) -> Paylo
     _check_loaded(tensors, expected.layout())
     signed = _check_signature(metadata, tensors, expected, verifier)
     compressed = Compressed(
-        spec=expected.codec.spec, shapes=sorted(expected.shapes.items()), tensors=tensors
+        spec=expected.codec.spec, shapes=expected.wire_shapes(), tensors=tensors
     )
     expected.codec.validate(compressed)
     return Payload(meta=meta, compressed=compressed, nbytes=len(data), signed=signed)
@@ -319,13 +330,16 @@ def _check_metadata(metadata: dict[str, str], expected: Expected) -> PayloadMeta
         raise InvalidPayload(
             "version_mismatch", f"version {metadata['version']!r} != {expected.version!r}"
         )
-    try:
-        codec = json.loads(metadata["codec"])
-    except ValueError:
-        raise InvalidPayload("bad_metadata", "codec is not JSON") from None
-    ours = json.loads(_canonical(dict(expected.codec.spec)))
-    if codec != ours:
-        raise InvalidPayload("codec_mismatch", f"codec {codec!r} != ours {ours!r}")
+    # Honest peers all send the same canonical codec text: parse it once per expectation.
+    if metadata["codec"] != expected._memo.get("codec_ok"):
+        try:
+            codec = json.loads(metadata["codec"])
+        except ValueError:
+            raise InvalidPayload("bad_metadata", "codec is not JSON") from None
+        ours = expected.codec_spec()
+        if codec != ours:
+            raise InvalidPayload("codec_mismatch", f"codec {codec!r} != ours {ours!r}")
+        expected._memo["codec_ok"] = metadata["codec"]
     window = _int_field(metadata, "window")
     uid = _int_field(metadata, "uid")
     global_step = _int_field(metadata, "global_step")

@@ -20,9 +20,17 @@ Shape = tuple[int, ...]
 Spec = Mapping[str, str | int | float | bool]
 
 
-def _shapes(value: Mapping[str, Shape] | tuple) -> tuple[tuple[str, Shape], ...]:
+class Shapes(tuple):
+    """Parameter names and shapes already in canonical form ((str, (int, ...)), ...): a
+    receiver builds a `Compressed` for every peer's payload from the same one, and passing
+    it skips converting it again."""
+
+
+def _shapes(value: Mapping[str, Shape] | tuple) -> Shapes:
+    if isinstance(value, Shapes):
+        return value
     items = value.items() if isinstance(value, Mapping) else value
-    return tuple((str(name), tuple(int(d) for d in shape)) for name, shape in items)
+    return Shapes((str(name), tuple(int(d) for d in shape)) for name, shape in items)
 
 
 @attrs.frozen

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import attrs
 import torch
 
-from core.compression.base import Shape
+from core.compression.base import Shape, Shapes
 
 # Bits of one index within its chunk on the wire: chunks are at most 64 x 64 = 4096 entries.
 INDEX_BITS = 12
@@ -186,8 +186,18 @@ class PlanCache:
         self._size = size
         self._plans: OrderedDict[tuple, Plan] = OrderedDict()
         self._lock = threading.Lock()
+        self._last: tuple[Shapes, Plan] | None = None
 
     def get(self, shapes: Sequence[tuple[str, Shape]]) -> Plan:
+        last = self._last
+        if last is not None and last[0] is shapes:  # a receiver's every peer: same object
+            return last[1]
+        plan = self._get(shapes)
+        if isinstance(shapes, Shapes):  # immutable, so safe to recognise by identity
+            self._last = (shapes, plan)
+        return plan
+
+    def _get(self, shapes: Sequence[tuple[str, Shape]]) -> Plan:
         key = tuple(sorted((name, tuple(shape)) for name, shape in shapes))
         with self._lock:
             plan = self._plans.get(key)

@@ -182,6 +182,14 @@ def test_one_expectation_checks_every_peer_after_the_first(payload):
     assert codec.decode(payload, exp.for_peer(10, 3, None)).meta.uid == 3
     assert reason(payload, exp.for_peer(10, 4, None)) == "uid_mismatch"
     assert (exp.window, exp.uid) == (10, 3) and peer.layout() is exp.layout()
+    # The codec text likewise: the same spec written another way still passes, another
+    # spec after an accepted one is still refused.
+    spec = json.loads(split(payload)[0]["codec"])
+    spaced = rebuild(payload, meta={"codec": json.dumps(spec, indent=1)})
+    assert codec.decode(spaced, exp.for_peer(10, 3, None)).meta.uid == 3
+    other = rebuild(payload, meta={"codec": json.dumps(dict(spec, topk=32))})
+    assert reason(other, exp.for_peer(10, 3, None)) == "codec_mismatch"
+    assert codec.decode(payload, exp.for_peer(10, 3, None)).compressed.shapes is exp.wire_shapes()
 
 
 def test_tensor_layout_is_checked(payload):

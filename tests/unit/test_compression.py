@@ -14,7 +14,8 @@ from core.compression import (
     topk_only_compressor,
 )
 from core.compression import dct as dct_mod
-from core.compression.chunking import as_matrix, chunk_k, largest_divisor_at_most
+from core.compression.base import Shapes
+from core.compression.chunking import PlanCache, as_matrix, chunk_k, largest_divisor_at_most
 from core.compression.quantize import scale_of
 from core.invalid import InvalidPayload
 from tests.unit.compression_models import SHAPES, grads
@@ -304,3 +305,14 @@ def test_running_sum_falls_back_to_dense_decode_for_plain_compressors():
     total.fold(DenseCompressor().encode(g), lambda norms: dict.fromkeys(norms, 2.0))
     result = total.result()
     assert all(torch.allclose(result[n], 2 * g[n]) for n in g)
+
+
+def test_plan_cache_recognises_canonical_shapes_by_identity_and_lists_by_content() -> None:
+    cache = PlanCache(target_chunk=4, topk=2, size=2)
+    a = Shapes((("w", (8, 8)), ("b", (8,))))
+    plan = cache.get(a)
+    assert cache.get(a) is plan  # the receiver's memoised shapes: no key built
+    assert cache.get([("b", [8]), ("w", [8, 8])]) is plan  # any order, any sequence type
+    other = cache.get(Shapes((("w", (4, 4)),)))
+    assert other is not plan and other.params[0].shape == (4, 4)
+    assert cache.get(a) is plan
