@@ -218,7 +218,7 @@ class Checkpointer:
         async with self._writers:
             stream = ShardStream(part, self._shard_meta(section))
             await self.store.put_stream(upload.key(name), stream)
-        upload.record(name, stream.written)
+        upload.record(name, await stream.finished())
 
     async def _write_and_send(self, upload: Upload, name: str, part: dict, section: str) -> None:
         async with self._writers:

@@ -12,6 +12,7 @@ shapes, offsets that tile the data exactly, the file size) before any tensor is 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -149,9 +150,17 @@ class ShardStream:
 
     @property
     def written(self) -> Written:
+        """Size and sha256; blocks until the hash is done (see `finished` on an event loop)."""
         if self._digest is None or self._done != self.size:
             raise RuntimeError("the shard stream was not consumed to its end")
         return Written(size=self.size, sha256=self._digest.result())
+
+    async def finished(self) -> Written:
+        """`written`, awaiting the hash instead of blocking the loop: the write often ends
+        first, and a loop blocked here could not start the next shard's write meanwhile."""
+        if self._digest is not None:
+            await asyncio.wrap_future(self._digest)
+        return self.written
 
 
 def _hash(views: list[memoryview], digest: Future) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -32,7 +33,7 @@ from core.checkpoints import (
     pointer_key,
     validator_sources,
 )
-from core.checkpoints.shards import ShardError, read_shard, write_shard
+from core.checkpoints.shards import ShardError, ShardStream, read_shard, write_shard
 from ports import Metagraph, TransientStorageError
 from tests.unit.checkpoint_helpers import (
     VERSION,
@@ -363,3 +364,15 @@ async def test_concurrent_loads_share_nothing(tmp_path: Path) -> None:
     a, b = await asyncio.gather(load_checkpoint(store, cfg), load_checkpoint(store, cfg))
     assert a.state.model["0.weight"] is not b.state.model["0.weight"]
     assert_same(dict(a.state.model), dict(b.state.model))
+
+
+async def test_a_shard_streams_hash_is_awaited_not_blocked_on() -> None:
+    """`finished()` gives what `written` gives, and refuses a stream not consumed."""
+    tensors = {"a": torch.arange(1 << 16, dtype=torch.float32), "b": torch.ones(3)}
+    stream = ShardStream(tensors, {})
+    with pytest.raises(RuntimeError, match="not consumed"):
+        await stream.finished()
+    data = b"".join(bytes(piece) for piece in stream)
+    written = await stream.finished()
+    assert written == stream.written
+    assert (written.size, written.sha256) == (len(data), hashlib.sha256(data).hexdigest())
