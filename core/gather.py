@@ -35,8 +35,8 @@ class GatherSettings:
     duplicate_threshold: float | None = None
     # With the compiled CPU sum, payloads of at most this many bytes (the download limit
     # decides) are decoded on the event loop instead of a worker thread: at ~0.5 ms for a
-    # 0.7 MB payload the trips between threads cost more than the decode (measured 1.76x
-    # against 2.11x the raw GET at 64 peers). 0: always a worker thread.
+    # 0.7 MB payload the trips between threads cost more than the decode (measured
+    # 1.71-1.77x against 1.88-2.11x the raw GET at 64 peers). 0: always a worker thread.
     inline_decode_bytes: int = attrs.field(default=4 << 20, validator=attrs.validators.ge(0))
 
 
@@ -138,9 +138,9 @@ async def gather(
     def decode(uid: int, data: bytes) -> tuple[Payload, object]:
         # Runs in a worker thread, several peers at a time (or on the loop when short, see
         # `inline_decode_bytes`): validate and prepare the fold here, so the serial part
-        # (adding into the shared sum) stays short. The wire tensors
-        # are dropped once prepared unless needed later, so a peer waiting for its turn
-        # holds only what the fold needs.
+        # (adding into the shared sum) stays short. The wire tensors are dropped once
+        # prepared unless needed later, so a peer waiting for its turn holds only what the
+        # fold needs.
         payload = decoder(uid, data)
         prepared = aggregator.prepare(payload.compressed)
         if not keep_compressed:
