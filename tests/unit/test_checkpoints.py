@@ -7,6 +7,8 @@ import copy
 import hashlib
 import io
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,7 @@ from core.checkpoints import (
     pointer_key,
     validator_sources,
 )
+from core.checkpoints import save as save_module
 from core.checkpoints.shards import ShardError, ShardStream, read_shard, write_shard
 from ports import Metagraph, TransientStorageError
 from tests.unit.checkpoint_helpers import (
@@ -376,3 +379,52 @@ async def test_a_shard_streams_hash_is_awaited_not_blocked_on() -> None:
     written = await stream.finished()
     assert written == stream.written
     assert (written.size, written.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+class Recording(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_a_shard_hashed_ahead_on_an_executor_has_the_same_digest() -> None:
+    tensors = {"a": torch.arange(1 << 16, dtype=torch.float32), "b": torch.ones(3)}
+    with Recording() as pool:
+        stream = ShardStream(tensors, {}, hasher=pool)
+        assert pool.submitted == 1  # queued at once, before a byte is written
+        data = b"".join(bytes(piece) for piece in stream)
+        assert (await stream.finished()).sha256 == hashlib.sha256(data).hexdigest()
+        # A tensor that would need a host copy is hashed only when the stream is iterated,
+        # so that saving a GPU state never holds every shard's copy at once.
+        strided = ShardStream({"t": torch.arange(12.0).reshape(3, 4).t()}, {}, hasher=pool)
+        assert pool.submitted == 1
+        data = b"".join(bytes(piece) for piece in strided)
+        assert (await strided.finished()).sha256 == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_queued_hash_of_a_failed_save_is_dropped() -> None:
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(release.wait)  # the only worker is busy
+        stream = ShardStream({"a": torch.ones(8)}, {}, hasher=pool)
+        stream.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await stream.finished()
+
+
+async def test_save_hashes_every_shard_ahead_on_the_shared_pool(
+    tmp_path: Path, monkeypatch
+) -> None:
+    ck, store, _, _, _ = setup(tmp_path, shard_bytes=4096)
+    with Recording() as pool:
+        monkeypatch.setattr(save_module, "_hash_pool", lambda: pool)
+        manifest = await ck.save(state_of(*trained()), meta(3))
+    shards = sum(len(s.shards) for s in manifest.sections.values())
+    assert shards > 2 and pool.submitted == shards
+    loaded = await load_checkpoint(store, ck.settings)
+    assert loaded.window == 3 and not loaded.fell_back  # every sha256 verified on the way in
