@@ -9,6 +9,7 @@ the validator's job: every `checkpoint_frequency` steps, in the background.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 
 import torch
@@ -35,7 +36,10 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint_settings(version: str, frequency: int) -> CheckpointSettings:
-    return CheckpointSettings(version=version, checkpoint_frequency=frequency)
+    # One hashing thread per core (docs/checkpoints.md).
+    return CheckpointSettings(
+        version=version, checkpoint_frequency=frequency, hash_workers=max(1, os.cpu_count() or 1)
+    )
 
 
 async def load_network_checkpoint(

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -48,20 +47,20 @@ from ports.scratch import Scratch
 
 log = logging.getLogger(__name__)
 
-_hashers: ThreadPoolExecutor | None = None
+_hashers: dict[int, ThreadPoolExecutor] = {}
 _hashers_lock = threading.Lock()
 
 
-def _hash_pool() -> ThreadPoolExecutor:
-    """One thread per core for the shards' sha256, shared by every save of the process:
-    the hash is pure CPU, so more threads than cores would only take turns."""
-    global _hashers
+def _hash_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of `workers` threads for the shards' sha256, shared by every
+    save (a pool per checkpointer would leave its idle threads behind)."""
     with _hashers_lock:
-        if _hashers is None:
-            _hashers = ThreadPoolExecutor(
-                max_workers=os.cpu_count() or 1, thread_name_prefix="checkpoint-hash"
+        pool = _hashers.get(workers)
+        if pool is None:
+            pool = _hashers[workers] = ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="checkpoint-hash"
             )
-        return _hashers
+        return pool
 
 
 __all__ = ["BackgroundSaver", "Checkpointer", "Upload"]
@@ -237,7 +236,8 @@ class Checkpointer:
         # The hash starts now, in size order on the shared pool, not when this shard's turn
         # to be written comes: hashing (1.8 GB/s a core) then runs ahead on every core
         # instead of waiting behind the writes.
-        stream = ShardStream(part, self._shard_meta(section), hasher=_hash_pool())
+        hasher = _hash_pool(self.settings.hash_workers)
+        stream = ShardStream(part, self._shard_meta(section), hasher=hasher)
         try:
             async with self._writers:
                 await self.store.put_stream(upload.key(name), stream)

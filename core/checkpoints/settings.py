@@ -22,6 +22,9 @@ class CheckpointSettings:
     shard_bytes: int = attrs.field(default=16 * MiB, validator=gt(0))
     # Shards serialised (and, for `save`, streamed to the store) at once.
     write_concurrency: int = attrs.field(default=6, validator=gt(0))
+    # Threads hashing a save's shards ahead of their writes (sha256 is pure CPU: one per
+    # core; neurons set the machine's core count).
+    hash_workers: int = attrs.field(default=2, validator=gt(0))
     # Scratch files a background save (snapshot, then publish) uploads at once.
     upload_concurrency: int = attrs.field(default=4, validator=gt(0))
     # Shards streamed in and parsed at once by a load.

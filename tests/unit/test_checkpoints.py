@@ -422,7 +422,7 @@ async def test_save_hashes_every_shard_ahead_on_the_shared_pool(
 ) -> None:
     ck, store, _, _, _ = setup(tmp_path, shard_bytes=4096)
     with Recording() as pool:
-        monkeypatch.setattr(save_module, "_hash_pool", lambda: pool)
+        monkeypatch.setattr(save_module, "_hash_pool", lambda workers: pool)
         manifest = await ck.save(state_of(*trained()), meta(3))
     shards = sum(len(s.shards) for s in manifest.sections.values())
     assert shards > 2 and pool.submitted == shards
