@@ -278,8 +278,15 @@ class BatchFold:
         self._healthy()
         columns, tables = self._set(self._filling)
         i = self._count
+        # numpy lets the GIL go to copy a large array; an event loop's thread then queues to
+        # get it back (see kernels.HOLDING), so there the copy is compiled and keeps it.
+        on_loop = _on_event_loop()
         for column, array in zip(columns, arrays, strict=True):
-            column[i] = array.numpy() if isinstance(array, torch.Tensor) else array
+            source = array.numpy() if isinstance(array, torch.Tensor) else array
+            if on_loop:
+                kernels.copy_held(column[i], source)
+            else:
+                column[i] = source
         tables[i] = table.numpy() if isinstance(table, torch.Tensor) else table
         self._count += 1
         self._added += 1

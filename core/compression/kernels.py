@@ -43,6 +43,7 @@ __all__ = [
     "RELEASING",
     "Checks",
     "check_compact",
+    "copy_held",
     "decode_compact",
     "fold_compact",
     "fold_values",
@@ -244,6 +245,13 @@ def scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares):
 @njit(cache=True)
 def scan_values_held(idx, vals, offsets, n_chunks, ks, sizes, squares):
     return _scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares)
+
+
+@njit(cache=True)
+def copy_held(out, source):
+    """out[:] = source (same length, 1-D), holding the GIL throughout."""
+    for i in range(source.size):
+        out[i] = source[i]
 
 
 @attrs.frozen

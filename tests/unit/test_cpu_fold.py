@@ -204,3 +204,23 @@ async def test_checks_on_an_event_loop_keep_the_gil_and_in_a_worker_let_it_go(
     used.clear()
     await asyncio.to_thread(cpu_fold.scan, plan, comp.params, c.tensors)
     assert (on_loop, set(used)) == ({"holding"}, {"releasing"})
+
+
+def _sum_of(comp: TopKCompressor, peers) -> dict[str, torch.Tensor]:
+    total = ChunkSum(comp, comp._plans.get(peers[0].shapes), "cpu", batch=2, peers=len(peers))
+    for c in peers:
+        total.commit(total.prepare(c), lambda norms: dict.fromkeys(norms, 1.0))
+    return {k: v.clone() for k, v in total.result(1 / len(peers)).items()}
+
+
+async def test_a_batch_filled_on_an_event_loop_copies_holding_the_gil(monkeypatch) -> None:
+    comp = TopKCompressor(TopKParams())
+    peers = [payload(comp, seed) for seed in range(5)]
+    off_loop = await asyncio.to_thread(_sum_of, comp, peers)
+    copies = []
+    real = kernels.copy_held
+    monkeypatch.setattr(kernels, "copy_held", lambda out, src: copies.append(1) or real(out, src))
+    on_loop = _sum_of(comp, peers)
+    assert len(copies) == len(peers)  # numpy's copy would let the GIL go
+    for name in SHAPES:
+        assert torch.equal(on_loop[name], off_loop[name])
