@@ -284,7 +284,8 @@ class BatchFold:
         for column, array in zip(columns, arrays, strict=True):
             source = array.numpy() if isinstance(array, torch.Tensor) else array
             if on_loop:
-                kernels.copy_held(column[i], source)
+                if not kernels.copy_held(column[i], source):
+                    raise ValueError(f"{source.shape} entries do not fit a row of {column.shape}")
             else:
                 column[i] = source
         tables[i] = table.numpy() if isinstance(table, torch.Tensor) else table

@@ -249,9 +249,13 @@ def scan_values_held(idx, vals, offsets, n_chunks, ks, sizes, squares):
 
 @njit(cache=True)
 def copy_held(out, source):
-    """out[:] = source (same length, 1-D), holding the GIL throughout."""
+    """out[:] = source (both 1-D), holding the GIL throughout; False, copying nothing, when
+    the lengths differ (nothing here checks bounds)."""
+    if out.size != source.size:
+        return False
     for i in range(source.size):
         out[i] = source[i]
+    return True
 
 
 @attrs.frozen

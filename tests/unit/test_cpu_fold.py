@@ -237,3 +237,10 @@ def test_norms_are_correctly_rounded_square_roots_on_both_paths() -> None:
     want = [math.sqrt(v) for v in squares]
     for given in (np.array(squares), torch.tensor(squares, dtype=torch.float64)):
         assert list(total._norms(given).values()) == want
+
+
+def test_the_held_copy_refuses_arrays_of_another_length() -> None:
+    out = np.zeros(4, np.uint16)
+    assert not kernels.copy_held(out, np.ones(5, np.uint16))
+    assert not out.any()
+    assert kernels.copy_held(out, np.arange(4, dtype=np.uint16)) and out.tolist() == [0, 1, 2, 3]
