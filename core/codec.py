@@ -330,16 +330,7 @@ def _check_metadata(metadata: dict[str, str], expected: Expected) -> PayloadMeta
         raise InvalidPayload(
             "version_mismatch", f"version {metadata['version']!r} != {expected.version!r}"
         )
-    # Honest peers all send the same canonical codec text: parse it once per expectation.
-    if metadata["codec"] != expected._memo.get("codec_ok"):
-        try:
-            codec = json.loads(metadata["codec"])
-        except ValueError:
-            raise InvalidPayload("bad_metadata", "codec is not JSON") from None
-        ours = expected.codec_spec()
-        if codec != ours:
-            raise InvalidPayload("codec_mismatch", f"codec {codec!r} != ours {ours!r}")
-        expected._memo["codec_ok"] = metadata["codec"]
+    _check_once(expected, "codec", metadata["codec"], lambda text: _check_codec(text, expected))
     window = _int_field(metadata, "window")
     uid = _int_field(metadata, "uid")
     global_step = _int_field(metadata, "global_step")
@@ -352,10 +343,9 @@ def _check_metadata(metadata: dict[str, str], expected: Expected) -> PayloadMeta
         raise InvalidPayload("bad_metadata", "hotkey too long")
     if expected.hotkey is not None and hotkey != expected.hotkey:
         raise InvalidPayload("hotkey_mismatch", f"hotkey {hotkey!r} != {expected.hotkey!r}")
-    # Honest peers all send the same canonical params text: check it once per expectation.
-    if metadata["params"] != expected._memo.get("params_ok"):
-        _check_params(metadata["params"], expected.shapes)
-        expected._memo["params_ok"] = metadata["params"]
+    _check_once(
+        expected, "params", metadata["params"], lambda text: _check_params(text, expected.shapes)
+    )
     return PayloadMeta(
         window=window,
         uid=uid,
@@ -363,6 +353,25 @@ def _check_metadata(metadata: dict[str, str], expected: Expected) -> PayloadMeta
         global_step=global_step,
         version=metadata["version"],
     )
+
+
+def _check_once(expected: Expected, field: str, text: str, check: Callable[[str], None]) -> None:
+    """`check(text)`, unless this expectation (or a per-peer copy of it) already passed this
+    very text for `field`: honest peers all send the same canonical text."""
+    key = f"{field}_ok"
+    if text != expected._memo.get(key):
+        check(text)
+        expected._memo[key] = text
+
+
+def _check_codec(text: str, expected: Expected) -> None:
+    try:
+        codec = json.loads(text)
+    except ValueError:
+        raise InvalidPayload("bad_metadata", "codec is not JSON") from None
+    ours = expected.codec_spec()
+    if codec != ours:
+        raise InvalidPayload("codec_mismatch", f"codec {codec!r} != ours {ours!r}")
 
 
 def _check_params(text: str, shapes: Mapping[str, Shape]) -> None:
