@@ -40,6 +40,13 @@ def payloads(shape_map, params, seed, n):
     ]
 
 
+def one_payload(shape_map, target, topk, nbins, seed):
+    """The parameters, compressor, one payload and its plan for a drawn format."""
+    params = TopKParams(target_chunk=target, topk=topk, quantization_bins=nbins)
+    comp, (c,) = payloads(shape_map, params, seed, 1)
+    return params, comp, c, comp._plans.get(c.shapes)
+
+
 def summed(comp, shape_map, payloads, weigh, **kwargs):
     total = ChunkSum(comp, comp._plans.get(sorted(shape_map.items())), "cpu", **kwargs)
     norms = [total.commit(total.prepare(c), weigh) for c in payloads]
@@ -91,9 +98,7 @@ def verdict(fn):
 def test_compiled_checks_agree_with_torch_on_damaged_payloads(
     shape_map, target, topk, nbins, seed, data
 ):
-    params = TopKParams(target_chunk=target, topk=topk, quantization_bins=nbins)
-    comp, (c,) = payloads(shape_map, params, seed, 1)
-    plan = comp._plans.get(c.shapes)
+    params, comp, c, plan = one_payload(shape_map, target, topk, nbins, seed)
     name = data.draw(st.sampled_from(["idx", "val"] if nbins else ["idx"]))
     raw = c.tensors[name].clone().view(torch.uint8)
     for _ in range(data.draw(st.integers(1, 4))):
@@ -117,9 +122,7 @@ def on_a_loop(fn, *args):
 def test_the_gil_holding_checks_find_what_the_releasing_ones_find(
     shape_map, target, topk, nbins, seed
 ):
-    params = TopKParams(target_chunk=target, topk=topk, quantization_bins=nbins)
-    comp, (c,) = payloads(shape_map, params, seed, 1)
-    plan = comp._plans.get(c.shapes)
+    params, _, c, plan = one_payload(shape_map, target, topk, nbins, seed)
     off, on = (
         cpu_fold.scan(plan, params, c.tensors),
         on_a_loop(cpu_fold.scan, plan, params, c.tensors),
@@ -161,9 +164,7 @@ def reversed_chunks(comp, plan, c):
 def test_entries_in_any_order_within_a_chunk_pass_and_sum_the_same(
     shape_map, target, topk, nbins, seed
 ):
-    params = TopKParams(target_chunk=target, topk=topk, quantization_bins=nbins)
-    comp, (c,) = payloads(shape_map, params, seed, 1)
-    plan = comp._plans.get(c.shapes)
+    params, comp, c, plan = one_payload(shape_map, target, topk, nbins, seed)
     other = reversed_chunks(comp, plan, c)
     assert verdict(lambda: cpu_fold.scan(plan, params, other.tensors)) == "ok"
     a, a_norms = summed(comp, shape_map, [c], unit, compiled=True)
