@@ -28,6 +28,7 @@ import torch
 
 from adapters.clock import SystemClock
 from adapters.scratch import TempScratch
+from adapters.storage.direct import DEFAULT_DIRECT_BYTES
 from adapters.storage.local import LocalStoreOpener
 from bench.common import PeakRss, machine, stats
 from bench.compression import model_shapes
@@ -220,10 +221,13 @@ async def _run(quick: bool, s3: bool) -> dict:
     cases = []
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-", dir=Path.cwd()) as tmp:
         root = Path(tmp)
-        local = LocalStoreOpener(root / "buckets").open(_bucket("local"))
-        cases.append(
-            await measure_store("local", local, root / "scratch", state, state_bytes, repeats)
-        )
+        # The default local store (large objects around the page cache), then the same store
+        # writing everything through the page cache, for comparison.
+        for label, direct in (("local", DEFAULT_DIRECT_BYTES), ("local, page cache", None)):
+            local = LocalStoreOpener(root / "buckets", direct_bytes=direct).open(_bucket("local"))
+            cases.append(
+                await measure_store(label, local, root / "scratch", state, state_bytes, repeats)
+            )
         if s3:
             found = await _s3_case(root, state, state_bytes, repeats)
             if found:

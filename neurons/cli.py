@@ -77,6 +77,9 @@ def _neuron_command(role: str):
         assignments: SetOption = None,
         storage: Annotated[str | None, Opt(help="r2 | local | memory")] = None,
         storage_root: Annotated[str | None, Opt(help="local storage root")] = None,
+        storage_direct_bytes: Annotated[
+            int | None, Opt(help="local objects this large skip the page cache (0: none)")
+        ] = None,
         s3_endpoint: Annotated[str | None, Opt(help="S3 endpoint instead of R2's")] = None,
         chain: Annotated[str | None, Opt(help="bittensor | fake | memory")] = None,
         chain_path: Annotated[str | None, Opt(help="the fake chain's file")] = None,
@@ -101,6 +104,7 @@ def _neuron_command(role: str):
         flags = _flags(
             storage=storage,
             storage_root=storage_root,
+            storage_direct_bytes=storage_direct_bytes,
             s3_endpoint=s3_endpoint,
             chain=chain,
             chain_path=chain_path,

@@ -308,6 +308,13 @@ def load_hparams(
 # Neuron settings: this machine, this wallet ------------------------------------------------
 
 STORAGE_CHOICES = ("r2", "local", "memory")
+
+
+def _direct_bytes(_inst: object, _attr: object, value: int) -> None:
+    if value < 0 or value % 4096:
+        raise ValueError(f"storage_direct_bytes must be 0 or a multiple of 4096, not {value}")
+
+
 CHAIN_CHOICES = ("bittensor", "fake", "memory")
 
 
@@ -318,6 +325,9 @@ class NeuronSettings:
     storage: str = attrs.field(default="r2", validator=attrs.validators.in_(STORAGE_CHOICES))
     # Root directory of the local store (one sub-directory per bucket).
     storage_root: str = "./templar-storage"
+    # Objects of at least this many bytes the local store writes around the page cache
+    # (O_DIRECT; a multiple of 4096); 0 writes every object through it.
+    storage_direct_bytes: int = attrs.field(default=8 << 20, validator=_direct_bytes)
     # An S3 endpoint for every bucket, overriding R2's (a SeaweedFS, a MinIO).
     s3_endpoint: str = ""
     chain: str = attrs.field(default="bittensor", validator=attrs.validators.in_(CHAIN_CHOICES))

@@ -84,7 +84,12 @@ class Container(containers.DeclarativeContainer):
     storage: providers.Provider[StoreOpener] = providers.Selector(
         config.storage,
         r2=providers.Singleton(_s3_opener, config.s3_endpoint, config.gather_concurrency),
-        local=providers.Singleton(LocalStoreOpener, config.storage_root, clock=clock),
+        local=providers.Singleton(
+            LocalStoreOpener,
+            config.storage_root,
+            clock=clock,
+            direct_bytes=config.storage_direct_bytes,
+        ),
         memory=providers.Singleton(MemoryStoreOpener, clock),
     )
 

@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from adapters.storage.direct import DirectSink
+
 CHUNK = 1 << 20
 
 
@@ -23,19 +25,33 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_temp(directory: Path, chunks: Iterable[bytes | bytearray | memoryview]) -> Path:
-    """Write `chunks` to a new temp file in `directory`, fsync it, and return its path.
+def write_temp(
+    directory: Path,
+    chunks: Iterable[bytes | bytearray | memoryview] = (),
+    *,
+    source: Path | None = None,
+    direct_bytes: int | None = None,
+) -> Path:
+    """Write `chunks` (or the file `source`) to a new temp file in `directory`, fsync it, and
+    return its path. A file of `direct_bytes` or more goes around the page cache (see
+    `DirectSink`); None keeps every file in it.
 
     The caller renames it into place (or deletes it); on error no temp file is left behind.
     """
     directory.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=directory, prefix=".part-")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with DirectSink(fd, direct_bytes) as sink:
+                if source is not None:
+                    with open(source, "rb", buffering=0) as fh:
+                        sink.write_from(fh)
+                for chunk in chunks:
+                    sink.write(chunk)
+                sink.close()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(name)

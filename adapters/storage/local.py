@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from adapters.storage.files import atomic_write, fsync_dir, read_chunks, write_temp
+from adapters.storage.direct import DEFAULT_DIRECT_BYTES
+from adapters.storage.files import atomic_write, fsync_dir, write_temp
 from ports import (
     Blob,
     Bucket,
@@ -47,8 +48,14 @@ def _ns_to_datetime(ns: int) -> datetime:
 class LocalStore:
     """A bucket in a directory. Blocking I/O runs in worker threads."""
 
-    def __init__(self, directory: Path | str, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        clock: Clock | None = None,
+        direct_bytes: int | None = DEFAULT_DIRECT_BYTES,
+    ) -> None:
         self._dir = Path(directory)
+        self._direct_bytes = direct_bytes
         self._objects = self._dir / "objects"
         self._tmp = self._dir / ".tmp"
         self._clock = clock
@@ -130,14 +137,15 @@ class LocalStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
-    def _put(self, key: str, chunks: Iterable[BytesLike]) -> ObjectMeta:
+    def _put(self, key: str, chunks: Iterable[BytesLike], source: Path | None = None) -> ObjectMeta:
         self._path(key)
-        return self._publish(key, write_temp(self._tmp, chunks))
+        tmp = write_temp(self._tmp, chunks, source=source, direct_bytes=self._direct_bytes)
+        return self._publish(key, tmp)
 
     def _put_file(self, key: str, source: Path) -> ObjectMeta:
         if not source.is_file():
             raise FileNotFoundError(str(source))
-        return self._put(key, read_chunks(source))
+        return self._put(key, (), source)
 
     async def put(self, key: str, data: BytesLike) -> ObjectMeta:
         return await asyncio.to_thread(self._put, key, [data])
@@ -271,11 +279,19 @@ class LocalStore:
 class LocalStoreOpener:
     """Opens `<root>/<bucket name>` directories as buckets."""
 
-    def __init__(self, root: Path | str, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        clock: Clock | None = None,
+        direct_bytes: int | None = DEFAULT_DIRECT_BYTES,
+    ) -> None:
         self._root = Path(root)
         self._clock = clock
+        self._direct_bytes = direct_bytes or None  # 0 (a setting's "off") as None
 
     def open(self, bucket: Bucket) -> LocalStore:
         if not _BUCKET_NAME.fullmatch(bucket.name) or ".." in bucket.name:
             raise ValueError(f"bucket name {bucket.name!r} is not a safe directory name")
-        return LocalStore(self._root / bucket.name, clock=self._clock)
+        return LocalStore(
+            self._root / bucket.name, clock=self._clock, direct_bytes=self._direct_bytes
+        )

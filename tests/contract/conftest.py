@@ -15,6 +15,7 @@ import pytest
 
 from adapters.clock import FakeClock
 from adapters.storage.chaos import ChaosStore
+from adapters.storage.direct import DEFAULT_DIRECT_BYTES
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
 from adapters.storage.s3 import S3StoreOpener
@@ -48,16 +49,22 @@ async def memory_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
     await store.close()
 
 
-@contextlib.asynccontextmanager
-async def local_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
-    clock = FakeClock()
+def local_fake_clock_case(
+    direct_bytes: int | None,
+) -> Callable[[Path], contextlib.AbstractAsyncContextManager[StoreCase]]:
+    @contextlib.asynccontextmanager
+    async def make(tmp_path: Path) -> AsyncIterator[StoreCase]:
+        clock = FakeClock()
 
-    async def tick() -> None:
-        clock.advance(1.0)
+        async def tick() -> None:
+            clock.advance(1.0)
 
-    store = LocalStoreOpener(tmp_path / "buckets", clock=clock).open(test_bucket())
-    yield StoreCase(store=store, tick=tick)
-    await store.close()
+        opener = LocalStoreOpener(tmp_path / "buckets", clock=clock, direct_bytes=direct_bytes)
+        store = opener.open(test_bucket())
+        yield StoreCase(store=store, tick=tick)
+        await store.close()
+
+    return make
 
 
 @contextlib.asynccontextmanager
@@ -67,7 +74,8 @@ async def local_system_clock_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
     async def tick() -> None:
         await asyncio.sleep(0.002)
 
-    store = LocalStoreOpener(tmp_path / "buckets").open(test_bucket())
+    # Every object through the page cache: the other local cases write the large ones direct.
+    store = LocalStoreOpener(tmp_path / "buckets", direct_bytes=None).open(test_bucket())
     yield StoreCase(store=store, tick=tick)
     await store.close()
 
@@ -111,8 +119,11 @@ async def s3_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
 
 STORE_FACTORIES: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[StoreCase]]] = {
     "memory": memory_case,
-    "local": local_case,
+    # The default: objects from 8 MiB (the suite's large ones) go around the page cache.
+    "local": local_fake_clock_case(DEFAULT_DIRECT_BYTES),
     "local-system-clock": local_system_clock_case,
+    # Direct I/O from 8 KiB, so objects of every size the suite writes cross the switch.
+    "local-small-direct": local_fake_clock_case(8192),
     "chaos": chaos_case,
     "s3": s3_case,
 }
