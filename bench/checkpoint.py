@@ -28,7 +28,6 @@ import torch
 
 from adapters.clock import SystemClock
 from adapters.scratch import TempScratch
-from adapters.storage.direct import DEFAULT_DIRECT_BYTES
 from adapters.storage.local import LocalStoreOpener
 from bench.common import PeakRss, machine, stats
 from bench.compression import model_shapes
@@ -44,6 +43,8 @@ from ports import Bucket, ObjectStore
 VERSION = "bench"
 GOAL_RATIO = 0.80
 GOAL_RSS = 1.2
+# An opt-in variant, shown beside the default store; the goals are judged on the defaults.
+DIRECT_LABEL = "local, direct I/O from 8 MiB"
 
 
 def _bucket(name: str) -> Bucket:
@@ -221,9 +222,9 @@ async def _run(quick: bool, s3: bool) -> dict:
     cases = []
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-", dir=Path.cwd()) as tmp:
         root = Path(tmp)
-        # The default local store (large objects around the page cache), then the same store
-        # writing everything through the page cache, for comparison.
-        for label, direct in (("local", DEFAULT_DIRECT_BYTES), ("local, page cache", None)):
+        # The default local store (everything through the page cache), then the same store
+        # writing objects from 8 MiB with direct I/O (storage_direct_bytes), for comparison.
+        for label, direct in (("local", None), (DIRECT_LABEL, 8 << 20)):
             local = LocalStoreOpener(root / "buckets", direct_bytes=direct).open(_bucket("local"))
             cases.append(
                 await measure_store(label, local, root / "scratch", state, state_bytes, repeats)
@@ -247,6 +248,7 @@ async def _run(quick: bool, s3: bool) -> dict:
                 and c["save_peak_rss_over_state"] <= GOAL_RSS
                 and c["load_peak_rss_over_state"] <= GOAL_RSS
                 for c in cases
+                if c["store"] != DIRECT_LABEL
             ),
         },
         "cases": cases,
@@ -282,7 +284,9 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         f"Goals: save and load >= {g['throughput_vs_raw']:.0%} of raw, peak RSS growth <= "
-        f"{g['peak_rss_over_state']}x the state: {'met' if g['met'] else 'NOT met'}.",
+        f"{g['peak_rss_over_state']}x the state: {'met' if g['met'] else 'NOT met'} (judged on "
+        f"the default stores; {DIRECT_LABEL!r} is the opt-in `storage_direct_bytes`, whose raw "
+        "put_file is direct too).",
         "",
     ]
     return "\n".join(lines)

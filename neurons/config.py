@@ -326,8 +326,8 @@ class NeuronSettings:
     # Root directory of the local store (one sub-directory per bucket).
     storage_root: str = "./templar-storage"
     # Objects of at least this many bytes the local store writes around the page cache
-    # (O_DIRECT; a multiple of 4096); 0 writes every object through it.
-    storage_direct_bytes: int = attrs.field(default=8 << 20, validator=_direct_bytes)
+    # (O_DIRECT; a multiple of 4096, e.g. 8388608); 0, the default: every object through it.
+    storage_direct_bytes: int = attrs.field(default=0, validator=_direct_bytes)
     # An S3 endpoint for every bucket, overriding R2's (a SeaweedFS, a MinIO).
     s3_endpoint: str = ""
     chain: str = attrs.field(default="bittensor", validator=attrs.validators.in_(CHAIN_CHOICES))

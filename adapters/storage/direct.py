@@ -24,11 +24,10 @@ import os
 import threading
 from typing import BinaryIO
 
-__all__ = ["BLOCK", "DEFAULT_DIRECT_BYTES", "DirectSink"]
+__all__ = ["BLOCK", "DirectSink"]
 
 # Alignment that satisfies every common device (logical blocks of 512 or 4096 bytes).
 BLOCK = 4096
-DEFAULT_DIRECT_BYTES = 8 << 20
 
 _spare: dict[int, list[mmap.mmap]] = {}
 _spare_lock = threading.Lock()
@@ -86,6 +85,11 @@ class DirectSink:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         data = memoryview(data).cast("B")
+        if not self._allow:  # nothing to decide: straight from the caller's memory
+            if self._filled:  # what write_from left, first
+                self._flush()
+            self._put(data)
+            return
         while data:
             n = min(len(data), self._size - self._filled)
             self._view[self._filled : self._filled + n] = data[:n]

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from adapters.storage.direct import DEFAULT_DIRECT_BYTES
 from adapters.storage.files import atomic_write, fsync_dir, write_temp
 from ports import (
     Blob,
@@ -52,7 +51,7 @@ class LocalStore:
         self,
         directory: Path | str,
         clock: Clock | None = None,
-        direct_bytes: int | None = DEFAULT_DIRECT_BYTES,
+        direct_bytes: int | None = None,
     ) -> None:
         self._dir = Path(directory)
         self._direct_bytes = direct_bytes
@@ -283,7 +282,7 @@ class LocalStoreOpener:
         self,
         root: Path | str,
         clock: Clock | None = None,
-        direct_bytes: int | None = DEFAULT_DIRECT_BYTES,
+        direct_bytes: int | None = None,
     ) -> None:
         self._root = Path(root)
         self._clock = clock

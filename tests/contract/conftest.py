@@ -15,7 +15,6 @@ import pytest
 
 from adapters.clock import FakeClock
 from adapters.storage.chaos import ChaosStore
-from adapters.storage.direct import DEFAULT_DIRECT_BYTES
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
 from adapters.storage.s3 import S3StoreOpener
@@ -74,8 +73,9 @@ async def local_system_clock_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
     async def tick() -> None:
         await asyncio.sleep(0.002)
 
-    # Every object through the page cache: the other local cases write the large ones direct.
-    store = LocalStoreOpener(tmp_path / "buckets", direct_bytes=None).open(test_bucket())
+    # Objects from 8 MiB (the suite's large ones) around the page cache, as a neuron with
+    # storage_direct_bytes = 8388608 writes them.
+    store = LocalStoreOpener(tmp_path / "buckets", direct_bytes=8 << 20).open(test_bucket())
     yield StoreCase(store=store, tick=tick)
     await store.close()
 
@@ -119,8 +119,7 @@ async def s3_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
 
 STORE_FACTORIES: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[StoreCase]]] = {
     "memory": memory_case,
-    # The default: objects from 8 MiB (the suite's large ones) go around the page cache.
-    "local": local_fake_clock_case(DEFAULT_DIRECT_BYTES),
+    "local": local_fake_clock_case(None),  # the default: every object through the page cache
     "local-system-clock": local_system_clock_case,
     # Direct I/O from 8 KiB, so objects of every size the suite writes cross the switch.
     "local-small-direct": local_fake_clock_case(8192),

@@ -163,3 +163,18 @@ async def test_the_local_store_writes_its_large_objects_direct(
     seen.clear()
     await off.put_file("large", str(source))
     assert seen == {4 * SWITCH: False}
+
+
+@pytest.mark.parametrize("switch", [None, SWITCH])
+def test_a_file_source_then_chunks_keep_their_order(tmp_path: Path, switch: int | None) -> None:
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    source = tmp_path / "source"
+    source.write_bytes(b"s" * 5000)
+    try:
+        with DirectSink(fd, switch) as sink, open(source, "rb", buffering=0) as fh:
+            sink.write_from(fh)
+            sink.write(b"c" * 7000)
+            sink.close()
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"s" * 5000 + b"c" * 7000
