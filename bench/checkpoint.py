@@ -100,23 +100,42 @@ class Measured:
     cpu_seconds: float  # this process's, every thread, kernel time included
     peak_growth: int  # peak RSS over the RSS before, bytes
     result: object
+    # The machine's CPU time meanwhile, and how much of it the hypervisor gave to others
+    # (`steal` in /proc/stat; 0 where there is none): a save keeps every core busy, a raw put
+    # one, so steal moves the save's ratio without the code having changed.
+    ticks: int = 0
+    stolen: int = 0
 
 
-async def _timed(fn) -> tuple[float, float, object]:
+def _cpu_ticks() -> tuple[int, int]:
+    """All CPU time of the machine and its stolen part, in clock ticks (Linux)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields[:8]), steal
+
+
+async def _timed(fn) -> tuple[float, float, object, int, int]:
+    ticks, stolen = _cpu_ticks()
     cpu, start = time.process_time(), time.perf_counter()
     result = await fn()
-    return time.perf_counter() - start, time.process_time() - cpu, result
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    ticks_after, stolen_after = _cpu_ticks()
+    return seconds, cpu, result, ticks_after - ticks, stolen_after - stolen
 
 
 async def _measured(fn) -> Measured:
     gc.collect()
     if not _reset_peak():  # no clear_refs: sample instead (may miss a short spike)
         with PeakRss() as rss:
-            seconds, cpu, result = await _timed(fn)
-        return Measured(seconds, cpu, rss.growth, result)
+            seconds, cpu, result, ticks, stolen = await _timed(fn)
+        return Measured(seconds, cpu, rss.growth, result, ticks, stolen)
     before = _rss_kib("VmRSS")
-    seconds, cpu, result = await _timed(fn)
-    return Measured(seconds, cpu, (_rss_kib("VmHWM") - before) * 1024, result)
+    seconds, cpu, result, ticks, stolen = await _timed(fn)
+    return Measured(seconds, cpu, (_rss_kib("VmHWM") - before) * 1024, result, ticks, stolen)
 
 
 def _write_random(path: Path, size: int) -> None:
@@ -128,8 +147,10 @@ def _write_random(path: Path, size: int) -> None:
 
 
 def _stats(runs: list[Measured]) -> dict[str, float]:
+    ticks = sum(r.ticks for r in runs)
     return stats([r.seconds for r in runs]) | {
-        "cpu_median_s": statistics.median(r.cpu_seconds for r in runs)
+        "cpu_median_s": statistics.median(r.cpu_seconds for r in runs),
+        "steal_share": sum(r.stolen for r in runs) / ticks if ticks else 0.0,
     }
 
 
@@ -282,8 +303,8 @@ def markdown(result: dict) -> str:
         "",
         "| store | checkpoint bytes | save MB/s | raw put_file MB/s | save/raw | load MB/s "
         "| raw get_file MB/s | load/raw | peak RSS save / load (x state) "
-        "| CPU ms save / put (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU ms save / put (median) | host steal save / put |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["cases"]:
         lines.append(
@@ -292,12 +313,15 @@ def markdown(result: dict) -> str:
             f"| {c['load']['mb_per_s']:.0f} | {c['raw_get_file']['mb_per_s']:.0f} "
             f"| {c['load_vs_raw_get']:.0%} | {c['save_peak_rss_over_state']:.2f} / "
             f"{c['load_peak_rss_over_state']:.2f} | {c['save']['cpu_median_s'] * 1e3:.0f} / "
-            f"{c['raw_put_file']['cpu_median_s'] * 1e3:.0f} |"
+            f"{c['raw_put_file']['cpu_median_s'] * 1e3:.0f} | {c['save']['steal_share']:.0%} / "
+            f"{c['raw_put_file']['steal_share']:.0%} |"
         )
     g = result["goals"]
     lines += [
         "",
-        "CPU: this process's, every thread, kernel time included (not the SeaweedFS server's).",
+        "CPU: this process's, every thread, kernel time included (not the SeaweedFS server's). "
+        "Host steal: the share of the machine's CPU time the hypervisor gave to others during "
+        "the operations (/proc/stat, 10 ms ticks).",
         "",
         f"Goals: save and load >= {g['throughput_vs_raw']:.0%} of raw, peak RSS growth <= "
         f"{g['peak_rss_over_state']}x the state: {'met' if g['met'] else 'NOT met'} (judged on "
