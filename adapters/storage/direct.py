@@ -1,18 +1,19 @@
-"""Large files written around the page cache (O_DIRECT), small ones through it.
+"""Large files written around the page cache (O_DIRECT), small ones through it: the local
+store's opt-in `direct_bytes` (`storage_direct_bytes`).
 
-A local store's big objects are checkpoint shards and other multi-megabyte files that nobody
-on this machine reads back soon. Written through the page cache they cost the kernel a copy
-into freshly allocated cache pages, whose CPU moved between 63 and 169 ms for a 189 MB
-checkpoint on the 2-core VM this was measured on (a hypervisor that reclaims freed guest
-memory makes new pages dear), and they push out pages the training run does use. Direct
-writes move the bytes from one reused, page-aligned buffer straight to the disk.
+Big local objects are checkpoint shards and other multi-megabyte files that nobody on this
+machine reads back soon. Written through the page cache they cost the kernel a copy into
+newly allocated cache pages and push out pages the training run does use. Direct writes move
+the bytes from one reused, page-aligned buffer straight to the disk: less CPU, but a read
+that comes soon after goes to the disk (docs/storage.md has what was measured).
 
 `DirectSink` decides per file: the first `direct_bytes` go into that buffer; a file that ends
 before filling it is written normally (a gradient stays in the cache for the gather that
 reads it next); a file that fills it switches its descriptor to O_DIRECT and goes on in
 buffer-sized writes. Direct I/O wants the memory, the offset and the length aligned to the
 device's block, so the last piece is padded to a whole block and the file truncated back to
-its size. Where the filesystem refuses O_DIRECT the rest is written normally.
+its size. Where the filesystem refuses O_DIRECT the rest is written normally. Without
+`direct_bytes` every write goes straight from the caller's memory, as a plain write would.
 """
 
 from __future__ import annotations
@@ -49,10 +50,15 @@ def _give_back(buf: mmap.mmap) -> None:
         _spare.setdefault(len(buf), []).append(buf)
 
 
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux and the BSDs; macOS has none
+
+
 def _set_direct(fd: int, on: bool) -> bool:
+    if not _O_DIRECT:
+        return False
     try:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
     except OSError:
         return False
     return True
