@@ -33,7 +33,7 @@ import torch
 from adapters.clock import SystemClock
 from adapters.scratch import TempScratch
 from adapters.storage.local import LocalStoreOpener
-from bench.common import PeakRss, machine, stats
+from bench.common import Ballast, PeakRss, machine, stats
 from bench.compression import model_shapes
 from core.checkpoints import (
     Checkpointer,
@@ -127,8 +127,10 @@ async def _timed(fn) -> tuple[float, float, object, int, int]:
     return seconds, cpu, result, ticks_after - ticks, stolen_after - stolen
 
 
-async def _measured(fn) -> Measured:
+async def _measured(fn, ballast: Ballast) -> Measured:
+    await asyncio.to_thread(ballast.fill)
     gc.collect()
+    await asyncio.to_thread(ballast.release)  # right before: see Ballast
     if not _reset_peak():  # no clear_refs: sample instead (may miss a short spike)
         with PeakRss() as rss:
             seconds, cpu, result, ticks, stolen = await _timed(fn)
@@ -166,7 +168,9 @@ async def measure_store(
     Each repetition runs all four on an emptied bucket, and the order within a pair flips
     every repetition: on the local store the disk absorbs a burst of writes quickly and then
     slows down, so running all saves first and all raw puts afterwards (or letting objects
-    pile up) measures the disk's state rather than the code.
+    pile up) measures the disk's state rather than the code. Each operation starts right after
+    a ballast file of the checkpoint's size is deleted (`Ballast`), so that none of them gets
+    memory the hypervisor took back and must fault in again.
     """
     scratch = TempScratch(scratch_dir)
     settings = CheckpointSettings(version=VERSION)  # the defaults a neuron runs with
@@ -178,23 +182,28 @@ async def measure_store(
     raw_path = scratch_dir / "raw.bin"
     await asyncio.to_thread(_write_random, raw_path, total)
     back = scratch_dir / "raw-back.bin"
+    ballast = Ballast(scratch_dir / "ballast.bin", total)
     runs: dict[str, list[Measured]] = {"save": [], "load": [], "put": [], "get": []}
 
     async def save(i: int) -> None:
         runs["save"].append(
-            await _measured(lambda: ck.save(state, CheckpointMeta(window=i, global_step=i, uid=0)))
+            await _measured(
+                lambda: ck.save(state, CheckpointMeta(window=i, global_step=i, uid=0)), ballast
+            )
         )
 
     async def load(i: int) -> None:
-        run = await _measured(lambda: load_checkpoint(store, settings))
+        run = await _measured(lambda: load_checkpoint(store, settings), ballast)
         assert not run.result.fell_back and run.result.window == i
         runs["load"].append(attrs.evolve(run, result=None))
 
     async def put(i: int) -> None:
-        runs["put"].append(await _measured(lambda: store.put_file(f"raw/{i}.bin", str(raw_path))))
+        put = lambda: store.put_file(f"raw/{i}.bin", str(raw_path))  # noqa: E731
+        runs["put"].append(await _measured(put, ballast))
 
     async def get(i: int) -> None:
-        runs["get"].append(await _measured(lambda: store.get_file(f"raw/{i}.bin", str(back))))
+        get = lambda: store.get_file(f"raw/{i}.bin", str(back))  # noqa: E731
+        runs["get"].append(await _measured(get, ballast))
         back.unlink()
 
     for i in range(1, repeats + 1):

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: statistics, machine description, RSS sampling."""
+"""Helpers shared by the benchmarks: statistics, machine description, RSS sampling, and a
+ballast that evens out what the hypervisor does to freed memory."""
 
 from __future__ import annotations
 
@@ -7,9 +8,41 @@ import platform
 import statistics
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
+
+
+class Ballast:
+    """A scratch file written ahead, untimed, and deleted right before a timed operation, so
+    the operation starts with that much memory freed a moment ago.
+
+    This VM hands free memory back to its host (virtio-balloon free page reporting) within a
+    second or two, and the next use of a page handed back faults it in again on the host:
+    writing a fresh 189 MB file cost 245-457 ms of CPU after a 3 s pause instead of ~40 ms
+    right after a delete (measured, docs/benchmarks.md). Which operation of a pair got such
+    pages depended on timing, not on the code. Deleting a file of the operation's size just
+    before it gives every operation pages the host still backs, as a machine without
+    reporting has them all the time. (Faulting in and freeing anonymous memory did not help:
+    the page cache did not reuse it.)
+    """
+
+    def __init__(self, path: Path, nbytes: int) -> None:
+        self._path = Path(path)
+        self._nbytes = nbytes
+        self._chunk = os.urandom(min(nbytes, 8 << 20))
+
+    def fill(self) -> None:
+        with open(self._path, "wb") as fh:
+            left = self._nbytes
+            while left > 0:
+                piece = memoryview(self._chunk)[: min(left, len(self._chunk))]
+                fh.write(piece)
+                left -= len(piece)
+
+    def release(self) -> None:
+        self._path.unlink(missing_ok=True)
 
 
 def stats(times: list[float]) -> dict[str, float]:
