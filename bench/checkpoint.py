@@ -308,7 +308,8 @@ def markdown(result: dict) -> str:
         "",
         f"State: {result['state_bytes']:,} tensor bytes (15.7M-parameter model + AdamW moments "
         f"+ scheduler). {m['cpu_count']} CPUs, torch {m['torch']}; best of "
-        f"{result['repeats']} runs (median in the JSON).",
+        f"{result['repeats']} runs (median in the JSON), each started right after a ballast file "
+        "of its size was freed (memory the host still backs; docs/benchmarks.md).",
         "",
         "| store | checkpoint bytes | save MB/s | raw put_file MB/s | save/raw | load MB/s "
         "| raw get_file MB/s | load/raw | peak RSS save / load (x state) "
