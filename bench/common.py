@@ -20,7 +20,7 @@ class Ballast:
 
     This VM hands free memory back to its host (virtio-balloon free page reporting) within a
     second or two, and the next use of a page handed back faults it in again on the host:
-    writing a fresh 189 MB file cost 245-457 ms of CPU after a 3 s pause instead of ~40 ms
+    writing a fresh 189 MB file cost 288-486 ms of CPU after a 3 s pause instead of ~40 ms
     right after a delete (measured, docs/benchmarks.md). Which operation of a pair got such
     pages depended on timing, not on the code. Deleting a file of the operation's size just
     before it gives every operation pages the host still backs, as a machine without
