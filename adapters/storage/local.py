@@ -54,7 +54,7 @@ class LocalStore:
         direct_bytes: int | None = None,
     ) -> None:
         self._dir = Path(directory)
-        self._direct_bytes = direct_bytes
+        self._direct_bytes = direct_bytes or None  # 0 (a setting's "off") as None
         self._objects = self._dir / "objects"
         self._tmp = self._dir / ".tmp"
         self._clock = clock
@@ -286,7 +286,7 @@ class LocalStoreOpener:
     ) -> None:
         self._root = Path(root)
         self._clock = clock
-        self._direct_bytes = direct_bytes or None  # 0 (a setting's "off") as None
+        self._direct_bytes = direct_bytes
 
     def open(self, bucket: Bucket) -> LocalStore:
         if not _BUCKET_NAME.fullmatch(bucket.name) or ".." in bucket.name:

@@ -178,3 +178,9 @@ def test_a_file_source_then_chunks_keep_their_order(tmp_path: Path, switch: int 
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == b"s" * 5000 + b"c" * 7000
+
+
+async def test_a_switch_of_zero_turns_direct_writes_off(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "bucket", direct_bytes=0)  # the setting's "off"
+    await store.put("large", b"z" * (3 * SWITCH))
+    assert (await store.get("large")).data == b"z" * (3 * SWITCH)
