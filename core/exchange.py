@@ -87,8 +87,8 @@ class ExchangeSettings:
     # for at most this many seconds before the loop gets a pass for its timers and I/O.
     inline_slice: float = attrs.field(default=0.02, validator=attrs.validators.gt(0))
     # S3 and R2 report Last-Modified rounded down to the second: an upload at 12:00:00.7 reads
-    # as 12:00:00. An object counts as too early only when even the end of its rounding
-    # interval is before the window opens; 0 for stores with exact times.
+    # as 12:00:00. A stamp counts only when every moment it may stand for is inside the time
+    # window (core/windows.py); 0 for stores with exact times.
     timestamp_resolution: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
 
 
@@ -213,11 +213,6 @@ class Exchange:
             raise RuntimeError("this exchange has no local store")
         return await self.get_from(self.local, window, kind, decode, **options)
 
-    def _accepting(self, time_window: TimeWindow) -> TimeWindow:
-        """The window against which a store's (rounded) last_modified is judged."""
-        resolution = timedelta(seconds=self.settings.timestamp_resolution)
-        return TimeWindow(start=time_window.start - resolution, end=time_window.end)
-
     def _gave_up(self, deadline: float, time_window: TimeWindow | None) -> bool:
         if self.clock.monotonic() >= deadline:
             return True
@@ -282,7 +277,8 @@ class Exchange:
                 return done(Status.ERROR, f"storage: {exc}")
         meta, size = blob.meta, blob.meta.size
         if time_window is not None:
-            status = _timing_status(self._accepting(time_window).classify(meta.last_modified))
+            timing = time_window.classify(meta.last_modified, self.settings.timestamp_resolution)
+            status = _timing_status(timing)
             if status is not Status.OK:
                 reason = (
                     f"uploaded {meta.last_modified.isoformat()}, window "

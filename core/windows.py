@@ -70,16 +70,20 @@ class TimeWindow:
             raise ValueError("time_window_delta_seconds must be >= 0")
         return cls(start=start, end=start + timedelta(seconds=delta_seconds))
 
-    def classify(self, when: datetime) -> Timing:
-        return classify(when, self)
+    def classify(self, when: datetime, resolution: float = 0.0) -> Timing:
+        return classify(when, self, resolution)
 
 
-def classify(when: datetime, window: TimeWindow) -> Timing:
-    """Where `when` (tz-aware) falls against `window`; both bounds count as on time."""
+def classify(when: datetime, window: TimeWindow, resolution: float = 0.0) -> Timing:
+    """Where a stamp `when` (tz-aware), rounded down to `resolution` seconds, falls against
+    `window`: on time only if every moment it may stand for, [when, when + resolution), lies
+    inside the window."""
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError("cannot classify a naive datetime")
+    if resolution < 0:
+        raise ValueError(f"resolution must be >= 0, got {resolution}")
     if when < window.start:
         return Timing.TOO_EARLY
-    if when > window.end:
+    if when + timedelta(seconds=resolution) > window.end:
         return Timing.TOO_LATE
     return Timing.ON_TIME

@@ -195,11 +195,14 @@ class HParams:
             exploration_weight=self.exploration_weight,
         )
 
-    def exchange_settings(self, *, decode_in_thread: bool = True) -> ExchangeSettings:
+    def exchange_settings(
+        self, *, decode_in_thread: bool = True, timestamp_resolution: float = 1.0
+    ) -> ExchangeSettings:
         return ExchangeSettings(
             poll_interval=self.poll_interval,
             grace_seconds=self.grace_seconds,
             decode_in_thread=decode_in_thread,
+            timestamp_resolution=timestamp_resolution,
             # One decode worker per core: more only thrash (docs/gather.md).
             decode_workers=max(1, os.cpu_count() or 1),
         )

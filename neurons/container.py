@@ -93,6 +93,15 @@ class Container(containers.DeclarativeContainer):
         memory=providers.Singleton(MemoryStoreOpener, clock),
     )
 
+    # Seconds a store rounds last_modified down to (core/windows.py): S3 and R2 keep whole
+    # seconds; files and memory keep exact times.
+    timestamp_resolution: providers.Provider[float] = providers.Selector(
+        config.storage,
+        r2=providers.Object(1.0),
+        local=providers.Object(0.0),
+        memory=providers.Object(0.0),
+    )
+
     memory_network = providers.Singleton(FakeNetwork.in_memory, clock, block_time=config.block_time)
     chain: providers.Provider[Chain] = providers.Selector(
         config.chain,

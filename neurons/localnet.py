@@ -113,7 +113,12 @@ def prepare(root: Path, options: LocalnetOptions) -> tuple[HParams, list[Spec]]:
         blocks = whole_second_blocks(options.block_time) or blocks
         now = SystemClock().now()
         genesis = now.replace(microsecond=0) - timedelta(milliseconds=1)
-    base = hparams_from_mapping(localnet_hparams(options.block_time, blocks))
+    defaults = localnet_hparams(options.block_time, blocks)
+    if options.storage == "s3":
+        # A 1 s stamp counts only when its whole second is inside the time window
+        # (core/windows.py): a second more keeps the miners' time to upload the same.
+        defaults["time_window_delta_seconds"] += 1.0
+    base = hparams_from_mapping(defaults)
     hparams = load_hparams(options.hparams_file, options.overrides, base=base)
     seconds = hparams.blocks_per_window * options.block_time
     if options.storage == "s3" and abs(seconds - round(seconds)) > 1e-6:

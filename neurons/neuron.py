@@ -52,6 +52,7 @@ class Neuron:
         hotkey: str,
         on_row: Callable[[Row], None] | None = None,
         decode_in_thread: bool = True,
+        timestamp_resolution: float = 1.0,
         scratch: Scratch | None = None,
         aggregates: ObjectStore | None = None,
     ) -> None:
@@ -75,7 +76,9 @@ class Neuron:
             opener,
             clock,
             hparams.version,
-            hparams.exchange_settings(decode_in_thread=decode_in_thread),
+            hparams.exchange_settings(
+                decode_in_thread=decode_in_thread, timestamp_resolution=timestamp_resolution
+            ),
         )
         self.task = TinyTask(hparams.seed, hparams.batch_size, settings.device)
         self.model = self.task.model()

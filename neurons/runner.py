@@ -66,6 +66,7 @@ def build_neuron(
         hotkey=hotkey,
         on_row=EventLog(settings.events),
         scratch=container.scratch(),
+        timestamp_resolution=container.timestamp_resolution(),
         aggregates=opener.open(buckets.aggregator_read) if buckets.aggregator_read else None,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -82,3 +83,65 @@ def test_naive_times_and_inverted_windows_are_rejected() -> None:
         TimeWindow.after(datetime(2025, 1, 1), 10)
     with pytest.raises(ValueError):
         TimeWindow.after(start, -1)
+
+
+SECOND = timedelta(seconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _floor_second(when: datetime) -> datetime:
+    return when.replace(microsecond=0)
+
+
+def _ceil_second(when: datetime) -> datetime:
+    floor = _floor_second(when)
+    return floor if floor == when else floor + SECOND
+
+
+@given(moments, st.floats(min_value=0, max_value=3600, allow_nan=False), moments)
+def test_a_truncated_stamp_is_on_time_exactly_for_uploads_between_whole_seconds_inside(
+    start: datetime, delta: float, upload: datetime
+) -> None:
+    """Stores with 1 s Last-Modified: on time iff ceil(t0) <= upload < floor(t1)."""
+    tw = TimeWindow.after(start, delta)
+    got = classify(_floor_second(upload), tw, resolution=1.0)
+    on_time = _ceil_second(tw.start) <= upload < _floor_second(tw.end)
+    assert (got is Timing.ON_TIME) == on_time
+    if got is Timing.ON_TIME:  # never accepts an upload outside the window
+        assert tw.start <= upload <= tw.end
+    elif upload < _ceil_second(tw.start):
+        assert got is Timing.TOO_EARLY
+    else:
+        assert got is Timing.TOO_LATE
+
+
+@given(moments, st.floats(min_value=2, max_value=3600, allow_nan=False))
+def test_both_edges_of_a_truncated_window(start: datetime, delta: float) -> None:
+    tw = TimeWindow.after(start, delta)
+    tick = timedelta(microseconds=1)
+    first, last = _ceil_second(tw.start), _floor_second(tw.end) - tick
+    assert first <= last  # a window of 2 s or more always has a whole second inside
+    for upload, expected in [
+        (first, Timing.ON_TIME),
+        (last, Timing.ON_TIME),
+        (first - tick, Timing.TOO_EARLY),
+        (last + tick, Timing.TOO_LATE),
+    ]:
+        assert classify(_floor_second(upload), tw, resolution=1.0) is expected
+
+
+@given(moments, deltas, st.floats(min_value=0, max_value=5, allow_nan=False))
+def test_a_coarser_resolution_never_turns_a_refusal_into_acceptance(
+    start: datetime, delta: float, resolution: float
+) -> None:
+    tw = TimeWindow.after(start, delta)
+    for when in (tw.start, tw.end, tw.start - SECOND, tw.end - SECOND):
+        if classify(when, tw) is not Timing.ON_TIME:
+            assert classify(when, tw, resolution) is not Timing.ON_TIME
+    assert math.isfinite(resolution)
+
+
+def test_negative_resolution_is_rejected() -> None:
+    tw = TimeWindow.after(EPOCH, 10)
+    with pytest.raises(ValueError):
+        classify(EPOCH, tw, resolution=-1)

@@ -35,6 +35,13 @@ def test_storage_selector(tmp_path, storage, kind):
     assert c.storage() is c.storage()  # one opener per process
 
 
+@pytest.mark.parametrize(("storage", "resolution"), [("r2", 1.0), ("local", 0.0), ("memory", 0.0)])
+def test_timestamp_resolution_follows_the_storage(tmp_path, storage, resolution):
+    env = r2_env() if storage == "r2" else None
+    c = container(tmp_path, storage=storage, chain="memory", env=env)
+    assert c.timestamp_resolution() == resolution
+
+
 def test_r2_storage_and_endpoint(tmp_path):
     c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), validator=True)
     assert isinstance(c.storage(), S3StoreOpener)

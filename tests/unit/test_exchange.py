@@ -169,12 +169,25 @@ async def test_bad_requests_are_errors_not_exceptions(net) -> None:
     assert got.status is Status.ERROR and "uid" in got.reason
 
 
-async def test_last_modified_rounded_to_the_second_is_not_too_early(net, monkeypatch) -> None:
-    """S3 reports 12:00:00 for an upload at 12:00:00.7; a window opening at .5 must take it."""
+@pytest.mark.parametrize(
+    ("upload_after", "expected"),
+    [
+        (0.7, Status.TOO_EARLY),  # on time, but its stamp (second 10) is before the .5 opening
+        (1.0, Status.OK),  # the first whole second inside the window
+        (9.99, Status.OK),  # stamp 19: 19.0-19.99, the last whole second inside
+        (10.0, Status.TOO_LATE),  # on time at 20.0, but stamp 20 may stand for 20.9
+        (10.5, Status.TOO_LATE),
+    ],
+)
+async def test_rounded_last_modified_counts_only_when_its_whole_second_is_inside(
+    net, monkeypatch, upload_after, expected
+) -> None:
+    """S3 stamps an upload at 12:00:10.7 as 12:00:10; the window [10.5, 20.5] must not take a
+    stamp that may stand for 10.0-10.5, nor one that may stand for 20.5-21.0."""
     clock, me, peer = net
     clock.set(clock.now().replace(microsecond=0) + timedelta(seconds=10))
     tw = TimeWindow.after(clock.now() + timedelta(seconds=0.5), 10)
-    clock.advance(0.7)
+    clock.advance(upload_after)
     await peer.put(b"grad", 3, G, uid=1)
     store_type = type(me.store)
     original = store_type.get
@@ -186,10 +199,8 @@ async def test_last_modified_rounded_to_the_second_is_not_too_early(net, monkeyp
 
     monkeypatch.setattr(store_type, "get", floored)
     s3_like = Exchange(me.store, me.opener, clock, V, ExchangeSettings())  # 1 s resolution
-    got = await s3_like.get(bucket("peer"), 3, G, ident, uid=1, time_window=tw)
-    assert got.status is Status.OK
-    got = await me.get(bucket("peer"), 3, G, ident, uid=1, time_window=tw)  # exact times
-    assert got.status is Status.TOO_EARLY
+    got = await s3_like.get(bucket("peer"), 3, G, ident, uid=1, time_window=tw, timeout=0)
+    assert got.status is expected, got.reason
 
 
 async def test_inline_decodes_run_on_the_loops_thread_others_on_a_worker(net) -> None:

@@ -59,6 +59,7 @@ class Net:
             hotkey=hotkey,
             on_row=self.rows.append,
             decode_in_thread=False,
+            timestamp_resolution=0.0,
             scratch=self.scratch,
             **extra,
         )
