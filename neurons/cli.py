@@ -84,6 +84,9 @@ def _neuron_command(role: str):
         chain: Annotated[str | None, Opt(help="bittensor | fake | memory")] = None,
         chain_path: Annotated[str | None, Opt(help="the fake chain's file")] = None,
         block_time: Annotated[float | None, Opt(help="fake chain block time (s)")] = None,
+        finality_lag: Annotated[
+            int | None, Opt(help="blocks the fake chain's finalised block trails its head")
+        ] = None,
         netuid: Annotated[int | None, Opt(help="subnet uid")] = None,
         network: Annotated[str | None, Opt(help="bittensor network")] = None,
         wallet_name: Annotated[str | None, Opt(help="bittensor wallet name")] = None,
@@ -94,6 +97,9 @@ def _neuron_command(role: str):
         events: Annotated[str | None, Opt(help="append a JSON line per window here")] = None,
         block_poll_interval: Annotated[
             float | None, Opt(help="seconds between block polls")
+        ] = None,
+        clock_check_windows: Annotated[
+            int | None, Opt(help="windows between clock-offset and finality-lag checks")
         ] = None,
         faulty: Annotated[str | None, Opt(help="miner misbehaviour: late|garbage|silent")] = None,
         windows: Annotated[int | None, Opt(help="stop after this many windows")] = None,
@@ -109,6 +115,7 @@ def _neuron_command(role: str):
             chain=chain,
             chain_path=chain_path,
             block_time=block_time,
+            finality_lag=finality_lag,
             netuid=netuid,
             network=network,
             wallet_name=wallet_name,
@@ -118,6 +125,7 @@ def _neuron_command(role: str):
             state_dir=state_dir,
             events=events,
             block_poll_interval=block_poll_interval,
+            clock_check_windows=clock_check_windows,
             faulty=faulty,
         )
         _neuron(role, hparams_file, assignments, flags, windows, threads)

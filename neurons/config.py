@@ -337,6 +337,9 @@ class NeuronSettings:
     # The fake chain's shared file.
     chain_path: str = "./templar-chain.json"
     block_time: float = attrs.field(default=12.0, validator=attrs.validators.gt(0))
+    # Blocks the fake chain's finalised block trails its head by (Bittensor's own: see
+    # docs/chain.md); the neurons follow finalised blocks.
+    finality_lag: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     netuid: int = attrs.field(default=3, validator=attrs.validators.ge(0))
     network: str = "finney"
     wallet_name: str = "default"
@@ -350,6 +353,9 @@ class NeuronSettings:
     events: str = ""
     # Seconds between looks at the chain's block height.
     block_poll_interval: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+    # Windows between measurements of this machine's clock offset (against the store's Date
+    # and the chain's block timestamps) and of the finality lag; also measured at start.
+    clock_check_windows: int = attrs.field(default=50, validator=attrs.validators.gt(0))
     # Test and demo behaviour of a miner: late | garbage | silent (empty: honest).
     faulty: str = attrs.field(
         default="", validator=attrs.validators.in_(("", "late", "garbage", "silent"))

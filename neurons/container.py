@@ -102,7 +102,12 @@ class Container(containers.DeclarativeContainer):
         memory=providers.Object(0.0),
     )
 
-    memory_network = providers.Singleton(FakeNetwork.in_memory, clock, block_time=config.block_time)
+    memory_network = providers.Singleton(
+        FakeNetwork.in_memory,
+        clock,
+        block_time=config.block_time,
+        finality_lag=config.finality_lag,
+    )
     chain: providers.Provider[Chain] = providers.Selector(
         config.chain,
         bittensor=providers.Singleton(
@@ -113,7 +118,12 @@ class Container(containers.DeclarativeContainer):
             config.wallet_hotkey,
         ),
         fake=providers.Singleton(
-            FileChain, config.chain_path, config.hotkey, clock=clock, block_time=config.block_time
+            FileChain,
+            config.chain_path,
+            config.hotkey,
+            clock=clock,
+            block_time=config.block_time,
+            finality_lag=config.finality_lag,
         ),
         memory=providers.Singleton(_memory_chain, memory_network, config.hotkey),
     )

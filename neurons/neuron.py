@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from core import clock_skew
 from core.checkpoints import CheckpointMeta
 from core.codec import Expected
 from core.compression import TopKCompressor
@@ -26,7 +27,16 @@ from neurons import resume, sync
 from neurons.buckets import NeuronBuckets
 from neurons.config import HParams, NeuronSettings
 from neurons.task import TinyTask
-from ports import Bucket, Chain, Clock, Metagraph, ObjectStore, StorageError, StoreOpener
+from ports import (
+    Bucket,
+    Chain,
+    ChainError,
+    Clock,
+    Metagraph,
+    ObjectStore,
+    StorageError,
+    StoreOpener,
+)
 from ports.scratch import Scratch
 
 log = logging.getLogger(__name__)
@@ -60,7 +70,8 @@ class Neuron:
         self.settings = settings
         self.chain = chain
         self.opener = opener
-        self.clock = clock
+        # Deadlines are judged in the network's time: the local clock less its measured offset.
+        self.clock = clock_skew.NetworkClock(clock)
         self.buckets = buckets
         self.hotkey = hotkey
         self.on_row = on_row
@@ -74,7 +85,7 @@ class Neuron:
         self.exchange = Exchange(
             self.store,
             opener,
-            clock,
+            self.clock,
             hparams.version,
             hparams.exchange_settings(
                 decode_in_thread=decode_in_thread, timestamp_resolution=timestamp_resolution
@@ -90,6 +101,8 @@ class Neuron:
         self.last_window: int | None = None
         self.error: dict[str, torch.Tensor] | None = None
         self._committed = False
+        self.finality_lag = 0
+        self._windows_since_clock_check = 0
 
     # Identity and chain --------------------------------------------------------------
 
@@ -107,6 +120,7 @@ class Neuron:
         if not self._committed:
             await self.chain.commit_bucket(self.buckets.gradients_read)
             self._committed = True
+        await self.check_time()
         restored = resume.load(self.resume_path, self.model)
         if restored is not None:
             point, self.error = restored
@@ -149,6 +163,38 @@ class Neuron:
         return CheckpointMeta(
             window=window, global_step=self.global_step, uid=self.uid, hotkey=self.hotkey
         )
+
+    async def check_time(self) -> None:
+        """Measure the clock offset (store and chain) and the finality lag; warn on either."""
+        local = self.clock.local
+        store = await clock_skew.store_offset(
+            self.store, local, resolution=max(self.exchange.settings.timestamp_resolution, 0.001)
+        )
+        chain = await clock_skew.chain_offset(
+            local, self.chain, block_time=self.settings.block_time
+        )
+        self.clock.apply(clock_skew.estimate(store, chain))
+        try:
+            self.finality_lag = max(
+                0, await self.chain.head_block() - await self.chain.current_block()
+            )
+        except ChainError as exc:
+            log.info("finality lag not measured: %s", exc)
+            return
+        # We learn that a window began only once its first block is final: that much of the
+        # time window is gone before a miner starts (docs/gather.md, "Clock skew").
+        late = self.finality_lag * self.settings.block_time
+        if (
+            late + self.exchange.settings.timestamp_resolution
+            >= self.hparams.time_window_delta_seconds
+        ):
+            log.warning(
+                "finalised blocks trail the head by %d (%.0f s): with time_window_delta_seconds "
+                "= %g no upload can be on time; raise it or follow the head",
+                self.finality_lag,
+                late,
+                self.hparams.time_window_delta_seconds,
+            )
 
     async def current_window(self) -> int:
         return window_of(await self.chain.current_block(), self.hparams.blocks_per_window)
@@ -231,6 +277,7 @@ class Neuron:
                 if window is None:
                     break
                 row = await self.step(window)
+                await self._recheck_time()
                 self.last_window = window
                 self.save_resume(window)
                 if self.on_row is not None:
@@ -239,6 +286,12 @@ class Neuron:
         finally:
             await self.close()
         return done
+
+    async def _recheck_time(self) -> None:
+        self._windows_since_clock_check += 1
+        if self._windows_since_clock_check >= self.settings.clock_check_windows:
+            self._windows_since_clock_check = 0
+            await self.check_time()
 
     async def close(self) -> None:
         await self.exchange.flush()

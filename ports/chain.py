@@ -76,8 +76,14 @@ class Chain(Protocol):
         """The newest finalised block number."""
         ...
 
+    async def head_block(self) -> int:
+        """The newest block, finalised or not (>= `current_block`); `head_block() -
+        current_block()` is the finality lag (docs/chain.md)."""
+        ...
+
     async def block_timestamp(self, block: int) -> datetime:
-        """When `block` was produced (tz-aware UTC). Raises `ValueError` for a future block."""
+        """When `block` was produced (tz-aware UTC). Raises `ValueError` for a block past the
+        head."""
         ...
 
     async def commit_bucket(self, bucket: Bucket) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime
 from typing import BinaryIO, Protocol, TypeVar, runtime_checkable
 
 from ports.objects import Blob, Bucket, ObjectMeta
@@ -76,6 +77,12 @@ class ObjectStore(Protocol):
 
     async def head(self, key: str) -> ObjectMeta | None:
         """Metadata of `key`, or None when it does not exist."""
+        ...
+
+    async def server_time(self) -> datetime:
+        """The store's own clock now, as it stamps `last_modified` (S3: the `Date` header of a
+        cheap request, whole seconds). Used to measure this machine's clock offset
+        (core/clock_skew.py). Raises `StorageError` when the store cannot be reached."""
         ...
 
     def list(self, prefix: str = "") -> AsyncIterator[ObjectMeta]:

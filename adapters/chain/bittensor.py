@@ -165,6 +165,9 @@ class BittensorChain:
             return await self._call("current block", lambda c: c.finalized_block())
         return await self._call("current block", lambda c: c.block())
 
+    async def head_block(self) -> int:
+        return await self._call("head block", lambda c: c.block())
+
     async def block_timestamp(self, block: int) -> datetime:
         if block < 0:
             raise ValueError(f"block {block} is negative")

@@ -45,9 +45,13 @@ def _registered(state: State, hotkey: str) -> int:
 class FakeNetwork:
     """A fake subnet; `chain(hotkey)` gives a neuron's view of it."""
 
-    def __init__(self, ledger: Ledger, clock: Clock) -> None:
+    def __init__(self, ledger: Ledger, clock: Clock, *, finality_lag: int = 0) -> None:
+        if finality_lag < 0:
+            raise ValueError(f"finality_lag must be >= 0, got {finality_lag}")
         self._ledger = ledger
         self.clock = clock
+        # Blocks the finalised block trails the head by, as seen by this node (Bittensor: 2-3).
+        self.finality_lag = finality_lag
         params = ledger.read()
         self.genesis_block: int = params["genesis_block"]
         self.genesis_time = datetime.fromisoformat(params["genesis_time"])
@@ -61,13 +65,14 @@ class FakeNetwork:
         block_time: float = 12.0,
         genesis_block: int = 0,
         genesis_time: datetime | None = None,
+        finality_lag: int = 0,
     ) -> FakeNetwork:
         state = new_state(
             genesis_block=genesis_block,
             genesis_time=genesis_time or clock.now(),
             block_time=block_time,
         )
-        return cls(MemoryLedger(state), clock)
+        return cls(MemoryLedger(state), clock, finality_lag=finality_lag)
 
     @classmethod
     def at_path(
@@ -78,6 +83,7 @@ class FakeNetwork:
         block_time: float = 12.0,
         genesis_block: int = 0,
         genesis_time: datetime | None = None,
+        finality_lag: int = 0,
     ) -> FakeNetwork:
         """The network in the file `path`; the first process to open it sets its genesis."""
 
@@ -88,7 +94,7 @@ class FakeNetwork:
                 block_time=block_time,
             )
 
-        return cls(FileLedger(path, initial), clock)
+        return cls(FileLedger(path, initial), clock, finality_lag=finality_lag)
 
     @property
     def blocking(self) -> bool:
@@ -100,15 +106,19 @@ class FakeNetwork:
 
     # Blocks -----------------------------------------------------------------------------
 
-    def current_block(self) -> int:
+    def head_block(self) -> int:
         elapsed = (self.clock.now() - self.genesis_time).total_seconds()
         # A clock behind genesis (another process's fake clock) sees the genesis block.
         return self.genesis_block + max(0, math.floor(elapsed / self.block_time))
 
+    def current_block(self) -> int:
+        """The newest finalised block."""
+        return max(self.genesis_block, self.head_block() - self.finality_lag)
+
     def block_timestamp(self, block: int) -> datetime:
         if block < 0:
             raise ValueError(f"block {block} is negative")
-        if block > self.current_block():
+        if block > self.head_block():
             raise ValueError(f"block {block} is in the future")
         offset = timedelta(seconds=(block - self.genesis_block) * self.block_time)
         return (self.genesis_time + offset).astimezone(UTC)
@@ -193,6 +203,9 @@ class FakeChain:
     async def current_block(self) -> int:
         return self.network.current_block()
 
+    async def head_block(self) -> int:
+        return self.network.head_block()
+
     async def block_timestamp(self, block: int) -> datetime:
         return self.network.block_timestamp(block)
 
@@ -258,6 +271,7 @@ class FileChain(FakeChain):
         block_time: float = 12.0,
         genesis_block: int = 0,
         genesis_time: datetime | None = None,
+        finality_lag: int = 0,
     ) -> None:
         network = FakeNetwork.at_path(
             path,
@@ -265,5 +279,6 @@ class FileChain(FakeChain):
             block_time=block_time,
             genesis_block=genesis_block,
             genesis_time=genesis_time,
+            finality_lag=finality_lag,
         )
         super().__init__(network, hotkey)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime
 from typing import BinaryIO, TypeVar
 
 import attrs
@@ -104,6 +105,10 @@ class ChaosStore:
     async def head(self, key: str) -> ObjectMeta | None:
         await self._enter("head", key)
         return await self._inner.head(key)
+
+    async def server_time(self) -> datetime:
+        await self._enter("server_time", "")
+        return await self._inner.server_time()
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectMeta]:
         await self._enter("list", prefix)

@@ -221,6 +221,10 @@ class LocalStore:
     async def head(self, key: str) -> ObjectMeta | None:
         return await asyncio.to_thread(self._head, key)
 
+    async def server_time(self) -> datetime:
+        # The clock that stamps this store's mtimes.
+        return datetime.fromtimestamp(self._now_ns() / 1e9, UTC)
+
     def _list(self, prefix: str) -> list[ObjectMeta]:
         # Walk only the directory the prefix pins down, not the whole bucket.
         start = self._objects

@@ -122,6 +122,9 @@ class MemoryStore:
             self._objects.pop(key, None)
         await asyncio.sleep(0)
 
+    async def server_time(self) -> datetime:
+        return self._clock.now()
+
     async def close(self) -> None:
         return None
 

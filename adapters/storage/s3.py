@@ -342,6 +342,20 @@ class S3Store:
             chunk = batch[start : start + DELETE_BATCH]
             await self._run("delete", None, self._delete_sync, chunk)
 
+    def _server_time_sync(self, client: Any) -> datetime:
+        # Any answer carries the service's Date, a 403 or 404 too: a read key is enough.
+        try:
+            headers = client.head_bucket(Bucket=self.name)["ResponseMetadata"]["HTTPHeaders"]
+        except ClientError as exc:
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        date = headers.get("date")
+        if not date:
+            raise TransientStorageError(f"bucket {self.name!r} answered without a Date header")
+        return _utc(parsedate_to_datetime(date))
+
+    async def server_time(self) -> datetime:
+        return await self._run("server_time", None, self._server_time_sync)
+
     async def close(self) -> None:
         if not self._closed:
             self._closed = True

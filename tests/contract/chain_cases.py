@@ -53,6 +53,8 @@ class ChainCase:
     # The Chain of the neuron signing as a hotkey.
     open_chain: Callable[[str], Chain]
     block_time: float = BLOCK_TIME
+    # Blocks the finalised block (`current_block`) trails the head by.
+    finality_lag: int = 0
 
     def advance_blocks(self, blocks: float) -> None:
         self.clock.advance(blocks * self.block_time)
@@ -72,9 +74,14 @@ def make_bucket(seed: int = 0) -> Bucket:
 @contextlib.asynccontextmanager
 async def memory_case(tmp_path: Path) -> AsyncIterator[ChainCase]:
     clock = FakeClock()
-    network = FakeNetwork.in_memory(clock, block_time=BLOCK_TIME)
+    # The in-memory case trails the head, as Bittensor's finalised blocks do.
+    network = FakeNetwork.in_memory(clock, block_time=BLOCK_TIME, finality_lag=2)
     yield ChainCase(
-        admin=network, clock=clock, new_hotkey=lambda name: f"hk-{name}", open_chain=network.chain
+        admin=network,
+        clock=clock,
+        new_hotkey=lambda name: f"hk-{name}",
+        open_chain=network.chain,
+        finality_lag=2,
     )
 
 
@@ -94,7 +101,7 @@ async def file_case(tmp_path: Path) -> AsyncIterator[ChainCase]:
 
 @contextlib.asynccontextmanager
 async def bittensor_case(tmp_path: Path) -> AsyncIterator[ChainCase]:
-    from tests.support.fake_substrate import FakeSubtensor
+    from tests.support.fake_substrate import FINALITY_LAG, FakeSubtensor
 
     clock = FakeClock()
     node = FakeSubtensor(clock, block_time=BLOCK_TIME)
@@ -111,7 +118,13 @@ async def bittensor_case(tmp_path: Path) -> AsyncIterator[ChainCase]:
         opened.append(chain)
         return chain
 
-    yield ChainCase(admin=node, clock=clock, new_hotkey=node.new_hotkey, open_chain=open_chain)
+    yield ChainCase(
+        admin=node,
+        clock=clock,
+        new_hotkey=node.new_hotkey,
+        open_chain=open_chain,
+        finality_lag=FINALITY_LAG,
+    )
     for chain in opened:
         await chain.close()
 

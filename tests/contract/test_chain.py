@@ -33,6 +33,7 @@ async def test_adapter_implements_the_port(case: ChainCase) -> None:
 
 async def test_blocks_advance_with_the_clock(case: ChainCase) -> None:
     _, _, chain = neuron(case, "alice")
+    case.advance_blocks(case.finality_lag)  # past genesis, where nothing trails
     first = await chain.current_block()
     case.advance_blocks(3)
     assert await chain.current_block() == first + 3
@@ -51,6 +52,16 @@ async def test_block_timestamps_are_spaced_by_the_block_time(case: ChainCase) ->
     assert stamp.utcoffset() == timedelta(0)
     assert stamp - earlier == timedelta(seconds=4 * case.block_time)
     assert stamp <= case.clock.now()
+
+
+async def test_the_finalised_block_trails_the_head_by_the_finality_lag(case: ChainCase) -> None:
+    _, _, chain = neuron(case, "alice")
+    case.advance_blocks(10)
+    head, final = await chain.head_block(), await chain.current_block()
+    assert head - final == case.finality_lag
+    # The head's timestamp is readable (it is not in the future) and not after now.
+    assert await chain.block_timestamp(final) <= await chain.block_timestamp(head)
+    assert await chain.block_timestamp(head) <= case.clock.now()
 
 
 async def test_future_and_negative_blocks_are_value_errors(case: ChainCase) -> None:

@@ -121,6 +121,18 @@ async def test_last_modified_is_tz_aware_and_never_goes_backwards(case: StoreCas
     assert times[0].astimezone(UTC) == times[0]
 
 
+async def test_server_time_is_the_clock_that_stamps_the_objects(case: StoreCase) -> None:
+    before = await case.store.server_time()
+    meta = await case.store.put("clock/probe", b"x")
+    await case.tick()
+    after = await case.store.server_time()
+    assert before.utcoffset() == timedelta(0) and after.utcoffset() == timedelta(0)
+    # Whole seconds on S3: a stamp may read up to a second before the moment it stands for.
+    second = timedelta(seconds=1)
+    assert before - second <= meta.last_modified <= after + second
+    assert after > before - second
+
+
 async def test_large_object_round_trip_through_files(case: StoreCase, tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     payload = os.urandom(1 << 20) * 9  # 9 MiB, over the 8 MiB multipart threshold

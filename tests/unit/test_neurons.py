@@ -12,6 +12,7 @@ from adapters.clock import FakeClock
 from adapters.scratch import TempScratch
 from adapters.storage.memory import MemoryStoreOpener
 from core import codec, keys
+from core.clock_skew import NetworkClock
 from core.codec import Expected
 from core.compression import DenseCompressor
 from core.peers import get_peer_list
@@ -182,3 +183,19 @@ async def test_late_joiner_loads_the_checkpoint_and_catches_up(tmp_path):
     assert late.global_step == validator.global_step
     for name, p in late.model.named_parameters():
         assert p.detach().equal(dict(validator.model.named_parameters())[name].detach())
+
+
+async def test_a_miner_with_a_fast_clock_and_a_lagging_chain_measures_both(tmp_path, caplog):
+    """Setup corrects a clock 4 s ahead of the store and warns of a finality lag that leaves no
+    time to upload (10 blocks of 0.5 s > the 1.8 s time window)."""
+    net = Net(tmp_path, miners=1)
+    net.network.finality_lag = 10
+    net.clock.advance(60)
+    miner = net.miners[0]
+    miner.clock.local = NetworkClock(net.clock, offset=-4.0)  # this machine: 4 s ahead
+    with caplog.at_level("WARNING"):
+        await miner.check_time()
+    assert 3.0 <= miner.clock.offset <= 4.0
+    assert abs((miner.clock.now() - net.clock.now()).total_seconds()) <= 1.0
+    assert miner.finality_lag == 10
+    assert "ahead of the network" in caplog.text and "no upload can be on time" in caplog.text
