@@ -118,9 +118,11 @@ class Load:
                     if kind_of(u) not in ("missing", "late")
                 )
             )
-            end = self.clock.now()
-            # S3's Last-Modified has whole seconds: late uploads must start in a later second.
-            await asyncio.sleep(1.05 - end.microsecond / 1e6)
+            last = self.clock.now()
+            # S3's Last-Modified has whole seconds: a stamp S counts while the window ends at
+            # S + 1 or later, and late uploads must start in a later second.
+            end = last.replace(microsecond=0) + timedelta(seconds=1)
+            await asyncio.sleep(1.05 - last.microsecond / 1e6)
             await asyncio.gather(
                 *(put(u, self.payload(u)) for u in range(1, PEERS + 1) if kind_of(u) == "late")
             )
