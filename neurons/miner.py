@@ -11,6 +11,7 @@ from core.compression import compress_with_feedback
 from core.gather import gather
 from core.keys import KeyKind
 from core.peers import get_peer_list
+from core.windows import Timing
 from neurons.neuron import Neuron, Row
 from neurons.training import outer_step, window_gradient
 
@@ -32,8 +33,24 @@ class Miner(Neuron):
             tw = await self.time_window(window)
             wait = (tw.end - self.clock.now()).total_seconds() + self.hparams.grace_seconds + 0.2
             await self.clock.sleep(wait)
-        await self.exchange.put(data, window, KeyKind.GRADIENT, self.uid)
-        return faulty or "ok"
+        stamp = await self.exchange.put(data, window, KeyKind.GRADIENT, self.uid)
+        if faulty:
+            return faulty
+        # Judged as every peer will judge it: an operator sees at once why peers skip us.
+        tw = await self.time_window(window)
+        timing = tw.classify(stamp, self.exchange.settings.timestamp_resolution)
+        if timing is not Timing.ON_TIME:
+            log.warning(
+                "our window-%d gradient is stamped %s, %s for its time window [%s, %s]: peers "
+                "will skip it (docs/gather.md, time windows)",
+                window,
+                stamp.isoformat(),
+                timing.value,
+                tw.start.isoformat(),
+                tw.end.isoformat(),
+            )
+            return timing.value
+        return "ok"
 
     async def step(self, window: int) -> Row:
         assert self.uid is not None

@@ -102,6 +102,7 @@ class Neuron:
         self.error: dict[str, torch.Tensor] | None = None
         self._committed = False
         self.finality_lag = 0
+        self._time_window: tuple[int, TimeWindow] | None = None
         self._windows_since_clock_check = 0
 
     # Identity and chain --------------------------------------------------------------
@@ -200,10 +201,13 @@ class Neuron:
         return window_of(await self.chain.current_block(), self.hparams.blocks_per_window)
 
     async def time_window(self, window: int) -> TimeWindow:
-        start = await self.chain.block_timestamp(
-            first_block(window, self.hparams.blocks_per_window)
-        )
-        return TimeWindow.after(start, self.hparams.time_window_delta_seconds)
+        if self._time_window is None or self._time_window[0] != window:
+            start = await self.chain.block_timestamp(
+                first_block(window, self.hparams.blocks_per_window)
+            )
+            tw = TimeWindow.after(start, self.hparams.time_window_delta_seconds)
+            self._time_window = (window, tw)
+        return self._time_window[1]
 
     async def peers_view(self) -> tuple[Metagraph, dict[int, Bucket]]:
         return await self.chain.metagraph(), await self.chain.bucket_commitments()

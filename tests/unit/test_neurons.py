@@ -199,3 +199,13 @@ async def test_a_miner_with_a_fast_clock_and_a_lagging_chain_measures_both(tmp_p
     assert abs((miner.clock.now() - net.clock.now()).total_seconds()) <= 1.0
     assert miner.finality_lag == 10
     assert "ahead of the network" in caplog.text and "no upload can be on time" in caplog.text
+
+
+async def test_a_miner_whose_upload_misses_the_time_window_says_so(tmp_path, caplog):
+    late = attrs.evolve(HP, time_window_delta_seconds=0.01)  # closes before anyone can upload
+    net = Net(tmp_path, miners=1, hparams=late)
+    with caplog.at_level("WARNING"):
+        await net.run(1)
+    rows = [r for r in net.rows if r.get("event") == "window" and r["role"] == "miner"]
+    assert [r["upload"] for r in rows] == ["too_late"]
+    assert "peers will skip it" in caplog.text
