@@ -17,6 +17,7 @@ The result is the mean over peers (sum of weighted gradients / number of peers).
 from __future__ import annotations
 
 import enum
+import math
 import statistics
 from collections.abc import Mapping
 
@@ -33,8 +34,21 @@ class Normalisation(enum.Enum):
     MEDIAN_CLIP = "median_clip"
 
 
+def _usable(n: float) -> bool:
+    # `inf > _TINY` holds and `nan > _TINY` does not: both must give weight 0, never 1 or NaN.
+    return n > _TINY and math.isfinite(n)
+
+
 def _unit(norms: dict[str, float]) -> dict[str, float]:
-    return {name: (1.0 / n if n > _TINY else 0.0) for name, n in norms.items()}
+    return {name: (1.0 / n if _usable(n) else 0.0) for name, n in norms.items()}
+
+
+def _clip(median: float, n: float) -> float:
+    """The weight that scales a norm `n` down to `median`, never up; 0 for an unusable one
+    (`min(1.0, nan)` is 1.0 in Python, which would give an attacker full weight)."""
+    if not (_usable(n) and math.isfinite(median)):
+        return 0.0
+    return min(1.0, median / n)
 
 
 def _ones(norms: dict[str, float]) -> dict[str, float]:
@@ -109,10 +123,7 @@ class Aggregator:
             median = {name: statistics.median(n[name] for _, n in self._held) for name in names}
 
             def clip(norms: dict[str, float]) -> dict[str, float]:
-                return {
-                    name: (min(1.0, median[name] / n) if n > _TINY else 0.0)
-                    for name, n in norms.items()
-                }
+                return {name: _clip(median[name], n) for name, n in norms.items()}
 
             for compressed, _ in self._held:
                 self._sum.fold(compressed, clip)

@@ -32,6 +32,7 @@ REASONS = frozenset(
         "duplicate_index",
         "bad_value_code",
         "non_finite",
+        "value_out_of_range",
         "malformed",
     }
 )

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 
 from core.compression.base import Compressed, Shape, Spec, TensorSpec
-from core.invalid import InvalidPayload
+from core.compression.bounds import check_values
 
 PREFIX = "dense/"
 
@@ -52,5 +52,4 @@ class DenseCompressor:
 
     def validate(self, compressed: Compressed) -> None:
         for name, t in compressed.tensors.items():
-            if not bool(torch.isfinite(t).all()):
-                raise InvalidPayload("non_finite", f"{name} holds NaN or inf")
+            check_values(name, t)

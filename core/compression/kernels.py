@@ -179,7 +179,12 @@ def _scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares):
                     found, at = DUPLICATE, e
                 seen[local] = chunk_id
                 v = vals[e]
-                total += np.float64(v * v)
+                # A float32 square, summed in float64, keeps the sum exact whatever the entries'
+                # order; past 1.8e19 it overflows, and then the square is taken in float64.
+                square = np.float64(v * v)
+                if square == np.inf:
+                    square = np.float64(v) * np.float64(v)
+                total += square
                 e += 1
         squares[p] += total
     return found, at

@@ -189,7 +189,11 @@ class ChunkSum:
             squares = _squares(counts, table)
             return Prepared(self._norms(squares), index, codes.to(torch.uint8), table)
         vals = t["val"].to(dev, torch.float32)
-        squares = torch.bincount(ids, weights=vals.square().double(), minlength=len(plan.params))
+        # As the compiled scan squares: in float32 (sums exact in any order), in float64 where
+        # the float32 square overflows (past 1.8e19).
+        square = vals.square()
+        square = torch.where(torch.isinf(square), vals.double().square(), square.double())
+        squares = torch.bincount(ids, weights=square, minlength=len(plan.params))
         return Prepared(self._norms(squares), index, vals, None)
 
     @torch.no_grad()

@@ -16,6 +16,7 @@ Wire tensors (k-entry stream = all parameters in name order, each chunk's k entr
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 
@@ -25,6 +26,7 @@ import torch
 
 from core.compression import cpu_fold, dct, packing
 from core.compression.base import Compressed, Shape, Spec, TensorSpec
+from core.compression.bounds import check_values, peak
 from core.compression.chunking import INDEX_BITS, Plan, PlanCache
 from core.compression.quantize import dequantize, quantize
 from core.compression.summing import ChunkSum
@@ -290,9 +292,14 @@ class TopKCompressor:
             self.scans.put(t, cpu_fold.scan(plan, p, t))
         else:
             self._validate_entries(plan, t)
-        for name in ("shift", "lookup") if p.quantized else ("val",):
-            if not _all_finite(t[name]):
+        if not p.quantized:
+            check_values("val", t["val"])
+            return
+        for name in ("shift", "lookup"):
+            if not math.isfinite(peak(t[name])):
                 raise InvalidPayload("non_finite", f"{name} holds NaN or inf")
+        # Each is finite, but a value decodes to their sum, and that is what is added.
+        check_values("shift + lookup", t["lookup"].double() + t["shift"].double()[:, None])
 
     def _validate_entries(self, plan: Plan, t) -> None:
         p = self.params
@@ -312,12 +319,6 @@ class TopKCompressor:
             codes = packing.unpack(t["val"], e, p.value_bits)
             if int(codes.max()) >= p.quantization_bins:
                 raise InvalidPayload("bad_value_code", "value code beyond quantization_bins")
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    if t.device.type == "cpu":  # numpy: a few microseconds for the small tables, every peer
-        return bool(np.isfinite(t.numpy()).all())
-    return bool(torch.isfinite(t).all())
 
 
 def _has_repeats(rows: torch.Tensor) -> bool:
