@@ -281,7 +281,9 @@ def _read_header(data: bytes, max_header: int) -> tuple[dict[str, Any], dict[str
         raise InvalidPayload("bad_header", f"header of {n} bytes but {len(data) - 8} follow")
     try:
         header = strict_json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise InvalidPayload("too_deep", "header nests deeper than the parser allows") from None
+    except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidPayload("bad_header", f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise InvalidPayload("bad_header", "header is not a JSON object")
@@ -364,21 +366,24 @@ def _check_once(expected: Expected, field: str, text: str, check: Callable[[str]
         expected._memo[key] = text
 
 
-def _check_codec(text: str, expected: Expected) -> None:
+def _metadata_json(text: str, field: str) -> Any:
     try:
-        codec = json.loads(text)
+        return json.loads(text)
+    except RecursionError:  # nesting a few thousand deep exhausts the parser's stack
+        raise InvalidPayload("too_deep", f"{field} nests deeper than the parser allows") from None
     except ValueError:
-        raise InvalidPayload("bad_metadata", "codec is not JSON") from None
+        raise InvalidPayload("bad_metadata", f"{field} is not JSON") from None
+
+
+def _check_codec(text: str, expected: Expected) -> None:
+    codec = _metadata_json(text, "codec")
     ours = expected.codec_spec()
     if codec != ours:
         raise InvalidPayload("codec_mismatch", f"codec {codec!r} != ours {ours!r}")
 
 
 def _check_params(text: str, shapes: Mapping[str, Shape]) -> None:
-    try:
-        params = json.loads(text)
-    except ValueError:
-        raise InvalidPayload("bad_metadata", "params is not JSON") from None
+    params = _metadata_json(text, "params")
     if not isinstance(params, list) or not all(
         isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _int_list(p[1])
         for p in params

@@ -203,7 +203,12 @@ class Exchange:
         **options: Any,
     ) -> Fetched[T]:
         """Fetch, time-check and decode a peer's payload from `bucket` (see `get_from`)."""
-        return await self.get_from(self.opener.open(bucket), window, kind, decode, **options)
+        try:
+            store = self.opener.open(bucket)
+        except Exception as exc:  # a bucket comes from the chain: refusing it is the peer's fault
+            reason = f"bad_bucket: {type(exc).__name__}: {exc}"
+            return Fetched(uid=options.get("uid"), status=Status.ERROR, reason=reason)
+        return await self.get_from(store, window, kind, decode, **options)
 
     async def get_local(
         self, window: int, kind: keys.KeyKind, decode: Callable[[bytes], T], **options: Any

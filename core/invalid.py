@@ -33,6 +33,7 @@ REASONS = frozenset(
         "bad_value_code",
         "non_finite",
         "value_out_of_range",
+        "too_deep",
         "malformed",
     }
 )

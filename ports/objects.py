@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import attrs
@@ -63,6 +64,18 @@ class Blob:
     data: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
 
 
+# R2's endpoint is `https://{account_id}.r2.cloudflarestorage.com`: an account id that is not
+# one DNS label ("evil.com/#") would send the request, signed, to another host.
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _dns_label(_: object, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, str) or _DNS_LABEL.fullmatch(value) is None:
+        # The value is untrusted and may be long or hostile: its length only.
+        size = len(value) if isinstance(value, str) else type(value).__name__
+        raise ValueError(f"{attribute.name} must be one DNS label (got {size} characters)")
+
+
 @attrs.frozen
 class Bucket:
     """Where and how to reach one bucket. Read and write keys are different Buckets.
@@ -72,7 +85,7 @@ class Bucket:
     """
 
     name: str = attrs.field(validator=attrs.validators.min_len(1))
-    account_id: str
+    account_id: str = attrs.field(validator=_dns_label)
     access_key_id: str
     secret_access_key: str = attrs.field(repr=False)
     endpoint: str | None = None

@@ -34,7 +34,11 @@ class ActivityTracker:
         self.inactive_peers: dict[int, int] = {}
 
     async def _uploaded_recently(self, uid: int, bucket: Bucket, window: int) -> bool:
-        store = self._opener.open(bucket)
+        try:
+            store = self._opener.open(bucket)
+        except Exception as exc:  # an untrusted bucket the opener refuses: not active
+            log.info("activity check of uid %s: bucket refused: %s", uid, exc)
+            return False
         oldest = max(window - self._settings.recent_windows + 1, 0)
         for w in range(window, oldest - 1, -1):
             try:
