@@ -11,11 +11,12 @@ at most `MAX_WINDOWS` distinct non-negative windows in descending order.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 
 from core import keys, strict_json
-from ports import NotFound, ObjectStore, StorageError, TooLarge
+from ports import NotFound, ObjectStore, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def parse(data: bytes, version: str) -> tuple[int, ...]:
     for w in windows:
         if not isinstance(w, int) or isinstance(w, bool) or w < 0:
             raise InvalidPointer("a window is not a non-negative integer")
-    if any(a <= b for a, b in zip(windows, windows[1:], strict=False)):
+    if any(a <= b for a, b in itertools.pairwise(windows)):
         raise InvalidPointer("windows are not strictly descending")
     return tuple(windows)
 
