@@ -3,7 +3,7 @@ requests with 10,000 old lists in the validator's bucket as with 10, counted bot
 and as botocore API calls; a janitor pass then clears the old lists boundedly.
 
 The 10,000 case takes about 36 s on this 2-core VM: 23 s writing the old lists (16 PUTs at a
-time, the server sharing the cores), most of the rest the janitor's ten passes.
+time, the server sharing the cores); the rest is listing and the janitor's ten passes.
 """
 
 from __future__ import annotations
