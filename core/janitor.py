@@ -2,15 +2,20 @@
 
 Rules (docs/checkpoints.md, "Retention"):
 
-- a per-window object of a pruned kind (gradients and debug dicts by default) is stale when
-  its window is older than `current_window - stale_retention`;
+- per-window objects and start windows: `core.retention` (a retention per kind, never the
+  newest of a kind and version, never our version's start window);
 - per protocol version, the newest `keep_checkpoints` complete checkpoints are always kept;
-  any other checkpoint directory (complete or not) goes once it is older than the cutoff, so
-  a save in progress (always near the current window) is never touched;
-- only names `core.keys.parse` recognises are ever deleted: the latest pointer and anything
+  any other checkpoint directory (complete or not) goes once it is older than
+  `current_window - stale_retention`, so a save in progress (always near the current window)
+  is never touched;
+- only names `core.keys.parse` recognises are ever deleted: the latest pointers and anything
   another tool wrote stay;
 - at most `max_deletes` keys per call, oldest first; a checkpoint's manifest is deleted in an
   earlier request than its files, so a half-deleted checkpoint is never complete.
+
+A pass costs one listing of the bucket (one request per 1,000 objects, and retention keeps
+the bucket bounded), the manifest reads of the newest checkpoints, and at most two delete
+calls.
 """
 
 from __future__ import annotations
@@ -19,33 +24,17 @@ import logging
 from collections.abc import Iterable, Sequence
 
 import attrs
-from attrs.validators import ge, gt
 
 from core import keys
 from core.checkpoints.load import Candidate, complete_manifests
 from core.checkpoints.settings import CheckpointSettings
-from core.keys import KeyKind
+from core.keys import KeyKind, ParsedKey
+from core.retention import RetentionPolicy, stale
 from ports import ObjectStore
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RetentionPolicy", "Sweep", "sweep", "sweep_all"]
-
-
-@attrs.frozen(kw_only=True)
-class RetentionPolicy:
-    stale_retention: int = attrs.field(default=10, validator=ge(0))
-    keep_checkpoints: int = attrs.field(default=3, validator=gt(0))
-    max_deletes: int = attrs.field(default=1000, validator=gt(0))
-    # Aggregator objects are left alone by default: catch-up replays them, so they must outlive
-    # checkpoint_frequency + sync_max_steps_behind windows.
-    kinds: frozenset[KeyKind] = attrs.field(
-        default=frozenset({KeyKind.GRADIENT, KeyKind.DEBUG}), converter=frozenset
-    )
-
-    def __attrs_post_init__(self) -> None:
-        if KeyKind.CHECKPOINT in self.kinds or KeyKind.START_WINDOW in self.kinds:
-            raise ValueError("checkpoints follow their own rule; start_window is never stale")
 
 
 @attrs.frozen
@@ -69,18 +58,18 @@ async def sweep(
 ) -> Sweep:
     """Delete what `policy` says is stale from `store` (at most `policy.max_deletes` keys)."""
     cutoff = current_window - policy.stale_retention
-    stale: list[tuple[int, str]] = []
+    named: list[tuple[str, ParsedKey]] = []
     dirs: dict[tuple[str, int, int], dict[str, int]] = {}
     async for meta in store.list(""):
         parsed = keys.parse(meta.key)
         if parsed is None:
             continue
+        named.append((meta.key, parsed))
         if parsed.kind is KeyKind.CHECKPOINT:
             dirs.setdefault((parsed.version, parsed.window, parsed.uid), {})[parsed.file] = (
                 meta.size
             )
-        elif parsed.kind in policy.kinds and parsed.window is not None and parsed.window < cutoff:
-            stale.append((parsed.window, meta.key))
+    old = stale(named, current_window, policy)
 
     kept: set[tuple[str, int, int]] = set()
     for version in sorted({v for v, _, _ in dirs}):
@@ -98,7 +87,7 @@ async def sweep(
     manifests, files = [], []
     budget = policy.max_deletes
     plan = sorted(
-        [(w, 0, key) for w, key in stale]
+        [(w, 0, key) for w, key in old]
         + [(w, 1, (v, w, u)) for w, v, u in doomed_dirs],
         key=lambda item: (item[0], item[1]),
     )  # fmt: skip

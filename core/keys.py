@@ -4,6 +4,7 @@ read each other's objects.
     gradient-{window}-{uid}-v{version}.safetensors
     aggregator-{window}-v{version}.safetensors
     peers-{window}-v{version}.json
+    peers-latest-v{version}.json                      (which peer lists exist, newest first)
     start_window-v{version}.json
     debug-{window}-{uid}-v{version}.json
     checkpoints/v{version}/{window}-{uid}/{file}      (manifest.json written last)
@@ -65,6 +66,12 @@ def aggregator(window: int, version: str) -> str:
 def peers(window: int, version: str) -> str:
     _nonneg("window", window)
     return f"peers-{window}-v{check_version(version)}.json"
+
+
+def peers_latest(version: str) -> str:
+    """The pointer naming a validator's newest peer lists; `parse` does not recognise it, so
+    the janitor never deletes it."""
+    return f"peers-latest-v{check_version(version)}.json"
 
 
 def start_window(version: str) -> str:

@@ -29,6 +29,7 @@ from core.exchange import ExchangeSettings
 from core.fetch import FetchSettings
 from core.gather import GatherSettings
 from core.peers import PeerSettings
+from core.retention import ALL_KINDS, RetentionPolicy
 
 
 class ConfigError(ValueError):
@@ -150,7 +151,31 @@ class HParams:
         15, "windows behind beyond which catch-up replays aggregates", minimum=0
     )
     stale_retention: int = _hp(
-        10, "own objects older than this many windows are deleted", positive=True
+        10,
+        "own gradients (and checkpoints beyond the newest 3) older than this many windows "
+        "are deleted",
+        positive=True,
+    )
+    debug_retention: int = _hp(10, "own debug dicts are kept this many windows", positive=True)
+    peer_list_retention: int = _hp(
+        10,
+        "a validator's peer lists are kept this many windows (its newest always)",
+        positive=True,
+    )
+    aggregate_retention: int = _hp(
+        0,
+        "aggregates are kept this many windows (the newest always); 0: checkpoint_frequency "
+        "+ sync_max_steps_behind, the least catch-up needs",
+        minimum=0,
+    )
+    start_window_retention: int = _hp(
+        100,
+        "another protocol version's start window goes once that version has written nothing "
+        "in the bucket for this many windows (ours always stays)",
+        positive=True,
+    )
+    janitor_max_deletes: int = _hp(
+        1000, "most objects the janitor deletes from one bucket per window", positive=True
     )
 
     def __attrs_post_init__(self) -> None:
@@ -163,6 +188,13 @@ class HParams:
             raise ConfigError("normalisation", f"must be one of {choices}") from None
         if self.minimum_peers > self.gather_peer_count:
             raise ConfigError("minimum_peers", "cannot exceed gather_peer_count")
+        floor = self.checkpoint_frequency + self.sync_max_steps_behind
+        if 0 < self.aggregate_retention < floor:
+            raise ConfigError(
+                "aggregate_retention",
+                f"must be 0 or >= checkpoint_frequency + sync_max_steps_behind ({floor}): "
+                "catch-up replays aggregates from the newest checkpoint",
+            )
         # The core settings classes have their own limits (target_chunk <= 64, ...).
         for build in (self.topk_params, self.peer_settings, self.gather_settings):
             try:
@@ -193,6 +225,22 @@ class HParams:
             recent_windows=self.recent_windows,
             reset_inactivity_windows=self.reset_inactivity_windows,
             exploration_weight=self.exploration_weight,
+        )
+
+    def retention_policy(self) -> RetentionPolicy:
+        """What the janitor keeps of every kind we write (docs/checkpoints.md, "Retention")."""
+        aggregates = self.aggregate_retention or (
+            self.checkpoint_frequency + self.sync_max_steps_behind
+        )
+        return RetentionPolicy(
+            stale_retention=self.stale_retention,
+            debug_retention=self.debug_retention,
+            peer_list_retention=self.peer_list_retention,
+            aggregate_retention=aggregates,
+            start_window_retention=self.start_window_retention,
+            max_deletes=self.janitor_max_deletes,
+            kinds=ALL_KINDS,
+            version=self.version,
         )
 
     def exchange_settings(

@@ -21,7 +21,7 @@ from core.checkpoints import CheckpointMeta
 from core.codec import Expected
 from core.compression import TopKCompressor
 from core.exchange import Exchange
-from core.janitor import RetentionPolicy, sweep
+from core.janitor import sweep
 from core.windows import TimeWindow, first_block, window_of
 from neurons import resume, sync
 from neurons.buckets import NeuronBuckets
@@ -243,14 +243,20 @@ class Neuron:
 
     # Housekeeping --------------------------------------------------------------------
 
+    def own_stores(self) -> list[ObjectStore]:
+        """The buckets we write to, which the janitor keeps bounded."""
+        return [self.store]
+
     async def clean_stale(self, window: int) -> int:
-        """Delete our stale gradients and old checkpoints (see core/janitor.py)."""
-        policy = RetentionPolicy(stale_retention=self.hparams.stale_retention)
-        try:
-            return (await sweep(self.store, window, policy, settings=self.checkpoints)).count
-        except StorageError as exc:
-            log.warning("stale cleanup failed: %s", exc)
-            return 0
+        """Delete what retention lets go from each of our buckets (see core/janitor.py)."""
+        policy = self.hparams.retention_policy()
+        cleaned = 0
+        for store in self.own_stores():
+            try:
+                cleaned += (await sweep(store, window, policy, settings=self.checkpoints)).count
+            except StorageError as exc:
+                log.warning("stale cleanup of %s failed: %s", store.name, exc)
+        return cleaned
 
     def save_resume(self, window: int) -> None:
         resume.save(

@@ -32,6 +32,7 @@ from neurons.neuron import Neuron, Row
 from neurons.scoring import Scores
 from neurons.sync import CheckpointSaver
 from neurons.training import loss_after_step, mean_loss, outer_step, unit_normalised
+from ports import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,12 @@ class Validator(Neuron):
             if self.buckets.aggregator_write is not None
             else None
         )
+
+    def own_stores(self) -> list[ObjectStore]:
+        # Peer lists and the start window live in our gradient bucket, aggregates in the
+        # aggregator bucket; both grow every window unless swept.
+        extra = [self.aggregator_store] if self.aggregator_store is not None else []
+        return [*super().own_stores(), *extra]
 
     def peers_for(self, window: int) -> tuple[int, ...] | None:
         effective = [w for w in self.lists if w <= window]

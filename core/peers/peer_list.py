@@ -1,8 +1,11 @@
 """Peer lists and the start window: published by validators, read by everyone.
 
-A validator that selects peers at window w publishes `peers-{w + margin}-v{version}.json`;
-a reader of window w takes the newest list effective at w from the highest-stake validator
-that has a valid one, falling back to older lists and then to the next validator. Lists are
+A validator that selects peers at window w publishes `peers-{w + margin}-v{version}.json`,
+then the pointer `peers-latest-v{version}.json` (core/peers/latest.py) naming it; a reader of
+window w takes the newest list effective at w from the highest-stake validator that has a
+valid one, falling back to older lists and then to the next validator. The pointer says which
+lists exist, so a read costs the same few requests however many lists a bucket holds; a
+bucket without a usable pointer (written before pointers) is listed instead. Lists are
 untrusted input: size-bounded before download, schema-checked, and their hotkey must be the
 one the metagraph has at the publishing validator's uid.
 """
@@ -16,6 +19,7 @@ from collections.abc import Mapping
 import attrs
 
 from core import keys
+from core.peers import latest
 from ports import Bucket, Metagraph, ObjectMeta, ObjectStore, StorageError, StoreOpener
 
 log = logging.getLogger(__name__)
@@ -111,9 +115,12 @@ def parse_peer_list(data: bytes, version: str) -> PeerList:
 
 
 async def post_peer_list(store: ObjectStore, peer_list: PeerList, version: str) -> ObjectMeta:
-    """Publish `peer_list` in our (validator) bucket under its effective window."""
+    """Publish `peer_list` in our (validator) bucket under its effective window, then point
+    the pointer at it (after, so the pointer never names a list not yet written)."""
     key = keys.peers(peer_list.first_effective_window, version)
-    return await store.put(key, peer_list.to_json(version))
+    meta = await store.put(key, peer_list.to_json(version))
+    await latest.advance(store, peer_list.first_effective_window, version)
+    return meta
 
 
 def _validators_with_buckets(
@@ -123,18 +130,16 @@ def _validators_with_buckets(
 
 
 async def _lists_in(store: ObjectStore, window: int, version: str) -> list[int]:
-    windows = []
-    async for meta in store.list("peers-"):
-        parsed = keys.parse(meta.key)
-        if (
-            parsed is not None
-            and parsed.kind is keys.KeyKind.PEERS
-            and parsed.version == version
-            and parsed.window is not None
-            and parsed.window <= window
-        ):
-            windows.append(parsed.window)
-    return sorted(windows, reverse=True)
+    """Effective windows of the lists to try, newest first, none after `window`."""
+    try:
+        pointed = await latest.read(store, version)
+    except latest.InvalidPointer as exc:
+        log.warning("unusable peer-list pointer in %s, listing instead: %s", store.name, exc)
+        pointed = None
+    if pointed is None:
+        return await latest.listed(store, version, window)
+    # Entries after `window` are lists not yet in effect (or junk): never candidates.
+    return [w for w in pointed if w <= window]
 
 
 async def get_peer_list(

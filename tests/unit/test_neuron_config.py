@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from core.retention import ALL_KINDS
 from neurons.buckets import r2_neuron_buckets
 from neurons.cli import app
 from neurons.config import (
@@ -61,6 +62,8 @@ def test_file_then_overrides(tmp_path):
         ({"blocks_per_window": 0}, "blocks_per_window"),
         ({"normalisation": "max"}, "normalisation"),
         ({"minimum_peers": 20, "gather_peer_count": 10}, "minimum_peers"),
+        ({"aggregate_retention": 50}, "aggregate_retention"),  # catch-up needs 103
+        ({"peer_list_retention": 0}, "peer_list_retention"),
     ],
 )
 def test_bad_hparams_name_the_key(tmp_path, body, key):
@@ -70,6 +73,16 @@ def test_bad_hparams_name_the_key(tmp_path, body, key):
         load_hparams(path)
     assert info.value.key == key
     assert key in str(info.value)
+
+
+def test_retention_policy_covers_every_kind_we_write():
+    policy = load_hparams(overrides={"checkpoint_frequency": 20, "janitor_max_deletes": 7})
+    policy = policy.retention_policy()
+    assert policy.kinds == ALL_KINDS and policy.version == HParams().version
+    assert policy.aggregate_retention == 20 + HParams().sync_max_steps_behind  # 0: the floor
+    assert (policy.peer_list_retention, policy.max_deletes) == (10, 7)
+    explicit = load_hparams(overrides={"aggregate_retention": 500}).retention_policy()
+    assert explicit.aggregate_retention == 500
 
 
 def test_core_limits_are_config_errors():

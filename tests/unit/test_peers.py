@@ -17,6 +17,7 @@ from core.peers import (
     PeerSettings,
     get_peer_list,
     get_start_window,
+    latest,
     parse_peer_list,
     post_peer_list,
     post_start_window,
@@ -184,6 +185,7 @@ async def test_unknown_uids_are_dropped_and_oversized_lists_refused() -> None:
     assert (got.peers, got.reserves) == ((2,), (3,))
     huge = b'{"peers": [' + b"1," * 200_000 + b"1]}"
     await opener.open(bucket(0)).put(keys.peers(2, V), huge)
+    await latest.advance(opener.open(bucket(0)), 2, V)  # so that readers try it
     assert await get_peer_list(opener, mg, commitments, 2, V, max_bytes=10_000) == got
 
 
