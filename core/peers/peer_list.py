@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from core import keys
+from core import keys, strict_json
 from core.peers import latest
 from ports import Bucket, Metagraph, ObjectMeta, ObjectStore, StorageError, StoreOpener
 
@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 MAX_UIDS = 4096
+# Bounds on every number a peer list or start window carries: a uid fits Bittensor's u16, a
+# window JSON's exact integers (2**53 - 1, which every client parses alike); a 4,000-digit
+# "window" is refused, not carried around.
+MAX_UID = 2**16 - 1
+MAX_WINDOW = 2**53 - 1
 MAX_LISTS_TRIED = 3
 
 
@@ -66,18 +71,31 @@ class PeerList:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _uint(body: Mapping, name: str) -> int:
+def _uint(body: Mapping, name: str, limit: int = MAX_WINDOW) -> int:
     value = body.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidPeerList(f"{name} must be a non-negative integer")
+    if value > limit:
+        raise InvalidPeerList(f"{name} must be at most {limit}")
     return value
+
+
+def _body(data: bytes) -> Mapping:
+    """A JSON object read from a peer's bucket: strict (a repeated key is refused)."""
+    try:
+        body = strict_json.loads(bytes(data).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidPeerList(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidPeerList("not a JSON object")
+    return body
 
 
 def _uids(body: Mapping, name: str) -> tuple[int, ...]:
     value = body.get(name)
     if not isinstance(value, list) or len(value) > MAX_UIDS:
         raise InvalidPeerList(f"{name} must be a list of at most {MAX_UIDS} uids")
-    uids = tuple(_uint({"uid": v}, "uid") for v in value)
+    uids = tuple(_uint({"uid": v}, "uid", MAX_UID) for v in value)
     if len(set(uids)) != len(uids):
         raise InvalidPeerList(f"{name} has duplicate uids")
     return uids
@@ -85,12 +103,7 @@ def _uids(body: Mapping, name: str) -> tuple[int, ...]:
 
 def parse_peer_list(data: bytes, version: str) -> PeerList:
     """Decode and validate a published peer list; raises `InvalidPeerList`."""
-    try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise InvalidPeerList("not JSON") from exc
-    if not isinstance(body, dict):
-        raise InvalidPeerList("not a JSON object")
+    body = _body(data)
     if body.get("schema") != SCHEMA:
         raise InvalidPeerList(f"schema {body.get('schema')!r} is not {SCHEMA}")
     if body.get("version") != version:
@@ -109,7 +122,7 @@ def parse_peer_list(data: bytes, version: str) -> PeerList:
         first_effective_window=effective,
         peers=peers,
         reserves=reserves,
-        validator_uid=_uint(body, "validator_uid"),
+        validator_uid=_uint(body, "validator_uid", MAX_UID),
         hotkey=hotkey,
     )
 
@@ -200,8 +213,8 @@ async def get_start_window(
     for vuid, bucket in _validators_with_buckets(metagraph, commitments):
         try:
             blob = await opener.open(bucket).get(keys.start_window(version), max_bytes=max_bytes)
-            body = json.loads(blob.data)
-            if not isinstance(body, dict) or body.get("version") != version:
+            body = _body(blob.data)
+            if body.get("version") != version:
                 raise InvalidPeerList("wrong version or shape")
             if body.get("hotkey") != metagraph.hotkey(vuid):
                 raise InvalidPeerList("hotkey does not match the validator")

@@ -202,6 +202,10 @@ async def test_unknown_uids_are_dropped_and_oversized_lists_refused() -> None:
         ({"window": 5, "first_effective_window": 4}, "before"),
         ({"hotkey": ""}, "hotkey"),
         ({"window": -1}, "non-negative"),
+        ({"window": 10**4000, "first_effective_window": 10**4000}, "not JSON|at most"),
+        ({"first_effective_window": 2**53}, "at most"),
+        ({"peers": [1, 2**16]}, "at most"),
+        ({"validator_uid": 2**16}, "at most"),
     ],
 )
 def test_malformed_peer_lists_are_rejected_with_a_reason(body, reason: str) -> None:
@@ -218,6 +222,31 @@ def test_malformed_peer_lists_are_rejected_with_a_reason(body, reason: str) -> N
     data = body if isinstance(body, list) else {**good, **body}
     with pytest.raises(InvalidPeerList, match=reason):
         parse_peer_list(json.dumps(data).encode(), V)
+
+
+def test_a_repeated_key_in_a_peer_list_is_refused_not_the_last_one_winning() -> None:
+    good = PeerList(
+        window=1, first_effective_window=2, peers=(1,), reserves=(), validator_uid=0, hotkey="hk"
+    ).to_json(V)
+    twice = good[:-1] + b',"peers":[7]}'  # a second "peers": plain json.loads takes [7]
+    with pytest.raises(InvalidPeerList, match="duplicate key"):
+        parse_peer_list(twice, V)
+
+
+async def test_a_start_window_of_4000_digits_or_with_a_repeated_key_is_not_used() -> None:
+    opener = MemoryStoreOpener(FakeClock())
+    mg, commitments = metagraph(), {0: bucket(0), 1: bucket(1)}
+    await post_start_window(opener.open(bucket(1)), 42, "hk1", V)
+    body = '{"schema": 1, "version": "%s", "start_window": %s, "hotkey": "hk0"}'
+    store = opener.open(bucket(0))  # the highest-stake validator's, tried first
+    await store.put(keys.start_window(V), (body % (V, "9" * 4000)).encode())
+    assert await get_start_window(opener, mg, commitments, V) == 42
+    await store.put(keys.start_window(V), (body % (V, 2**53)).encode())
+    assert await get_start_window(opener, mg, commitments, V) == 42
+    repeated = body % (V, 5) + ""
+    repeated = repeated[:-1] + ', "start_window": 6}'
+    await store.put(keys.start_window(V), repeated.encode())
+    assert await get_start_window(opener, mg, commitments, V) == 42
 
 
 async def test_start_window_round_trip() -> None:
