@@ -4,6 +4,14 @@ Layout: `<root>/<bucket>/objects/<key>` holds each object; `<root>/<bucket>/.tmp
 uploads in flight. Every write goes to a temp file, is fsynced and renamed into place, so a
 reader (in this or another process) sees the old object or the whole new one, never a torn one.
 Credentials are not enforced: the directory's permissions are the access control.
+
+Trust: every process that can write into a bucket's directory is trusted. Such a writer can
+put any bytes at any key and set an object's mtime (its last_modified) back, so a late upload
+would look on time: where peers are untrusted, use an S3 store (R2 stamps uploads itself).
+What the store does refuse, so that a planted entry cannot lead it astray: a bucket whose
+`objects/` or `.tmp/` is a symlink (it would read, and sweep temp files, outside the root),
+and anything at a key that is not a regular file (a named pipe would hang a read; a symlink
+would read another file).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -62,6 +71,11 @@ class LocalStore:
         self._last_ns = 0
         self._objects.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
+        for sub in (self._objects, self._tmp):
+            if sub.is_symlink() or sub.resolve() != self._dir.resolve() / sub.name:
+                raise StorageError(
+                    f"bucket {self._dir.name!r}: {sub.name} is a symlink; refusing to follow it"
+                )
         self._root = self._objects.resolve()
         self.sweep_temp()
 
@@ -76,7 +90,7 @@ class LocalStore:
         cutoff = time.time() - older_than
         for part in self._tmp.glob(".part-*"):
             with contextlib.suppress(OSError):
-                if part.stat().st_mtime < cutoff:
+                if part.lstat().st_mtime < cutoff:
                     part.unlink()
                     removed += 1
         return removed
@@ -158,11 +172,21 @@ class LocalStore:
     def _open(self, key: str, max_bytes: int | None) -> tuple[BinaryIO, ObjectMeta]:
         path = self._path(key)
         try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed by the caller
+            # Without following a symlink, and without blocking on a named pipe.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise NotFound(key) from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NotFound(key) from exc  # a symlink is not an object
+            raise
         # fstat the open file: a concurrent replace cannot change what we read from here on.
-        meta = self._meta(key, os.fstat(fh.fileno()))
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise NotFound(key)
+        fh = os.fdopen(fd, "rb")
+        meta = self._meta(key, st)
         if max_bytes is not None and meta.size > max_bytes:
             fh.close()
             raise TooLarge(key, meta.size, max_bytes)
@@ -211,10 +235,10 @@ class LocalStore:
     def _head(self, key: str) -> ObjectMeta | None:
         path = self._path(key)
         try:
-            st = path.stat()
+            st = path.lstat()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if not path.is_file():
+        if not stat.S_ISREG(st.st_mode):
             return None
         return self._meta(key, st)
 
@@ -240,10 +264,11 @@ class LocalStore:
                 if not key.startswith(prefix):
                     continue
                 try:
-                    st = os.stat(os.path.join(dirpath, fname))
+                    st = os.lstat(os.path.join(dirpath, fname))
                 except FileNotFoundError:
                     continue  # deleted while we walked
-                found.append(self._meta(key, st))
+                if stat.S_ISREG(st.st_mode):  # a pipe or a symlink is not an object
+                    found.append(self._meta(key, st))
         found.sort(key=lambda m: m.key)
         return found
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters.storage.local import LocalStore, LocalStoreOpener
-from ports import Bucket, InvalidKey, StorageError
+from ports import Bucket, InvalidKey, NotFound, StorageError
 
 
 def bucket(name: str) -> Bucket:
@@ -84,3 +84,33 @@ def test_temp_files_left_by_a_crash_are_swept_when_old(tmp_path: Path) -> None:
     assert not old.exists() and fresh.exists()
     assert LocalStore(tmp_path / "b").sweep_temp(older_than=0) == 1
     assert not fresh.exists()
+
+
+@pytest.mark.parametrize("planted", ["objects", ".tmp"])
+def test_a_bucket_whose_directories_are_symlinks_is_refused(tmp_path: Path, planted) -> None:
+    """A peer sharing the filesystem must not point our reads or temp sweep elsewhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    old = elsewhere / ".part-precious"
+    old.write_bytes(b"not ours")
+    os.utime(old, (0, 0))  # older than any sweep cutoff
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / planted).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(StorageError, match="symlink"):
+        LocalStore(tmp_path / "b")
+    assert old.exists()
+
+
+async def test_a_named_pipe_or_a_symlink_at_a_key_is_not_an_object(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "b")
+    await store.put("real", b"data")
+    objects = tmp_path / "b" / "objects"
+    os.mkfifo(objects / "pipe")
+    (objects / "link").symlink_to(objects / "real")
+    assert [m.key async for m in store.list("")] == ["real"]
+    for key in ("pipe", "link"):
+        assert await store.head(key) is None
+        with pytest.raises(NotFound):  # at once: a pipe with no writer would block a read
+            await asyncio.wait_for(store.get(key), timeout=30)
+    await store.put("pipe", b"ours")  # our own put replaces what was planted
+    assert (await store.get("pipe")).data == b"ours"
