@@ -81,6 +81,10 @@ class BoundedReader(io.RawIOBase):
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")
+        if self._limit is not None:
+            # Whatever the consumer asks for, read at most one byte past the bound: that byte
+            # is enough to tell a body that is too long.
+            view = view[: max(self._limit + 1 - self.consumed, 0)]
         filled = 0
         while filled < len(view):
             n = self._body.readinto(view[filled:])

@@ -60,3 +60,26 @@ def test_bounded_reader_refuses_a_body_longer_than_the_limit() -> None:
         reader.read(5)
     with pytest.raises(TooLarge):
         BoundedReader(io.BytesIO(b"x" * 11), "k", 10).read()
+
+
+def test_a_large_read_never_pulls_more_than_one_byte_past_the_bound() -> None:
+    """A consumer asking for 10 MB of an object bounded at 1,000 bytes: the bound holds."""
+    body = io.BytesIO(b"x" * 10_000_000)
+    with pytest.raises(TooLarge):
+        BoundedReader(body, "k", 1000).read(10_000_000)
+    assert body.tell() == 1001
+
+
+@given(data=st.binary(max_size=300), limit=st.integers(0, 200), sizes=read_sizes)
+def test_bounded_reader_reads_at_most_limit_plus_one(data, limit, sizes) -> None:
+    body = io.BytesIO(data)
+    reader = BoundedReader(body, "k", limit)
+    got = b""
+    try:
+        for n in [*sizes, -1]:
+            got += reader.read(n)
+    except TooLarge:
+        assert len(data) > limit
+    else:
+        assert got == data and len(data) <= limit
+    assert body.tell() <= limit + 1
