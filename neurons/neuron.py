@@ -102,6 +102,7 @@ class Neuron:
         self.error: dict[str, torch.Tensor] | None = None
         self._committed = False
         self.finality_lag = 0
+        self.failed_windows = 0
         self._time_window: tuple[int, TimeWindow] | None = None
         self._windows_since_clock_check = 0
 
@@ -226,7 +227,12 @@ class Neuron:
         """
         target = None if self.last_window is None else self.last_window + 1
         while not stop.is_set():
-            now = await self.current_window()
+            try:
+                now = await self.current_window()
+            except ChainError as exc:  # an unreachable chain costs time, not the process
+                log.warning("%s: cannot read the chain's block height: %s", self.role, exc)
+                await self._sleep(self.settings.block_poll_interval, stop)
+                continue
             if target is None:
                 target = now + 1
             if now >= target:
@@ -286,8 +292,13 @@ class Neuron:
                 window = await self.next_window(stop)
                 if window is None:
                     break
-                row = await self.step(window)
-                await self._recheck_time()
+                try:
+                    row = await self.step(window)
+                    await self._recheck_time()
+                except Exception as exc:  # a window's failure must not end the process
+                    self._window_failed(window, exc)
+                    done += 1
+                    continue
                 self.last_window = window
                 self.save_resume(window)
                 if self.on_row is not None:
@@ -296,6 +307,27 @@ class Neuron:
         finally:
             await self.close()
         return done
+
+    def _window_failed(self, window: int, exc: Exception) -> None:
+        """An upload, gather or chain failure costs its window: logged, counted, and the next
+        window runs (`last_window` stays, so nothing is marked done that was not)."""
+        self.failed_windows += 1
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "%s uid %s: window %d failed, going on: %s", self.role, self.uid, window, reason
+        )
+        log.debug("window %d failed", window, exc_info=exc)
+        if self.on_row is not None:
+            self.on_row(
+                {
+                    "event": "window_failed",
+                    "role": self.role,
+                    "uid": self.uid,
+                    "window": window,
+                    "reason": reason,
+                    "failed_windows": self.failed_windows,
+                }
+            )
 
     async def _recheck_time(self) -> None:
         self._windows_since_clock_check += 1

@@ -209,3 +209,36 @@ async def test_a_miner_whose_upload_misses_the_time_window_says_so(tmp_path, cap
     rows = [r for r in net.rows if r.get("event") == "window" and r["role"] == "miner"]
     assert [r["upload"] for r in rows] == ["too_late"]
     assert "peers will skip it" in caplog.text
+
+
+async def test_a_miner_survives_a_failing_upload_and_an_unreachable_chain(tmp_path, caplog):
+    """A failure costs its window (a WARNING and a `window_failed` event), never the process."""
+    from ports import ChainError, TransientStorageError
+
+    net = Net(tmp_path, miners=1)
+    miner = net.miners[0]
+    real_put, real_block = miner.exchange.put, miner.chain.current_block
+    failures = {"put": 2, "block": 3}
+
+    async def flaky_put(*args, **kwargs):
+        if failures["put"]:
+            failures["put"] -= 1
+            raise TransientStorageError("R2 answered 503 after the retries")
+        return await real_put(*args, **kwargs)
+
+    async def flaky_block():
+        if failures["block"] and failures["put"] == 0:
+            failures["block"] -= 1
+            raise ChainError("the chain cannot be reached")
+        return await real_block()
+
+    miner.exchange.put = flaky_put
+    miner.chain.current_block = flaky_block
+    with caplog.at_level("WARNING"):
+        done = await miner.run(asyncio.Event(), max_windows=4)
+    assert done == 4
+    failed = [r for r in net.rows if r.get("event") == "window_failed"]
+    assert [r["failed_windows"] for r in failed] == [1, 2]
+    assert all("503" in r["reason"] for r in failed)
+    assert [r["upload"] for r in net.rows if r.get("event") == "window"] == ["ok", "ok"]
+    assert "window" in caplog.text and "cannot read the chain" in caplog.text
