@@ -1,7 +1,8 @@
 """Object store on any S3-compatible service; Cloudflare R2 is the default endpoint.
 
 One boto3 client per (endpoint, bucket, credentials), shared by every store the opener hands
-out for them and rebuilt after a connection-level failure. Blocking boto3 calls run on the
+out for them, kept (bounded, LRU) after its stores close so that the next window reuses it,
+and rebuilt after a connection-level failure. Blocking boto3 calls run on the
 opener's own thread pool, as wide as the connection pool: asyncio's default executor has only
 `cpu + 4` threads, which would cap a 64-peer gather at a handful of requests in flight.
 Large objects go through boto3's managed transfer (multipart upload, concurrent ranged
@@ -19,6 +20,7 @@ import io
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -31,7 +33,14 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from adapters.storage.files import fsync_dir
-from adapters.storage.s3_client import ClientSlot, MiB, Progress, S3Settings, SizeGuard
+from adapters.storage.s3_client import (
+    ClientSlot,
+    MiB,
+    Progress,
+    S3Settings,
+    SizeGuard,
+    register_integrity,
+)
 from adapters.storage.s3_errors import (
     Context,
     is_connection_error,
@@ -55,6 +64,7 @@ __all__ = ["DELETE_BATCH", "MiB", "Progress", "S3Settings", "S3Store", "S3StoreO
 
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
 T = TypeVar("T")
+Ident = tuple[str, str, str, str]  # endpoint, bucket, access key id, digest of the secret
 
 
 def _etag(raw: str | None) -> str:
@@ -115,7 +125,14 @@ class S3Store:
 
     def _ctx(self, op: str, key: str | None) -> Context:
         b = self._bucket
-        return Context(b.name, b.endpoint_url, b.access_key_id, op, key)
+        return Context(
+            b.name,
+            b.endpoint_url,
+            b.access_key_id,
+            op,
+            key,
+            checksums=self._settings.request_checksum_calculation,
+        )
 
     def _call(self, op: str, key: str | None, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(client, *args)` in a worker thread, mapping vendor errors to port errors."""
@@ -351,15 +368,28 @@ class S3Store:
 class S3StoreOpener:
     """Opens buckets on S3-compatible services; clients are shared per bucket and credentials.
 
+    A client outlives the stores that used it: once its last store closes it waits, idle, for
+    the next window's store of the same bucket, up to `client_cache_size` idle clients (least
+    recently used closed first). `on_client`, if given, is called with each client built (a
+    seam for instrumentation and tests: register botocore event handlers there).
     `close()` releases every client and the worker threads; stores opened here stop working.
     """
 
-    def __init__(self, settings: S3Settings | None = None, *, progress: Progress | None = None):
+    def __init__(
+        self,
+        settings: S3Settings | None = None,
+        *,
+        progress: Progress | None = None,
+        on_client: Callable[[Any], None] | None = None,
+    ):
         self._settings = settings or S3Settings()
         self._progress = progress
+        self._on_client = on_client
         self._session = boto3.session.Session()
         self._lock = threading.Lock()
-        self._slots: dict[tuple[str, str, str, str], ClientSlot] = {}
+        self._slots: dict[Ident, ClientSlot] = {}
+        # Slots no store uses, least recently released first.
+        self._idle: OrderedDict[Ident, ClientSlot] = OrderedDict()
         self._executor = ThreadPoolExecutor(
             max_workers=self._settings.max_pool_connections, thread_name_prefix="s3"
         )
@@ -370,16 +400,26 @@ class S3StoreOpener:
     def settings(self) -> S3Settings:
         return self._settings
 
+    @property
+    def cached(self) -> int:
+        """Clients (built or not yet) held for some bucket, in use or idle."""
+        with self._lock:
+            return len(self._slots)
+
     def _make_client(self, bucket: Bucket) -> Any:
         # boto3 sessions are not thread-safe; creating clients from one under a lock is.
         with self._lock:
-            return self._session.client(
+            client = self._session.client(
                 "s3",
                 endpoint_url=bucket.endpoint_url,
                 aws_access_key_id=bucket.access_key_id,
                 aws_secret_access_key=bucket.secret_access_key,
                 config=self._settings.client_config(),
             )
+        register_integrity(client)
+        if self._on_client is not None:
+            self._on_client(client)
+        return client
 
     def open(self, bucket: Bucket) -> S3Store:
         # The secret takes part in the identity only as a digest, so it never sits in a key.
@@ -389,6 +429,7 @@ class S3StoreOpener:
             slot = self._slots.get(ident)
             if slot is None:
                 slot = self._slots[ident] = ClientSlot(functools.partial(self._make_client, bucket))
+            self._idle.pop(ident, None)
             slot.users += 1
         return S3Store(
             bucket,
@@ -400,17 +441,25 @@ class S3StoreOpener:
             functools.partial(self._release, ident, slot),
         )
 
-    def _release(self, ident: tuple[str, str, str, str], slot: ClientSlot) -> None:
+    def _release(self, ident: Ident, slot: ClientSlot) -> None:
+        evicted: list[ClientSlot] = []
         with self._lock:
             slot.users -= 1
             if slot.users > 0 or self._slots.get(ident) is not slot:
                 return
-            del self._slots[ident]
-        slot.close()
+            self._idle[ident] = slot
+            while len(self._idle) > self._settings.client_cache_size:
+                old_ident, old = self._idle.popitem(last=False)
+                del self._slots[old_ident]
+                evicted.append(old)
+        # Closing drops the connection pool: outside the lock, other opens need not wait.
+        for old in evicted:
+            old.close()
 
     def close(self) -> None:
         with self._lock:
             slots, self._slots = list(self._slots.values()), {}
+            self._idle.clear()
         for slot in slots:
             slot.close()
         self._executor.shutdown(wait=False)

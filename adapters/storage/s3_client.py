@@ -1,7 +1,10 @@
-"""Client-side pieces of the S3 adapter: settings, the shared client slot, a size guard."""
+"""Client-side pieces of the S3 adapter: settings, the shared client slot, the integrity header
+on writes, a size guard."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +50,19 @@ class S3Settings:
     response_checksum_validation: str = attrs.field(
         default="when_required", validator=attrs.validators.in_(("when_supported", "when_required"))
     )
+    # boto3 >= 1.36 defaults to `when_supported`, which over https sends PutObject and every
+    # UploadPart as `Content-Encoding: aws-chunked` with a CRC32 trailer; R2 refuses that form
+    # (docs/storage.md#r2-compatibility). `when_required` keeps every body a plain one, and
+    # each write then carries a Content-MD5 computed before signing (`add_content_md5`).
+    request_checksum_calculation: str = attrs.field(
+        default="when_required", validator=attrs.validators.in_(("when_supported", "when_required"))
+    )
+    # Idle clients kept for reuse, least recently used evicted first (clients in use are never
+    # evicted, nor counted here). A validator reads every peer's bucket each window and a
+    # subnet has at most 256 uids: 256 keeps every peer's client warm from one window to the
+    # next (~0.4 MiB each, docs/storage.md#client-cache). 0: close a client when its last
+    # store closes.
+    client_cache_size: int = attrs.field(default=256, validator=attrs.validators.ge(0))
     region: str = "auto"
     addressing_style: str = attrs.field(
         default="path", validator=attrs.validators.in_(("path", "virtual", "auto"))
@@ -60,6 +76,7 @@ class S3Settings:
             read_timeout=self.read_timeout,
             retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
             response_checksum_validation=self.response_checksum_validation,
+            request_checksum_calculation=self.request_checksum_calculation,
             # A managed transfer opens up to max_concurrency more connections on the client.
             max_pool_connections=self.max_pool_connections + self.max_concurrency,
             s3={"addressing_style": self.addressing_style},
@@ -77,6 +94,45 @@ class S3Settings:
         # s3transfer's own setting, not among boto3's constructor arguments.
         config.max_in_memory_upload_chunks = self.max_in_memory_upload_chunks
         return config
+
+
+# Writes whose body the service stores or acts on. Content-MD5 is the integrity header R2 lists
+# as implemented for PutObject and UploadPart; DeleteObjects needs it on S3-compatible stores
+# that predate flexible checksums (botocore >= 1.36 sends only a CRC32 header there).
+MD5_OPERATIONS = ("PutObject", "UploadPart", "DeleteObjects")
+
+
+def add_content_md5(request: Any, **_: Any) -> None:
+    """botocore `before-sign` handler: a Content-MD5 of the body, unless the request already
+    carries one or sends its checksum as a trailer.
+
+    At `before-sign` the body is final and s3transfer has paused its progress callbacks, so
+    reading it here neither reports bytes twice nor races the upload. Over https botocore
+    then sends the payload unsigned: the MD5 is the body's one integrity check, as with
+    boto3 < 1.36.
+    """
+    headers = request.headers
+    if "Content-MD5" in headers or "x-amz-trailer" in headers:
+        return
+    body = request.body
+    if body is None:
+        body = b""
+    digest = hashlib.md5(usedforsecurity=False)
+    if isinstance(body, bytes | bytearray | memoryview):
+        digest.update(body)
+    else:
+        start = body.tell()
+        for chunk in iter(lambda: body.read(MiB), b""):
+            digest.update(chunk)
+        body.seek(start)
+    headers["Content-MD5"] = base64.b64encode(digest.digest()).decode("ascii")
+
+
+def register_integrity(client: Any) -> None:
+    for op in MD5_OPERATIONS:
+        client.meta.events.register(
+            f"before-sign.s3.{op}", add_content_md5, unique_id=f"templar-content-md5-{op}"
+        )
 
 
 class ClientSlot:
