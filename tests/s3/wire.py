@@ -4,7 +4,8 @@
 is recorded as it would go out (headers after signing) and answered here by a small
 in-memory S3, so a store on an https endpoint on loopback runs without a server and without
 a byte on the network. `refuse` names operations answered as R2 answers a request form it does
-not implement (501 NotImplemented).
+not implement (501 NotImplemented); while `down` is set every request fails as a refused
+connection does.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import EndpointConnectionError
 
 HTTPS_ENDPOINT = "https://127.0.0.1:9"  # loopback, a closed port: nothing may connect there
 REFUSAL = b"Header 'x-amz-checksum-crc32' with value 'AAAAAA==' not implemented"
@@ -68,6 +70,7 @@ def _unchunk(body: bytes) -> bytes:
 class Wire:
     def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
         self.refuse = set(refuse)
+        self.down = False
         self.seen: list[Seen] = []
         self.objects: dict[str, bytes] = {}
         self._parts: dict[str, dict[int, bytes]] = {}
@@ -82,6 +85,8 @@ class Wire:
             return [s.operation for s in self.seen]
 
     def _send(self, request: Any, event_name: str, **_: Any) -> AWSResponse:
+        if self.down:
+            raise EndpointConnectionError(endpoint_url=request.url)
         operation = event_name.rsplit(".", 1)[-1]
         url = urlsplit(request.url)
         key = unquote(url.path).split("/", 2)[-1]
