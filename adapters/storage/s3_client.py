@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -142,7 +143,7 @@ class ClientSlot:
         self._factory = factory
         self._lock = threading.Lock()
         self._client: Any = None
-        self.users = 0
+        self.busy = 0  # calls running on it; guarded by the ClientCache's lock
 
     @property
     def current(self) -> Any:
@@ -168,6 +169,71 @@ class ClientSlot:
             client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+Ident = tuple[str, str, str, str]  # endpoint, bucket, access key id, digest of the secret
+
+
+class ClientCache:
+    """One ClientSlot per identity, leased for the length of each call.
+
+    A slot no call is using is idle; at most `idle_cap` idle slots are kept, least recently
+    leased closed first. A slot is never closed while leased, so no request loses its client.
+    Leasing per call rather than per store keeps the cache bounded even when stores are
+    opened each window and never closed (the domain services open a store per peer).
+    """
+
+    def __init__(self, idle_cap: int) -> None:
+        self._idle_cap = idle_cap
+        self._lock = threading.Lock()
+        self._slots: OrderedDict[Ident, ClientSlot] = OrderedDict()  # least recent first
+        self._busy = 0  # slots with calls running
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._slots)
+
+    def peek(self, ident: Ident) -> ClientSlot | None:
+        with self._lock:
+            return self._slots.get(ident)
+
+    def lease(self, ident: Ident, factory: Callable[[], Any]) -> ClientSlot:
+        with self._lock:
+            slot = self._slots.get(ident)
+            if slot is None:
+                slot = self._slots[ident] = ClientSlot(factory)
+            else:
+                self._slots.move_to_end(ident)
+            if slot.busy == 0:
+                self._busy += 1
+            slot.busy += 1
+        return slot
+
+    def give_back(self, slot: ClientSlot) -> None:
+        evicted: list[ClientSlot] = []
+        with self._lock:
+            slot.busy -= 1
+            if slot.busy == 0:
+                self._busy -= 1
+            excess = len(self._slots) - self._busy - self._idle_cap
+            if excess > 0:
+                for ident, old in list(self._slots.items()):
+                    if old.busy == 0:
+                        del self._slots[ident]
+                        evicted.append(old)
+                        if len(evicted) == excess:
+                            break
+        # Closing drops a connection pool: outside the lock, so other leases need not wait.
+        for old in evicted:
+            old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            slots = list(self._slots.values())
+            self._slots.clear()
+            self._busy = 0
+        for slot in slots:
+            slot.close()
 
 
 class SizeGuard:

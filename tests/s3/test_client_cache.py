@@ -3,6 +3,8 @@ window to the next, bounded (LRU over idle clients), evicted clients closed."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -100,27 +102,51 @@ async def test_idle_clients_are_capped_least_recently_used_first_and_closed() ->
     assert {id(c) for c in clients.closed} == {id(c) for c in clients.built}
 
 
-async def test_clients_in_use_are_never_evicted() -> None:
-    opener, clients, _ = _opener(cache=1)
-    stores = [opener.open(_bucket(n)) for n in "abc"]
-    for store in stores:
-        await store.head("k")
-    assert clients.closed == [] and opener.cached == 3  # over the cap, all in use
-    for store in stores:
-        await store.close()
-    # Released a, b, c in that order: only c, the most recent, stays.
-    assert clients.closed == clients.built[:2] and opener.cached == 1
+async def test_a_client_in_use_is_never_evicted() -> None:
+    held, release = threading.Event(), threading.Event()
+
+    def hold(request: Any, **_: Any) -> None:
+        if "/slow/" in request.url:
+            held.set()
+            release.wait(10)
+
+    clients = Clients(Wire())
+
+    def on_client(client: Any) -> None:
+        client.meta.events.register("before-send.s3", hold)  # before the wire answers
+        clients(client)
+
+    opener = S3StoreOpener(S3Settings(client_cache_size=0, max_attempts=1), on_client=on_client)
+    slow = opener.open(_bucket("slow"))
+    call = asyncio.ensure_future(slow.head("k"))
+    await asyncio.to_thread(held.wait, 10)
+    await _window(opener, _bucket("other"))  # a cache of 0: closed as soon as it is idle
+    busy, other = clients.built
+    assert clients.closed == [other] and slow.client is busy
+    release.set()
+    assert await call is None
+    assert clients.closed == [other, busy]  # idle now, so over the cap
     opener.close()
 
 
-async def test_a_cache_of_zero_closes_a_client_with_its_last_store() -> None:
+async def test_a_cache_of_zero_closes_a_client_after_each_call() -> None:
     opener, clients, _ = _opener(cache=0)
-    one, two = opener.open(_bucket("a")), opener.open(_bucket("a"))
-    await one.head("k")
-    await one.close()
-    assert clients.closed == []  # `two` still uses it
-    await two.close()
-    assert clients.closed == clients.built and opener.cached == 0
+    store = opener.open(_bucket("a"))
+    await store.head("k")
+    await store.head("k")
+    assert len(clients.built) == 2 and clients.closed == clients.built
+    assert opener.cached == 0
+    opener.close()
+
+
+async def test_stores_left_open_do_not_hold_clients() -> None:
+    """The domain services open a store per peer and window and do not close it: the cache
+    stays bounded all the same."""
+    opener, clients, _ = _opener(cache=2)
+    stores = [opener.open(_bucket(n)) for n in "abcdef"]
+    for store in stores:
+        await store.head("k")
+    assert opener.cached == 2 and len(clients.closed) == 4
     opener.close()
 
 

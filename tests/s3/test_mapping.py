@@ -98,22 +98,23 @@ def test_connection_errors_are_told_apart_and_local_errors_are_not_vendor() -> N
 
 
 def _stubbed_store(bodies: list[tuple[bytes, int]]):
-    opener = S3StoreOpener(S3Settings(max_attempts=1))
+    def stub(client) -> None:
+        stubber = Stubber(client)
+        for data, advertised in bodies:
+            stubber.add_response(
+                "get_object",
+                {
+                    "Body": StreamingBody(io.BytesIO(data), advertised),
+                    "ContentLength": advertised,
+                    "LastModified": datetime(2026, 1, 1, tzinfo=UTC),
+                    "ETag": '"e"',
+                },
+                {"Bucket": "bkt", "Key": "k"},
+            )
+        stubber.activate()
+
+    opener = S3StoreOpener(S3Settings(max_attempts=1), on_client=stub)
     store = opener.open(Bucket("bkt", "acct", "KEYID", "s3cr3t", endpoint=URL))
-    client = store._slot.get()
-    stub = Stubber(client)
-    for data, advertised in bodies:
-        stub.add_response(
-            "get_object",
-            {
-                "Body": StreamingBody(io.BytesIO(data), advertised),
-                "ContentLength": advertised,
-                "LastModified": datetime(2026, 1, 1, tzinfo=UTC),
-                "ETag": '"e"',
-            },
-            {"Bucket": "bkt", "Key": "k"},
-        )
-    stub.activate()
     return opener, store
 
 
