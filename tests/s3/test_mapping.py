@@ -151,9 +151,14 @@ def test_settings_validate_and_build_configs() -> None:
     config = settings.client_config()
     assert config.retries == {"mode": "adaptive", "max_attempts": 3}
     assert config.region_name == "auto" and config.s3 == {"addressing_style": "path"}
+    # R2 takes neither boto3 >= 1.36's checksum trailers nor needs its response CRC checks.
+    assert config.request_checksum_calculation == "when_required"
+    assert config.response_checksum_validation == "when_required"
     assert settings.transfer_config().multipart_chunksize == 8 << 20
     with pytest.raises(ValueError):
         S3Settings(retry_mode="legacy")
+    with pytest.raises(ValueError):
+        S3Settings(request_checksum_calculation="always")
     with pytest.raises(ValueError):
         S3Settings(multipart_chunksize=1 << 20)  # under S3's 5 MiB part minimum
     with pytest.raises(ValueError):
