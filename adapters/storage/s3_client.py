@@ -228,10 +228,10 @@ class ClientCache:
             old.close()
 
     def close(self) -> None:
+        # `_busy` stays: calls still running give their slots back and bring it to 0.
         with self._lock:
             slots = list(self._slots.values())
             self._slots.clear()
-            self._busy = 0
         for slot in slots:
             slot.close()
 
