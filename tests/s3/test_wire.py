@@ -37,9 +37,9 @@ def _chunks(data: bytes, size: int = 3 * MiB):
 Write = Callable[[S3Store, Path], Awaitable[object]]
 
 
-async def _put_file(store: S3Store, tmp: Path) -> object:
-    path = tmp / "big.bin"
-    path.write_bytes(BIG)
+async def _put_file(store: S3Store, tmp: Path, data: bytes = BIG) -> object:
+    path = tmp / "upload.bin"
+    path.write_bytes(data)
     return await store.put_file("file", str(path))
 
 
@@ -47,6 +47,7 @@ WRITES: dict[str, tuple[Write, set[str]]] = {
     "put below the threshold": (lambda s, _: s.put("small", b"x" * 1000), {"PutObject"}),
     "put above it": (lambda s, _: s.put("big", BIG), {"UploadPart", "CompleteMultipartUpload"}),
     "put_file": (_put_file, {"UploadPart", "CompleteMultipartUpload"}),
+    "small put_file": (lambda s, tmp: _put_file(s, tmp, b"z" * 1000), {"PutObject"}),
     "put_stream": (lambda s, _: s.put_stream("stream", _chunks(BIG)), {"UploadPart"}),
     "small put_stream": (lambda s, _: s.put_stream("tiny", _chunks(b"y" * 100)), {"PutObject"}),
     "delete": (lambda s, _: s.delete(["small", "big"]), {"DeleteObjects"}),
@@ -91,6 +92,21 @@ async def test_what_was_written_arrives_whole(default_store: tuple[Wire, S3Store
     meta = await store.put("big", BIG)
     assert wire.objects["big"] == BIG and meta.size == len(BIG)
     assert wire.ops().count("UploadPart") == 3
+
+
+@pytest.mark.parametrize("name", ["put above it", "put_file", "small put_file"])
+async def test_hashing_the_body_reports_no_progress_twice(name: str, tmp_path: Path) -> None:
+    """The MD5 reads each body before it is sent; s3transfer's progress must count it once."""
+    done: list[int] = []
+    wire = Wire()
+    opener = S3StoreOpener(
+        S3Settings(**SMALL_PARTS), progress=lambda _key, n: done.append(n), on_client=wire.attach
+    )
+    store = opener.open(Bucket("r2-bucket", "acct", "KEYID", "s3cr3t", endpoint=HTTPS_ENDPOINT))
+    meta = await WRITES[name][0](store, tmp_path)
+    assert sum(done) == meta.size and all(n >= 0 for n in done)
+    await store.close()
+    opener.close()
 
 
 @pytest.mark.parametrize("name", ["put below the threshold", "put above it"])
