@@ -58,11 +58,11 @@ class S3Settings:
     request_checksum_calculation: str = attrs.field(
         default="when_required", validator=attrs.validators.in_(("when_supported", "when_required"))
     )
-    # Idle clients kept for reuse, least recently used evicted first (clients in use are never
-    # evicted, nor counted here). A validator reads every peer's bucket each window and a
-    # subnet has at most 256 uids: 256 keeps every peer's client warm from one window to the
-    # next (~0.4 MiB each, docs/storage.md#client-cache). 0: close a client when its last
-    # store closes.
+    # Idle clients kept for reuse, least recently used closed first (a client a call is using
+    # is never closed, nor counted here). A validator reads every peer's bucket each window
+    # and a subnet has at most 256 uids: 256 keeps every peer's client warm from one window to
+    # the next (0.41 MiB each, docs/storage.md#client-cache). 0: close a client as soon as no
+    # call uses it.
     client_cache_size: int = attrs.field(default=256, validator=attrs.validators.ge(0))
     region: str = "auto"
     addressing_style: str = attrs.field(

@@ -118,8 +118,8 @@ def denied(code: str, ctx: Context) -> AccessDenied:
 
 
 def refused_form(code: str, status: int, message: str, ctx: Context) -> StorageError:
-    """Not transient: the same request would be refused again. Nothing was stored by it (a
-    refused part aborts its multipart upload, so the key keeps its previous object)."""
+    """Not transient: the same request would be refused again. It changed nothing (a refused
+    part aborts its multipart upload, so the key keeps its previous object)."""
     said = f"{code or status}" + (f": {message}" if message else "")
     if ctx.checksums == "when_supported":
         fix = (
@@ -130,11 +130,12 @@ def refused_form(code: str, status: int, message: str, ctx: Context) -> StorageE
     else:
         fix = (
             "the request carried no checksum trailer (request_checksum_calculation = "
-            f"{ctx.checksums!r}); the header the endpoint names is not one it implements"
+            f"{ctx.checksums!r}): the endpoint does not implement the header it names, and no "
+            "setting of this adapter leaves that header out"
         )
     return StorageError(
-        f"{ctx.where()}: the endpoint refused the form of the request ({said}); nothing was "
-        f"stored by it. {fix}"
+        f"{ctx.where()}: the endpoint refused the form of the request ({said}); the request "
+        f"changed nothing. {fix}"
     )
 
 
@@ -152,7 +153,8 @@ def map_error(exc: BaseException, ctx: Context) -> StorageError:
         if code in _REFUSED_FORM or status == 501:
             message = str(root.response.get("Error", {}).get("Message", ""))
             return refused_form(code, status, message, ctx)
-        if ctx.checksums == "when_supported" and ctx.op in WRITE_OPS and code == "Unauthorized":
+        unauthorized = code == "Unauthorized" or status == 401
+        if ctx.checksums == "when_supported" and ctx.op in WRITE_OPS and unauthorized:
             # R2's misleading answer to a trailer it does not take: the keys may be fine.
             return AccessDenied(
                 f"{ctx.where()}: Unauthorized. R2 answers this to the aws-chunked checksum "
