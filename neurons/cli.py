@@ -81,6 +81,12 @@ def _neuron_command(role: str):
             int | None, Opt(help="local objects this large skip the page cache (0: none)")
         ] = None,
         s3_endpoint: Annotated[str | None, Opt(help="S3 endpoint instead of R2's")] = None,
+        s3_request_checksum_calculation: Annotated[
+            str | None, Opt(help="when_required (R2) | when_supported (checksum trailers)")
+        ] = None,
+        s3_client_cache_size: Annotated[
+            int | None, Opt(help="idle S3 clients kept for the next window")
+        ] = None,
         chain: Annotated[str | None, Opt(help="bittensor | fake | memory")] = None,
         chain_path: Annotated[str | None, Opt(help="the fake chain's file")] = None,
         block_time: Annotated[float | None, Opt(help="fake chain block time (s)")] = None,
@@ -112,6 +118,8 @@ def _neuron_command(role: str):
             storage_root=storage_root,
             storage_direct_bytes=storage_direct_bytes,
             s3_endpoint=s3_endpoint,
+            s3_request_checksum_calculation=s3_request_checksum_calculation,
+            s3_client_cache_size=s3_client_cache_size,
             chain=chain,
             chain_path=chain_path,
             block_time=block_time,

@@ -381,6 +381,13 @@ class NeuronSettings:
     storage_direct_bytes: int = attrs.field(default=0, validator=_direct_bytes)
     # An S3 endpoint for every bucket, overriding R2's (a SeaweedFS, a MinIO).
     s3_endpoint: str = ""
+    # boto3's request checksums: `when_required` (plain bodies with a Content-MD5, as R2 takes
+    # them) or `when_supported` (aws-chunked bodies with a CRC32 trailer, which R2 refuses).
+    s3_request_checksum_calculation: str = attrs.field(
+        default="when_required", validator=attrs.validators.in_(("when_required", "when_supported"))
+    )
+    # Idle S3 clients (one per peer bucket and credentials) kept for the next window.
+    s3_client_cache_size: int = attrs.field(default=256, validator=attrs.validators.ge(0))
     chain: str = attrs.field(default="bittensor", validator=attrs.validators.in_(CHAIN_CHOICES))
     # The fake chain's shared file.
     chain_path: str = "./templar-chain.json"

@@ -45,8 +45,13 @@ class EndpointOpener:
             close()
 
 
-def _s3_opener(endpoint: str, concurrency: int) -> StoreOpener:
-    opener = S3StoreOpener(S3Settings(max_pool_connections=max(concurrency, 10)))
+def _s3_opener(endpoint: str, concurrency: int, checksums: str, cache_size: int) -> StoreOpener:
+    settings = S3Settings(
+        max_pool_connections=max(concurrency, 10),
+        request_checksum_calculation=checksums,
+        client_cache_size=cache_size,
+    )
+    opener = S3StoreOpener(settings)
     return EndpointOpener(opener, endpoint) if endpoint else opener
 
 
@@ -83,7 +88,13 @@ class Container(containers.DeclarativeContainer):
 
     storage: providers.Provider[StoreOpener] = providers.Selector(
         config.storage,
-        r2=providers.Singleton(_s3_opener, config.s3_endpoint, config.gather_concurrency),
+        r2=providers.Singleton(
+            _s3_opener,
+            config.s3_endpoint,
+            config.gather_concurrency,
+            config.s3_request_checksum_calculation,
+            config.s3_client_cache_size,
+        ),
         local=providers.Singleton(
             LocalStoreOpener,
             config.storage_root,

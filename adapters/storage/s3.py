@@ -1,7 +1,8 @@
 """Object store on any S3-compatible service; Cloudflare R2 is the default endpoint.
 
 One boto3 client per (endpoint, bucket, credentials), shared by every store the opener hands
-out for them and rebuilt after a connection-level failure. Blocking boto3 calls run on the
+out for them, kept from one window to the next (idle clients bounded, least recently used
+closed first), and rebuilt after a connection-level failure. Blocking boto3 calls run on the
 opener's own thread pool, as wide as the connection pool: asyncio's default executor has only
 `cpu + 4` threads, which would cap a 64-peer gather at a handful of requests in flight.
 Large objects go through boto3's managed transfer (multipart upload, concurrent ranged
@@ -31,7 +32,15 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from adapters.storage.files import fsync_dir
-from adapters.storage.s3_client import ClientSlot, MiB, Progress, S3Settings, SizeGuard
+from adapters.storage.s3_client import (
+    ClientCache,
+    Ident,
+    MiB,
+    Progress,
+    S3Settings,
+    SizeGuard,
+    register_integrity,
+)
 from adapters.storage.s3_errors import (
     Context,
     is_connection_error,
@@ -80,20 +89,22 @@ class S3Store:
     def __init__(
         self,
         bucket: Bucket,
-        slot: ClientSlot,
+        clients: ClientCache,
+        ident: Ident,
+        factory: Callable[[], Any],
         settings: S3Settings,
         transfer: TransferConfig,
         executor: ThreadPoolExecutor,
         progress: Progress | None,
-        release: Callable[[], None],
     ) -> None:
         self._bucket = bucket
-        self._slot = slot
+        self._clients = clients
+        self._ident = ident
+        self._factory = factory
         self._settings = settings
         self._transfer = transfer
         self._executor = executor
         self._progress = progress
-        self._release = release
         self._closed = False
 
     def __repr__(self) -> str:
@@ -108,27 +119,39 @@ class S3Store:
 
     @property
     def client(self) -> Any:
-        """The boto3 client currently in use (None before the first call or after a purge)."""
-        return self._slot.current
+        """The boto3 client of this bucket and credentials (None before the first call, after a
+        purge, or once the opener's cache evicted it)."""
+        slot = self._clients.peek(self._ident)
+        return None if slot is None else slot.current
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _ctx(self, op: str, key: str | None) -> Context:
         b = self._bucket
-        return Context(b.name, b.endpoint_url, b.access_key_id, op, key)
+        return Context(
+            b.name,
+            b.endpoint_url,
+            b.access_key_id,
+            op,
+            key,
+            checksums=self._settings.request_checksum_calculation,
+        )
 
     def _call(self, op: str, key: str | None, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(client, *args)` in a worker thread, mapping vendor errors to port errors."""
         client = None
+        slot = self._clients.lease(self._ident, self._factory)
         try:
-            client = self._slot.get()
+            client = slot.get()
             return fn(client, *args)
         except Exception as exc:
             if isinstance(exc, StorageError) or not is_vendor_error(exc):
                 raise
             if client is not None and is_connection_error(exc):
-                self._slot.purge(client)
+                slot.purge(client)
             raise map_error(exc, self._ctx(op, key)) from exc
+        finally:
+            self._clients.give_back(slot)
 
     async def _run(self, op: str, key: str | None, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
@@ -357,23 +380,35 @@ class S3Store:
         return await self._run("server_time", None, self._server_time_sync)
 
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._release()
+        # The client stays in the opener's cache for the next store of this bucket.
+        self._closed = True
 
 
 class S3StoreOpener:
     """Opens buckets on S3-compatible services; clients are shared per bucket and credentials.
 
-    `close()` releases every client and the worker threads; stores opened here stop working.
+    A store holds no client: each call leases its bucket's client from the opener's cache, so
+    a store opened for the same peer next window finds the client (and its connections) warm.
+    Idle clients are kept up to `client_cache_size`, least recently used closed first.
+    `on_client`, if given, is called with each client built: a seam for instrumentation and
+    tests (register botocore event handlers there). `close()` releases every client and the
+    worker threads; stores opened here stop working.
     """
 
-    def __init__(self, settings: S3Settings | None = None, *, progress: Progress | None = None):
+    def __init__(
+        self,
+        settings: S3Settings | None = None,
+        *,
+        progress: Progress | None = None,
+        on_client: Callable[[Any], None] | None = None,
+    ):
         self._settings = settings or S3Settings()
         self._progress = progress
+        self._on_client = on_client
         self._session = boto3.session.Session()
-        self._lock = threading.Lock()
-        self._slots: dict[tuple[str, str, str, str], ClientSlot] = {}
+        # Only for building clients: opening a store never waits for a build.
+        self._session_lock = threading.Lock()
+        self._clients = ClientCache(self._settings.client_cache_size)
         self._executor = ThreadPoolExecutor(
             max_workers=self._settings.max_pool_connections, thread_name_prefix="s3"
         )
@@ -384,47 +419,48 @@ class S3StoreOpener:
     def settings(self) -> S3Settings:
         return self._settings
 
+    @property
+    def cached(self) -> int:
+        """Clients held, leased or idle (a purged one counts until its next build)."""
+        return len(self._clients)
+
     def _make_client(self, bucket: Bucket) -> Any:
         # boto3 sessions are not thread-safe; creating clients from one under a lock is.
-        with self._lock:
-            return self._session.client(
-                "s3",
-                endpoint_url=bucket.endpoint_url,
-                aws_access_key_id=bucket.access_key_id,
-                aws_secret_access_key=bucket.secret_access_key,
-                config=self._settings.client_config(),
-            )
+        with self._session_lock:
+            client = build_client(self._session, bucket, self._settings)
+        if self._on_client is not None:
+            self._on_client(client)
+        return client
 
     def open(self, bucket: Bucket) -> S3Store:
         # The secret takes part in the identity only as a digest, so it never sits in a key.
         digest = hashlib.sha256(bucket.secret_access_key.encode()).hexdigest()
         ident = (bucket.endpoint_url, bucket.name, bucket.access_key_id, digest)
-        with self._lock:
-            slot = self._slots.get(ident)
-            if slot is None:
-                slot = self._slots[ident] = ClientSlot(functools.partial(self._make_client, bucket))
-            slot.users += 1
         return S3Store(
             bucket,
-            slot,
+            self._clients,
+            ident,
+            functools.partial(self._make_client, bucket),
             self._settings,
             self._transfer,
             self._executor,
             self._progress,
-            functools.partial(self._release, ident, slot),
         )
 
-    def _release(self, ident: tuple[str, str, str, str], slot: ClientSlot) -> None:
-        with self._lock:
-            slot.users -= 1
-            if slot.users > 0 or self._slots.get(ident) is not slot:
-                return
-            del self._slots[ident]
-        slot.close()
-
     def close(self) -> None:
-        with self._lock:
-            slots, self._slots = list(self._slots.values()), {}
-        for slot in slots:
-            slot.close()
+        self._clients.close()
         self._executor.shutdown(wait=False)
+
+
+def build_client(session: boto3.session.Session, bucket: Bucket, settings: S3Settings) -> Any:
+    """A boto3 client for `bucket` as the adapter uses it: `settings`' config, and a
+    Content-MD5 on every write body."""
+    client = session.client(
+        "s3",
+        endpoint_url=bucket.endpoint_url,
+        aws_access_key_id=bucket.access_key_id,
+        aws_secret_access_key=bucket.secret_access_key,
+        config=settings.client_config(),
+    )
+    register_integrity(client)
+    return client

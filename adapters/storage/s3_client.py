@@ -1,8 +1,12 @@
-"""Client-side pieces of the S3 adapter: settings, the shared client slot, a size guard."""
+"""Client-side pieces of the S3 adapter: settings, the shared client slot, the integrity header
+on writes, a size guard."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +51,19 @@ class S3Settings:
     response_checksum_validation: str = attrs.field(
         default="when_required", validator=attrs.validators.in_(("when_supported", "when_required"))
     )
+    # boto3 >= 1.36 defaults to `when_supported`, which over https sends PutObject and every
+    # UploadPart as `Content-Encoding: aws-chunked` with a CRC32 trailer; R2 refuses that form
+    # (docs/storage.md#r2-compatibility). `when_required` keeps every body a plain one, and
+    # each write then carries a Content-MD5 computed before signing (`add_content_md5`).
+    request_checksum_calculation: str = attrs.field(
+        default="when_required", validator=attrs.validators.in_(("when_supported", "when_required"))
+    )
+    # Idle clients kept for reuse, least recently used closed first (a client a call is using
+    # is never closed, nor counted here). A validator reads every peer's bucket each window
+    # and a subnet has at most 256 uids: 256 keeps every peer's client warm from one window to
+    # the next (0.41 MiB each, docs/storage.md#client-cache). 0: close a client as soon as no
+    # call uses it.
+    client_cache_size: int = attrs.field(default=256, validator=attrs.validators.ge(0))
     region: str = "auto"
     addressing_style: str = attrs.field(
         default="path", validator=attrs.validators.in_(("path", "virtual", "auto"))
@@ -60,6 +77,7 @@ class S3Settings:
             read_timeout=self.read_timeout,
             retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
             response_checksum_validation=self.response_checksum_validation,
+            request_checksum_calculation=self.request_checksum_calculation,
             # A managed transfer opens up to max_concurrency more connections on the client.
             max_pool_connections=self.max_pool_connections + self.max_concurrency,
             s3={"addressing_style": self.addressing_style},
@@ -79,6 +97,45 @@ class S3Settings:
         return config
 
 
+# Writes whose body the service stores or acts on. Content-MD5 is the integrity header R2 lists
+# as implemented for PutObject and UploadPart; DeleteObjects needs it on S3-compatible stores
+# that predate flexible checksums (botocore >= 1.36 sends only a CRC32 header there).
+MD5_OPERATIONS = ("PutObject", "UploadPart", "DeleteObjects")
+
+
+def add_content_md5(request: Any, **_: Any) -> None:
+    """botocore `before-sign` handler: a Content-MD5 of the body, unless the request already
+    carries one or sends its checksum as a trailer.
+
+    At `before-sign` the body is final and s3transfer has paused its progress callbacks, so
+    reading it here neither reports bytes twice nor races the upload. Over https botocore
+    then sends the payload unsigned: the MD5 is the body's one integrity check, as with
+    boto3 < 1.36.
+    """
+    headers = request.headers
+    if "Content-MD5" in headers or "x-amz-trailer" in headers:
+        return
+    body = request.body
+    if body is None:
+        body = b""
+    digest = hashlib.md5(usedforsecurity=False)
+    if isinstance(body, bytes | bytearray | memoryview):
+        digest.update(body)
+    else:
+        start = body.tell()
+        for chunk in iter(lambda: body.read(MiB), b""):
+            digest.update(chunk)
+        body.seek(start)
+    headers["Content-MD5"] = base64.b64encode(digest.digest()).decode("ascii")
+
+
+def register_integrity(client: Any) -> None:
+    for op in MD5_OPERATIONS:
+        client.meta.events.register(
+            f"before-sign.s3.{op}", add_content_md5, unique_id=f"templar-content-md5-{op}"
+        )
+
+
 class ClientSlot:
     """The client for one bucket and set of credentials, built lazily, dropped on purge."""
 
@@ -86,7 +143,7 @@ class ClientSlot:
         self._factory = factory
         self._lock = threading.Lock()
         self._client: Any = None
-        self.users = 0
+        self.busy = 0  # calls running on it; guarded by the ClientCache's lock
 
     @property
     def current(self) -> Any:
@@ -112,6 +169,71 @@ class ClientSlot:
             client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+Ident = tuple[str, str, str, str]  # endpoint, bucket, access key id, digest of the secret
+
+
+class ClientCache:
+    """One ClientSlot per identity, leased for the length of each call.
+
+    A slot no call is using is idle; at most `idle_cap` idle slots are kept, least recently
+    leased closed first. A slot is never closed while leased, so no request loses its client.
+    Leasing per call rather than per store keeps the cache bounded even when stores are
+    opened each window and never closed (the domain services open a store per peer).
+    """
+
+    def __init__(self, idle_cap: int) -> None:
+        self._idle_cap = idle_cap
+        self._lock = threading.Lock()
+        self._slots: OrderedDict[Ident, ClientSlot] = OrderedDict()  # least recent first
+        self._busy = 0  # slots with calls running
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._slots)
+
+    def peek(self, ident: Ident) -> ClientSlot | None:
+        with self._lock:
+            return self._slots.get(ident)
+
+    def lease(self, ident: Ident, factory: Callable[[], Any]) -> ClientSlot:
+        with self._lock:
+            slot = self._slots.get(ident)
+            if slot is None:
+                slot = self._slots[ident] = ClientSlot(factory)
+            else:
+                self._slots.move_to_end(ident)
+            if slot.busy == 0:
+                self._busy += 1
+            slot.busy += 1
+        return slot
+
+    def give_back(self, slot: ClientSlot) -> None:
+        evicted: list[ClientSlot] = []
+        with self._lock:
+            slot.busy -= 1
+            if slot.busy == 0:
+                self._busy -= 1
+            excess = len(self._slots) - self._busy - self._idle_cap
+            if excess > 0:
+                for ident, old in list(self._slots.items()):
+                    if old.busy == 0:
+                        del self._slots[ident]
+                        evicted.append(old)
+                        if len(evicted) == excess:
+                            break
+        # Closing drops a connection pool: outside the lock, so other leases need not wait.
+        for old in evicted:
+            old.close()
+
+    def close(self) -> None:
+        # `_busy` stays: calls still running give their slots back and bring it to 0.
+        with self._lock:
+            slots = list(self._slots.values())
+            self._slots.clear()
+        for slot in slots:
+            slot.close()
 
 
 class SizeGuard:

@@ -33,10 +33,14 @@ _TRANSIENT = frozenset(
         "InternalError",
         "ServiceUnavailable",
         "PreconditionFailed",  # the object changed under a download; reading again may succeed
+        "BadDigest",  # the body arrived unlike its Content-MD5: nothing stored; send it again
         "412",
     }
 )
-WRITE_OPS = frozenset({"put", "put_file", "delete"})
+WRITE_OPS = frozenset({"put", "put_file", "put_stream", "delete"})
+# What an endpoint answers to a request form it does not implement (R2: a checksum header or
+# the aws-chunked trailer form boto3 >= 1.36 sends by default over https).
+_REFUSED_FORM = frozenset({"NotImplemented"})
 
 
 @attrs.frozen
@@ -48,6 +52,8 @@ class Context:
     access_key_id: str
     op: str
     key: str | None = None
+    # The client's request_checksum_calculation, named when an endpoint refuses a request form.
+    checksums: str | None = None
 
     def where(self) -> str:
         target = f"{self.bucket}/{self.key}" if self.key is not None else self.bucket
@@ -111,6 +117,28 @@ def denied(code: str, ctx: Context) -> AccessDenied:
     return AccessDenied(f"{ctx.where()}: {why}")
 
 
+def refused_form(code: str, status: int, message: str, ctx: Context) -> StorageError:
+    """Not transient: the same request would be refused again. It changed nothing (a refused
+    part aborts its multipart upload, so the key keeps its previous object)."""
+    said = f"{code or status}" + (f": {message}" if message else "")
+    if ctx.checksums == "when_supported":
+        fix = (
+            "request_checksum_calculation is 'when_supported', which over https sends each "
+            "write as aws-chunked with a checksum trailer; set request_checksum_calculation = "
+            "'when_required' (the default; TEMPLAR_S3_REQUEST_CHECKSUM_CALCULATION)"
+        )
+    else:
+        fix = (
+            "the request carried no checksum trailer (request_checksum_calculation = "
+            f"{ctx.checksums!r}): the endpoint does not implement the header it names, and no "
+            "setting of this adapter leaves that header out"
+        )
+    return StorageError(
+        f"{ctx.where()}: the endpoint refused the form of the request ({said}); the request "
+        f"changed nothing. {fix}"
+    )
+
+
 def map_error(exc: BaseException, ctx: Context) -> StorageError:
     """The port error for `exc`; the caller raises it `from exc`."""
     if isinstance(exc, StorageError):
@@ -122,6 +150,18 @@ def map_error(exc: BaseException, ctx: Context) -> StorageError:
             return StorageError(f"{ctx.where()}: the bucket does not exist")
         if code in _NOT_FOUND or (status == 404 and ctx.key is not None):
             return NotFound(ctx.key or "")
+        if code in _REFUSED_FORM or status == 501:
+            message = str(root.response.get("Error", {}).get("Message", ""))
+            return refused_form(code, status, message, ctx)
+        unauthorized = code == "Unauthorized" or status == 401
+        if ctx.checksums == "when_supported" and ctx.op in WRITE_OPS and unauthorized:
+            # R2's misleading answer to a trailer it does not take: the keys may be fine.
+            return AccessDenied(
+                f"{ctx.where()}: Unauthorized. R2 answers this to the aws-chunked checksum "
+                "trailer that request_checksum_calculation = 'when_supported' sends, as well as "
+                "to bad keys: set request_checksum_calculation = 'when_required' (the default; "
+                "TEMPLAR_S3_REQUEST_CHECKSUM_CALCULATION) before suspecting the keys"
+            )
         if code in _BAD_SECRET | _UNKNOWN_KEY | _DENIED or status == 403:
             return denied(code, ctx)
         if code in _TRANSIENT or status in (408, 412, 429) or status >= 500:

@@ -95,9 +95,17 @@ def bucket_actions(bucket: str, *, write: bool) -> tuple[str, ...]:
 
 class SeaweedServer:
     def __init__(
-        self, binary: str, root: Path | None = None, identities: Iterable[Identity] = ()
+        self,
+        binary: str,
+        root: Path | None = None,
+        identities: Iterable[Identity] = (),
+        *,
+        volumes: int | None = None,
     ) -> None:
         self.binary = binary
+        # Each bucket is a SeaweedFS collection with volumes of its own, and `weed mini` sizes
+        # its volume count to the free disk (tens here): many buckets need more, and smaller.
+        self.volumes = volumes
         # Absolute: weed runs with cwd=root, so a relative root would resolve twice.
         self.root = Path(root or tempfile.mkdtemp(prefix="seaweedfs-")).resolve()
         self.ports = {flag: _free_port() for flag in _PORT_FLAGS}
@@ -161,6 +169,8 @@ class SeaweedServer:
             "-master.telemetry=false",
         ]
         argv += [f"-{flag}={port}" for flag, port in self.ports.items()]
+        if self.volumes is not None:
+            argv += [f"-volume.max={self.volumes}", "-master.volumeSizeLimitMB=64"]
         return argv
 
     def start(self, timeout: float = 60.0) -> None:

@@ -98,22 +98,23 @@ def test_connection_errors_are_told_apart_and_local_errors_are_not_vendor() -> N
 
 
 def _stubbed_store(bodies: list[tuple[bytes, int]]):
-    opener = S3StoreOpener(S3Settings(max_attempts=1))
+    def stub(client) -> None:
+        stubber = Stubber(client)
+        for data, advertised in bodies:
+            stubber.add_response(
+                "get_object",
+                {
+                    "Body": StreamingBody(io.BytesIO(data), advertised),
+                    "ContentLength": advertised,
+                    "LastModified": datetime(2026, 1, 1, tzinfo=UTC),
+                    "ETag": '"e"',
+                },
+                {"Bucket": "bkt", "Key": "k"},
+            )
+        stubber.activate()
+
+    opener = S3StoreOpener(S3Settings(max_attempts=1), on_client=stub)
     store = opener.open(Bucket("bkt", "acct", "KEYID", "s3cr3t", endpoint=URL))
-    client = store._slot.get()
-    stub = Stubber(client)
-    for data, advertised in bodies:
-        stub.add_response(
-            "get_object",
-            {
-                "Body": StreamingBody(io.BytesIO(data), advertised),
-                "ContentLength": advertised,
-                "LastModified": datetime(2026, 1, 1, tzinfo=UTC),
-                "ETag": '"e"',
-            },
-            {"Bucket": "bkt", "Key": "k"},
-        )
-    stub.activate()
     return opener, store
 
 
@@ -150,9 +151,14 @@ def test_settings_validate_and_build_configs() -> None:
     config = settings.client_config()
     assert config.retries == {"mode": "adaptive", "max_attempts": 3}
     assert config.region_name == "auto" and config.s3 == {"addressing_style": "path"}
+    # R2 takes neither boto3 >= 1.36's checksum trailers nor needs its response CRC checks.
+    assert config.request_checksum_calculation == "when_required"
+    assert config.response_checksum_validation == "when_required"
     assert settings.transfer_config().multipart_chunksize == 8 << 20
     with pytest.raises(ValueError):
         S3Settings(retry_mode="legacy")
+    with pytest.raises(ValueError):
+        S3Settings(request_checksum_calculation="always")
     with pytest.raises(ValueError):
         S3Settings(multipart_chunksize=1 << 20)  # under S3's 5 MiB part minimum
     with pytest.raises(ValueError):

@@ -11,7 +11,7 @@ from adapters.clock import FakeClock, SystemClock
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
 from adapters.storage.s3 import S3StoreOpener
-from neurons.config import HParams, load_settings
+from neurons.config import ConfigError, HParams, load_settings
 from neurons.container import EndpointOpener, build_container
 from tests.unit.test_neuron_config import r2_env
 
@@ -54,6 +54,22 @@ def test_r2_storage_and_endpoint(tmp_path):
     env = {k: v for k, v in r2_env().items() if not k.startswith("R2_AGGREGATOR")}
     c = container(tmp_path, storage="r2", chain="memory", env=env)
     assert c.buckets().aggregator_read is None
+
+
+def test_s3_settings_reach_the_opener(tmp_path):
+    c = container(tmp_path, storage="r2", chain="memory", env=r2_env())
+    assert c.storage().settings.request_checksum_calculation == "when_required"  # R2-safe
+    assert c.storage().settings.client_cache_size == 256
+    env = {
+        "TEMPLAR_S3_REQUEST_CHECKSUM_CALCULATION": "when_supported",
+        "TEMPLAR_S3_CLIENT_CACHE_SIZE": "16",
+    }
+    settings = load_settings(env, {"chain": "memory", "state_dir": str(tmp_path / "state")})
+    c = build_container(HParams(), settings, hotkey="hk", validator=False, env=r2_env())
+    assert c.storage().settings.request_checksum_calculation == "when_supported"
+    assert c.storage().settings.client_cache_size == 16
+    with pytest.raises(ConfigError, match="s3_request_checksum_calculation"):
+        load_settings({}, {"s3_request_checksum_calculation": "always"})
 
 
 @pytest.mark.parametrize(("chain", "kind"), [("fake", FileChain), ("memory", FakeChain)])
