@@ -3,7 +3,9 @@
 A candidate is tried in full: manifest (bounded, strictly parsed), every listed file present
 with its size, sizes within the configured bounds (checked before any download), each file's
 sha256, each shard's safetensors header, and the JSON trees that tie tensors to the state
-structure. Any defect skips the candidate with a reason and the next older one is tried.
+structure. Any defect skips the candidate with a reason and the next older one is tried;
+so does any other exception while reading it, or while the caller's `use` applies it: a
+checkpoint is untrusted input, and no way it can fail may stop the search.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import attrs
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Candidate",
+    "ListingTooLarge",
     "Loaded",
     "NoCheckpoint",
     "Skipped",
@@ -49,6 +52,21 @@ class _Corrupt(Exception):
     pass
 
 
+class ListingTooLarge(LookupError):
+    """A bucket holds more checkpoint objects than `max_listed_objects`."""
+
+
+# A reason quotes an exception raised on hostile input; keep one attacker from filling logs.
+_MAX_REASON = 300
+
+
+def failure_reason(exc: BaseException) -> str:
+    """`exc` as a skip reason: its type when unexpected, bounded in length."""
+    known = isinstance(exc, _Corrupt | StorageError | ListingTooLarge)
+    text = str(exc) if known else f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
 @attrs.frozen
 class Candidate:
     """A checkpoint directory seen in a listing: where, which window and uid, its files."""
@@ -63,12 +81,16 @@ class Candidate:
 
 @attrs.frozen
 class Skipped:
+    """A candidate passed over; window and uid are None when a whole source was."""
+
     source: str
-    window: int
-    uid: int
+    window: int | None
+    uid: int | None
     reason: str
 
     def __str__(self) -> str:
+        if self.window is None:
+            return f"{self.source}: {self.reason}"
         return f"{self.source}: window {self.window} (uid {self.uid}): {self.reason}"
 
 
@@ -111,12 +133,25 @@ class NoCheckpoint(LookupError):
 
 
 async def list_candidates(
-    store: ObjectStore, version: str, *, source: str = "", uid: int | None = None
+    store: ObjectStore,
+    version: str,
+    *,
+    source: str = "",
+    uid: int | None = None,
+    max_objects: int | None = None,
 ) -> list[Candidate]:
-    """Checkpoint directories with a manifest under `version`, newest window first."""
+    """Checkpoint directories with a manifest under `version`, newest window first.
+
+    Raises `ListingTooLarge` past `max_objects` objects: a bucket stuffed with keys would
+    otherwise cost time and memory in proportion to a number its owner chose.
+    """
     dirs: dict[tuple[int, int], dict[str, int]] = {}
     meta: ObjectMeta
+    seen = 0
     async for meta in store.list(keys.checkpoint_prefix(version)):
+        seen += 1
+        if max_objects is not None and seen > max_objects:
+            raise ListingTooLarge(f"more than {max_objects} checkpoint objects")
         parsed = keys.parse(meta.key)
         if parsed is None or parsed.kind is not keys.KeyKind.CHECKPOINT:
             continue
@@ -254,20 +289,38 @@ async def load_candidates(
     device: torch.device | str = "cpu",
     requested_window: int | None = None,
     skipped: Sequence[Skipped] = (),
+    use: Callable[[Loaded], object] | None = None,
+    tries: int | None = None,
 ) -> Loaded:
-    """The first of `candidates` (in the given order) that loads and verifies completely."""
+    """The first of `candidates` (in the given order, at most `tries` of them: by default
+    `max_fallbacks + 1`) that loads, verifies and, when given, is accepted by `use`.
+
+    `use` applies the state (e.g. to a model) and raises when it cannot; that candidate is
+    then skipped like a corrupt one, so `use` must leave things as they were when it raises.
+    """
     skipped = list(skipped)
-    for c in candidates[: settings.max_fallbacks + 1]:
+    limit = settings.max_fallbacks + 1 if tries is None else tries
+    for c in candidates[:limit]:
         try:
             manifest, state = await _load_one(c, settings, device)
-        except (_Corrupt, StorageError) as exc:
-            skipped.append(Skipped(c.source, c.window, c.uid, str(exc)))
-            log.warning("checkpoint %s unusable, falling back: %s", skipped[-1], exc)
+            loaded = Loaded(c.source, manifest, state, tuple(skipped), requested_window)
+        except Exception as exc:
+            _skip(skipped, c, failure_reason(exc))
             continue
-        loaded = Loaded(c.source, manifest, state, tuple(skipped), requested_window)
+        if use is not None:
+            try:
+                use(loaded)
+            except Exception as exc:
+                _skip(skipped, c, f"not applied: {failure_reason(exc)}")
+                continue
         log.log(logging.WARNING if skipped else logging.INFO, "%s", loaded.describe())
         return loaded
     raise NoCheckpoint("no loadable checkpoint", skipped)
+
+
+def _skip(skipped: list[Skipped], c: Candidate, reason: str) -> None:
+    skipped.append(Skipped(c.source, c.window, c.uid, reason))
+    log.warning("checkpoint %s unusable, falling back", skipped[-1])
 
 
 async def load_checkpoint(
@@ -292,11 +345,13 @@ async def load_checkpoint(
             f"checkpoint version {version!r} differs from ours ({settings.version!r}); "
             "pass allow_other_version=True to load it anyway"
         )
-    candidates = await list_candidates(store, version, uid=uid)
+    candidates = await list_candidates(
+        store, version, uid=uid, max_objects=settings.max_listed_objects
+    )
     skipped: list[Skipped] = []
     if window is not None:
         if not any(c.window == window for c in candidates):
-            skipped.append(Skipped(store.name, window, uid or 0, "no manifest for this window"))
+            skipped.append(Skipped(store.name, window, uid, "no manifest for this window"))
         candidates = [c for c in candidates if c.window <= window]
     return await load_candidates(
         candidates, settings, device=device, requested_window=window, skipped=skipped

@@ -56,6 +56,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
 _CHUNK = 8 << 20
+_MAX_DIMS = 64
+_MAX_NUMEL = 2**62
 
 
 class ShardError(ValueError):
@@ -236,6 +238,10 @@ def _parse_header(raw: bytes, data_size: int) -> tuple[list[tuple[str, torch.dty
             raise ShardError(f"tensor {name!r}: unsupported dtype {entry['dtype']!r}")
         if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
             raise ShardError(f"tensor {name!r}: bad shape")
+        # torch multiplies every dimension, zeros aside, in int64 before it allocates: a
+        # shape such as [0, 2**63] holds no bytes yet makes torch.empty raise.
+        if len(shape) > _MAX_DIMS or math.prod(max(d, 1) for d in shape) > _MAX_NUMEL:
+            raise ShardError(f"tensor {name!r}: shape {shape} cannot be allocated")
         if (
             type(offsets) is not list
             or len(offsets) != 2
