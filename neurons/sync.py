@@ -25,6 +25,7 @@ from core.checkpoints import (
     aggregator_updates,
     catch_up,
     checkpoint_due,
+    expected_layout,
     load_into,
     load_latest,
     validator_sources,
@@ -67,6 +68,7 @@ async def load_network_checkpoint(
             settings,
             current_window=current_window,
             use=lambda candidate: load_into(model, candidate.state.model),
+            expect_model=expected_layout(model),
         )
     except NoCheckpoint as exc:
         log.info("no network checkpoint yet: %s", exc)

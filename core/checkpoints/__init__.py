@@ -15,7 +15,7 @@ See docs/checkpoints.md.
 """
 
 from core.checkpoints.catchup import CatchUp, CatchUpStatus, aggregator_updates, catch_up
-from core.checkpoints.fit import Mismatch, check_fits, load_into
+from core.checkpoints.fit import Mismatch, check_fits, expected_layout, load_into
 from core.checkpoints.latest import (
     Choice,
     Latest,
@@ -68,6 +68,7 @@ __all__ = [
     "checkpoint_due",
     "choose",
     "complete_manifests",
+    "expected_layout",
     "get_latest",
     "list_candidates",
     "load_checkpoint",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Mismatch", "check_fits", "load_into"]
+__all__ = ["Mismatch", "check_fits", "expected_layout", "load_into"]
 
 
 class Mismatch(ValueError):
@@ -24,6 +24,15 @@ class Mismatch(ValueError):
 
 def _some(names: set[str]) -> str:
     return f"{len(names)}, e.g. {min(names)!r}"
+
+
+def expected_layout(model: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The shapes and dtypes a loader may check shard headers against (`expect_model`)."""
+    return {
+        k: (tuple(v.shape), v.dtype)
+        for k, v in model.state_dict().items()
+        if isinstance(v, torch.Tensor)
+    }
 
 
 def check_fits(model: nn.Module, state: Mapping[str, Any]) -> None:

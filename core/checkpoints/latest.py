@@ -20,6 +20,7 @@ import torch
 
 from core.checkpoints.load import (
     Candidate,
+    Expected,
     Loaded,
     NoCheckpoint,
     Skipped,
@@ -152,9 +153,12 @@ async def load_latest(
     current_window: int,
     device: torch.device | str = "cpu",
     use: Callable[[Loaded], object] | None = None,
+    expect_model: Expected | None = None,
 ) -> Loaded:
     """Load (and, with `use`, apply) the first candidate that verifies, in the order of the
     module doc. `current_window` is the chain's: nothing newer is ever adopted.
+    `expect_model` (`fit.expected_layout`) refuses another model's checkpoint from its shard
+    headers, before its tensors download.
 
     Raises `NoCheckpoint` with every skipped candidate and its reason when none does.
     """
@@ -169,4 +173,5 @@ async def load_latest(
         skipped=choice.skipped,
         use=use,
         tries=len(candidates),
+        expect_model=expect_model,
     )

@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import attrs
@@ -23,7 +23,7 @@ import torch
 from core import keys
 from core.checkpoints.manifest import Manifest, ManifestError
 from core.checkpoints.settings import CheckpointSettings
-from core.checkpoints.shards import ShardError, read_shard
+from core.checkpoints.shards import Layout, ShardError, read_shard
 from core.checkpoints.state import CheckpointState
 from core.checkpoints.tree import TreeError, join
 from ports import ObjectMeta, ObjectStore, StorageError
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Candidate",
+    "Expected",
     "ListingTooLarge",
     "Loaded",
     "NoCheckpoint",
@@ -55,6 +56,9 @@ class _Corrupt(Exception):
 class ListingTooLarge(LookupError):
     """A bucket holds more checkpoint objects than `max_listed_objects`."""
 
+
+# The model a loader will apply a state to: {state key: (shape, dtype)}.
+Expected = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
 
 # A reason quotes an exception raised on hostile input; keep one attacker from filling logs.
 _MAX_REASON = 300
@@ -228,12 +232,17 @@ async def _shard(
     settings: CheckpointSettings,
     device: torch.device | str,
     gate: asyncio.Semaphore,
+    check: Callable[[Layout], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     entry = manifest.file(name)
 
     def parse(fh: BinaryIO) -> tuple[dict[str, torch.Tensor], str]:
         tensors, _meta, sha = read_shard(
-            fh, size=entry.size, max_header_bytes=settings.max_header_bytes, device=device
+            fh,
+            size=entry.size,
+            max_header_bytes=settings.max_header_bytes,
+            device=device,
+            check=check,
         )
         return tensors, sha
 
@@ -249,16 +258,42 @@ async def _shard(
     return tensors
 
 
+def _fits(expected: Expected, section: str) -> Callable[[Layout], None]:
+    """A shard header check: every tensor is one of the model's, with its shape and dtype.
+
+    The saver names a section's tensors `{section}/{state key}` (tree.split); checking the
+    header refuses another model's checkpoint before a byte of its tensors is read.
+    """
+    prefix = f"{section}/"
+
+    def check(layout: Layout) -> None:
+        for name, dtype, shape in layout:
+            want = expected.get(name[len(prefix) :]) if name.startswith(prefix) else None
+            if want is None:
+                raise ShardError(f"tensor {name!r} is not in the model")
+            if (shape, dtype) != (tuple(want[0]), want[1]):
+                raise ShardError(
+                    f"tensor {name!r} is {dtype} {list(shape)}, "
+                    f"the model's {want[1]} {list(want[0])}"
+                )
+
+    return check
+
+
 async def _load_one(
-    c: Candidate, settings: CheckpointSettings, device: torch.device | str
+    c: Candidate,
+    settings: CheckpointSettings,
+    device: torch.device | str,
+    expect_model: Expected | None = None,
 ) -> tuple[Manifest, CheckpointState]:
     manifest = await _manifest(c, settings)
     gate = asyncio.Semaphore(settings.download_concurrency)
     sections = {}
     for name, section in manifest.sections.items():
         tree = await _tree(c, manifest, section.tree)
+        check = _fits(expect_model, name) if expect_model is not None and name == "model" else None
         tasks = [
-            asyncio.create_task(_shard(c, manifest, s, settings, device, gate))
+            asyncio.create_task(_shard(c, manifest, s, settings, device, gate, check))
             for s in section.shards
         ]
         try:
@@ -291,18 +326,21 @@ async def load_candidates(
     skipped: Sequence[Skipped] = (),
     use: Callable[[Loaded], object] | None = None,
     tries: int | None = None,
+    expect_model: Expected | None = None,
 ) -> Loaded:
     """The first of `candidates` (in the given order, at most `tries` of them: by default
     `max_fallbacks + 1`) that loads, verifies and, when given, is accepted by `use`.
 
     `use` applies the state (e.g. to a model) and raises when it cannot; that candidate is
     then skipped like a corrupt one, so `use` must leave things as they were when it raises.
+    `expect_model` refuses a model section of other shapes or dtypes from its shard headers,
+    before its tensors are downloaded.
     """
     skipped = list(skipped)
     limit = settings.max_fallbacks + 1 if tries is None else tries
     for c in candidates[:limit]:
         try:
-            manifest, state = await _load_one(c, settings, device)
+            manifest, state = await _load_one(c, settings, device, expect_model)
             loaded = Loaded(c.source, manifest, state, tuple(skipped), requested_window)
         except Exception as exc:
             _skip(skipped, c, failure_reason(exc))

@@ -25,12 +25,13 @@ from core.checkpoints import (
     CheckpointState,
     Manifest,
     NoCheckpoint,
+    expected_layout,
     get_latest,
     load_checkpoint,
+    load_into,
     load_latest,
     validator_sources,
 )
-from core.checkpoints.fit import load_into
 from core.checkpoints.shards import ShardError, read_shard
 from neurons.sync import load_network_checkpoint
 from ports import Metagraph, ObjectStore
@@ -329,3 +330,47 @@ def test_a_state_that_does_not_fit_is_refused_before_anything_is_copied(state, r
     with pytest.raises(ValueError, match=reason):
         load_into(model, state(tiny(1).state_dict()))
     assert same_weights(model, before)
+
+
+async def test_another_models_checkpoint_is_refused_from_its_shard_headers(
+    tmp_path: Path,
+) -> None:
+    """With the model's layout, a wrong checkpoint is refused before its tensors download."""
+    net = Net(tmp_path, {1: 1000.0, 2: 10.0})
+    await net.publish(1, 9, tiny(1, width=5))
+    await net.publish(2, 8, tiny(7))
+    loaded = await net.load(current_window=10, expect_model=expected_layout(tiny(3)))
+    assert (loaded.window, loaded.manifest.uid) == (8, 2)
+    (skip,) = loaded.skipped
+    assert skip.uid == 1 and "the model's torch.float32 [4, 3]" in skip.reason
+
+
+# Bounded work per source ---------------------------------------------------------------
+
+
+async def test_a_bucket_stuffed_with_objects_is_skipped_whole(tmp_path: Path) -> None:
+    net = Net(tmp_path, {1: 1000.0, 2: 10.0})
+    net.cfg = attrs.evolve(net.cfg, max_listed_objects=50)
+    for window in range(20):
+        await net.publish(1, window, tiny(1))  # 3 objects each
+    await net.publish(2, 8, tiny(7))
+    loaded = await net.load(current_window=30)
+    assert (loaded.window, loaded.manifest.uid) == (8, 2)
+    (skip,) = loaded.skipped
+    assert skip.window is None and "more than 50 checkpoint objects" in skip.reason
+
+
+async def test_a_bucket_the_opener_refuses_costs_only_its_own_source(tmp_path: Path) -> None:
+    net = Net(tmp_path, {1: 1000.0, 2: 10.0})
+    await net.publish(2, 8, tiny(7))
+    real_open = net.opener.open
+
+    def picky(bucket):
+        if bucket.name == "val1":
+            raise ValueError("refused")
+        return real_open(bucket)
+
+    net.opener.open = picky  # type: ignore[method-assign]
+    assert [s.label.split(" (")[0] for s in net.sources()] == ["validator uid 2"]
+    loaded = await net.load(current_window=10)
+    assert (loaded.window, loaded.manifest.uid) == (8, 2)
