@@ -69,6 +69,7 @@ async def load_network_checkpoint(
             current_window=current_window,
             use=lambda candidate: load_into(model, candidate.state.model),
             expect_model=expected_layout(model),
+            sections=("model",),  # a joiner needs the weights; nothing else is downloaded
         )
     except NoCheckpoint as exc:
         log.info("no network checkpoint yet: %s", exc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import attrs
 import torch
@@ -154,11 +154,12 @@ async def load_latest(
     device: torch.device | str = "cpu",
     use: Callable[[Loaded], object] | None = None,
     expect_model: Expected | None = None,
+    sections: Collection[str] | None = None,
 ) -> Loaded:
     """Load (and, with `use`, apply) the first candidate that verifies, in the order of the
     module doc. `current_window` is the chain's: nothing newer is ever adopted.
     `expect_model` (`fit.expected_layout`) refuses another model's checkpoint from its shard
-    headers, before its tensors download.
+    headers, before its tensors download; `sections` loads only those (see load_candidates).
 
     Raises `NoCheckpoint` with every skipped candidate and its reason when none does.
     """
@@ -174,4 +175,5 @@ async def load_latest(
         use=use,
         tries=len(candidates),
         expect_model=expect_model,
+        sections=sections,
     )

@@ -14,7 +14,8 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import attrs
@@ -262,9 +263,13 @@ def _fits(expected: Expected, section: str) -> Callable[[Layout], None]:
     """A shard header check: every tensor is one of the model's, with its shape and dtype.
 
     The saver names a section's tensors `{section}/{state key}` (tree.split); checking the
-    header refuses another model's checkpoint before a byte of its tensors is read.
+    header refuses another model's checkpoint before a byte of its tensors is read. Each
+    tensor may appear once across the section's shards, so what a load allocates for the
+    section is at most the model's own size.
     """
     prefix = f"{section}/"
+    seen: set[str] = set()
+    lock = threading.Lock()  # shards are parsed on the store's threads
 
     def check(layout: Layout) -> None:
         for name, dtype, shape in layout:
@@ -276,6 +281,11 @@ def _fits(expected: Expected, section: str) -> Callable[[Layout], None]:
                     f"tensor {name!r} is {dtype} {list(shape)}, "
                     f"the model's {want[1]} {list(want[0])}"
                 )
+        with lock:
+            names = {name for name, _, _ in layout}
+            if names & seen:
+                raise ShardError(f"tensor {min(names & seen)!r} appears in two shards")
+            seen.update(names)
 
     return check
 
@@ -285,11 +295,14 @@ async def _load_one(
     settings: CheckpointSettings,
     device: torch.device | str,
     expect_model: Expected | None = None,
+    only: Collection[str] | None = None,
 ) -> tuple[Manifest, CheckpointState]:
     manifest = await _manifest(c, settings)
     gate = asyncio.Semaphore(settings.download_concurrency)
     sections = {}
     for name, section in manifest.sections.items():
+        if only is not None and name not in only:
+            continue  # listed and sized by the manifest check, never downloaded
         tree = await _tree(c, manifest, section.tree)
         check = _fits(expect_model, name) if expect_model is not None and name == "model" else None
         tasks = [
@@ -327,6 +340,7 @@ async def load_candidates(
     use: Callable[[Loaded], object] | None = None,
     tries: int | None = None,
     expect_model: Expected | None = None,
+    sections: Collection[str] | None = None,
 ) -> Loaded:
     """The first of `candidates` (in the given order, at most `tries` of them: by default
     `max_fallbacks + 1`) that loads, verifies and, when given, is accepted by `use`.
@@ -334,13 +348,14 @@ async def load_candidates(
     `use` applies the state (e.g. to a model) and raises when it cannot; that candidate is
     then skipped like a corrupt one, so `use` must leave things as they were when it raises.
     `expect_model` refuses a model section of other shapes or dtypes from its shard headers,
-    before its tensors are downloaded.
+    before its tensors are downloaded. `sections` (e.g. `("model",)`) loads only those: a
+    joiner that needs the weights downloads nothing else a hostile manifest lists.
     """
     skipped = list(skipped)
     limit = settings.max_fallbacks + 1 if tries is None else tries
     for c in candidates[:limit]:
         try:
-            manifest, state = await _load_one(c, settings, device, expect_model)
+            manifest, state = await _load_one(c, settings, device, expect_model, sections)
             loaded = Loaded(c.source, manifest, state, tuple(skipped), requested_window)
         except Exception as exc:
             _skip(skipped, c, failure_reason(exc))

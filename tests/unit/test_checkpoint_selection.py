@@ -63,14 +63,15 @@ class Net:
         self.graph = graph(stakes)
         self.buckets = {uid: bucket(f"val{uid}") for uid in stakes}
         self.cfg = CheckpointSettings(version=VERSION)
+        self.shards: dict = {}
 
     def store(self, uid: int) -> ObjectStore:
         return self.opener.open(self.buckets[uid])
 
-    async def publish(self, uid: int, window: int, model: torch.nn.Module) -> Manifest:
-        ck, *_ = setup(self.tmp_path, store=self.store(uid))
+    async def publish(self, uid: int, window: int, model: torch.nn.Module, **state) -> Manifest:
+        ck, *_ = setup(self.tmp_path, store=self.store(uid), **self.shards)
         meta = CheckpointMeta(window=window, global_step=window, uid=uid, hotkey=f"hk{uid}")
-        return await ck.save(CheckpointState(model=model.state_dict()), meta)
+        return await ck.save(CheckpointState(model=model.state_dict(), **state), meta)
 
     async def bogus(self, uid: int, window: int) -> None:
         """A manifest that parses and whose files are listed, but whose shard is garbage."""
@@ -212,9 +213,11 @@ def test_a_shard_shape_torch_cannot_allocate_is_a_shard_error() -> None:
             read_shard(io.BytesIO(data), size=len(data), max_header_bytes=1 << 16)
 
 
-async def _replace_shard(store: ObjectStore, manifest: Manifest, data: bytes) -> None:
-    """Swap the model shard for `data`, with a manifest that names its size and sha256."""
-    name = manifest.sections["model"].shards[0]
+async def _replace_shard(
+    store: ObjectStore, manifest: Manifest, data: bytes, index: int = 0
+) -> None:
+    """Swap a model shard for `data`, with a manifest that names its size and sha256."""
+    name = manifest.sections["model"].shards[index]
     await store.put(manifest.key(name), data)
     files = [
         attrs.evolve(f, size=len(data), sha256=hashlib.sha256(data).hexdigest())
@@ -374,3 +377,41 @@ async def test_a_bucket_the_opener_refuses_costs_only_its_own_source(tmp_path: P
     assert [s.label.split(" (")[0] for s in net.sources()] == ["validator uid 2"]
     loaded = await net.load(current_window=10)
     assert (loaded.window, loaded.manifest.uid) == (8, 2)
+
+
+async def test_a_model_split_twice_over_its_shards_is_refused_from_the_headers(
+    tmp_path: Path,
+) -> None:
+    """Every shard may hold every tensor of the model: bounded only by the manifest, the
+    allocation would be shards x the model. Each tensor counts once, from the headers."""
+    net = Net(tmp_path, {1: 1000.0, 2: 10.0})
+    net.shards = {"shard_bytes": 40}  # one tensor a shard
+    store = net.store(1)
+    manifest = await net.publish(1, 9, tiny(1))
+    assert len(manifest.sections["model"].shards) > 1
+    first = (await store.get(manifest.key(manifest.sections["model"].shards[0]))).data
+    await _replace_shard(store, manifest, first, index=1)
+    await net.publish(2, 8, tiny(7))
+
+    loaded = await net.load(current_window=10, expect_model=expected_layout(tiny(3)))
+    assert (loaded.window, loaded.manifest.uid) == (8, 2)
+    (skip,) = loaded.skipped
+    assert "safetensors: tensor 'model/0.weight' appears in two shards" in skip.reason
+
+
+async def test_a_joiner_downloads_only_the_model_section(tmp_path: Path) -> None:
+    """Whatever else a manifest lists (here a garbage optimizer shard) is never read."""
+    net = Net(tmp_path, {1: 1000.0})
+    honest = tiny(1)
+    extra = {"momentum": {"m": torch.ones(64)}}
+    manifest = await net.publish(1, 9, honest, **extra)
+    shard = manifest.sections["momentum"].shards[0]
+    await net.store(1).put(manifest.key(shard), b"\x00" * manifest.file(shard).size)
+
+    with pytest.raises(NoCheckpoint, match="momentum"):
+        await net.load(current_window=10)
+    loaded = await net.load(current_window=10, sections=("model",))
+    assert not loaded.fell_back and loaded.state.momentum is None
+    model = tiny(3)
+    assert await net.join(model, current_window=10) == (9, 9)
+    assert same_weights(model, honest)
