@@ -143,6 +143,7 @@ class Neuron:
                 commitments=commitments,
                 opener=self.opener,
                 settings=self.checkpoints,
+                current_window=target + 1,
             )
             if loaded is not None:
                 self.last_window, self.global_step = loaded

@@ -25,6 +25,8 @@ from core.checkpoints import (
     aggregator_updates,
     catch_up,
     checkpoint_due,
+    expected_layout,
+    load_into,
     load_latest,
     validator_sources,
 )
@@ -49,18 +51,29 @@ async def load_network_checkpoint(
     commitments: Mapping[int, Bucket],
     opener: StoreOpener,
     settings: CheckpointSettings,
+    current_window: int,
 ) -> tuple[int, int] | None:
-    """Load the newest verified checkpoint into `model`; (window, global_step) or None."""
+    """Load the checkpoint the network agrees on into `model`; (window, global_step) or None.
+
+    `current_window` is the chain's: a checkpoint claiming a later window is never adopted.
+    A candidate that is not a state of this model is skipped like a corrupt one, and the
+    model is changed only by the one that is applied (core/checkpoints/latest.py, fit.py).
+    """
     sources = validator_sources(metagraph, commitments, opener)
     if not sources:
         return None
     try:
-        loaded = await load_latest(sources, settings)
+        loaded = await load_latest(
+            sources,
+            settings,
+            current_window=current_window,
+            use=lambda candidate: load_into(model, candidate.state.model),
+            expect_model=expected_layout(model),
+            sections=("model",),  # a joiner needs the weights; nothing else is downloaded
+        )
     except NoCheckpoint as exc:
         log.info("no network checkpoint yet: %s", exc)
         return None
-    model.load_state_dict(loaded.state.model)
-    log.info("%s", loaded.describe())
     return loaded.window, loaded.global_step
 
 

@@ -7,16 +7,27 @@
     settings.py  CheckpointSettings, checkpoint_due
     save.py      Checkpointer (snapshot, then upload), BackgroundSaver
     load.py      listing, verification, fallback; load_checkpoint
-    latest.py    the newest checkpoint across local and validators' buckets
+    latest.py    which checkpoint a joiner adopts: stake order, bounded tries, none from the future
+    fit.py       applying a model state: checked against the model, all or nothing
     catchup.py   replaying aggregated windows after a checkpoint
 
 See docs/checkpoints.md.
 """
 
 from core.checkpoints.catchup import CatchUp, CatchUpStatus, aggregator_updates, catch_up
-from core.checkpoints.latest import Latest, Source, get_latest, load_latest, validator_sources
+from core.checkpoints.fit import Mismatch, check_fits, expected_layout, load_into
+from core.checkpoints.latest import (
+    Choice,
+    Latest,
+    Source,
+    choose,
+    get_latest,
+    load_latest,
+    validator_sources,
+)
 from core.checkpoints.load import (
     Candidate,
+    ListingTooLarge,
     Loaded,
     NoCheckpoint,
     Skipped,
@@ -39,10 +50,13 @@ __all__ = [
     "CheckpointSettings",
     "CheckpointState",
     "Checkpointer",
+    "Choice",
     "Latest",
+    "ListingTooLarge",
     "Loaded",
     "Manifest",
     "ManifestError",
+    "Mismatch",
     "NoCheckpoint",
     "Skipped",
     "Source",
@@ -50,11 +64,15 @@ __all__ = [
     "VersionRefused",
     "aggregator_updates",
     "catch_up",
+    "check_fits",
     "checkpoint_due",
+    "choose",
     "complete_manifests",
+    "expected_layout",
     "get_latest",
     "list_candidates",
     "load_checkpoint",
+    "load_into",
     "load_latest",
     "pointer_key",
     "validator_sources",

@@ -1,35 +1,41 @@
-"""The newest complete checkpoint across the local store and the validators' buckets.
+"""The checkpoint a joiner adopts, across the local store and the validators' buckets.
 
-Sources are consulted in priority order: the local store (when configured), then validators
-by stake, highest first. The newest window wins; between equal windows the earlier source
-wins. Loading walks the same order, so a corrupt newest checkpoint falls back to the next
-best one, from whichever bucket holds it.
+Any validator, whatever its stake, writes what it likes into its own bucket, so the window
+number is a claim, not a rank. Sources are tried in the order given (the local store when
+configured, then validators by stake, highest first: the network's agreed state is what
+its high-stake validators publish); within a source, its newest checkpoints first. A
+checkpoint whose window is ahead of the chain's current window is no candidate at all,
+and each source has at most `max_per_source` tries: a hostile validator wastes only its
+own few, never an honest one's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import attrs
 import torch
 
 from core.checkpoints.load import (
     Candidate,
+    Expected,
     Loaded,
     NoCheckpoint,
+    Skipped,
     complete_manifests,
+    failure_reason,
     list_candidates,
     load_candidates,
 )
 from core.checkpoints.manifest import Manifest
 from core.checkpoints.settings import CheckpointSettings
-from ports import Bucket, Metagraph, ObjectStore, StorageError, StoreOpener
+from ports import Bucket, Metagraph, ObjectStore, StoreOpener
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Latest", "Source", "get_latest", "load_latest", "validator_sources"]
+__all__ = ["Choice", "Latest", "Source", "choose", "get_latest", "load_latest", "validator_sources"]
 
 
 @attrs.frozen
@@ -63,39 +69,111 @@ def validator_sources(
         if len(sources) >= max_validators + (local is not None):
             break
         bucket = commitments.get(uid)
-        if bucket is not None:
-            sources.append(Source(f"validator uid {uid} ({bucket.name})", opener.open(bucket)))
+        if bucket is None:
+            continue
+        label = f"validator uid {uid} ({bucket.name})"
+        try:
+            sources.append(Source(label, opener.open(bucket)))
+        except Exception as exc:  # a commitment the opener refuses costs only its source
+            # The type only: an opener's message may quote the commitment's credentials.
+            log.warning("%s: cannot open its bucket (%s)", label, type(exc).__name__)
     return sources
 
 
-async def _ranked(sources: Sequence[Source], version: str) -> list[Candidate]:
-    async def one(source: Source) -> list[Candidate]:
-        try:
-            return await list_candidates(source.store, version, source=source.label)
-        except StorageError as exc:
-            log.warning("cannot list checkpoints in %s: %s", source.label, exc)
-            return []
+@attrs.frozen
+class Choice:
+    """Per source, in source order: the candidates to try, newest first."""
 
-    listings = await asyncio.gather(*(one(s) for s in sources))
-    ranked = [(-c.window, rank, c.uid, c) for rank, cs in enumerate(listings) for c in cs]
-    ranked.sort(key=lambda r: r[:3])
-    return [r[3] for r in ranked]
+    per_source: tuple[tuple[Candidate, ...], ...]
+    skipped: tuple[Skipped, ...]
+
+    def candidates(self) -> list[Candidate]:
+        return [c for tries in self.per_source for c in tries]
 
 
-async def get_latest(sources: Sequence[Source], settings: CheckpointSettings) -> Latest | None:
-    """The newest checkpoint whose manifest is sound and whose files are all present."""
-    found = await complete_manifests(await _ranked(sources, settings.version), settings, limit=1)
-    return Latest(*found[0]) if found else None
+async def _list(source: Source, settings: CheckpointSettings) -> list[Candidate] | Skipped:
+    try:
+        return await list_candidates(
+            source.store,
+            settings.version,
+            source=source.label,
+            max_objects=settings.max_listed_objects,
+        )
+    except Exception as exc:  # a hostile listing skips its source, never the search
+        skipped = Skipped(source.label, None, None, f"cannot list: {failure_reason(exc)}")
+        log.warning("%s", skipped)
+        return skipped
+
+
+async def choose(
+    sources: Sequence[Source], settings: CheckpointSettings, *, current_window: int
+) -> Choice:
+    """What a load may try, in order (see the module doc); every source listed at once."""
+    listings = await asyncio.gather(*(_list(s, settings) for s in sources))
+    per_source, skipped = [], []
+    for source, listing in zip(sources, listings, strict=True):
+        if isinstance(listing, Skipped):
+            skipped.append(listing)
+            continue
+        ahead = [c for c in listing if c.window > current_window]
+        if ahead:
+            # One line per source, however many it planted.
+            skipped.append(
+                Skipped(
+                    source.label,
+                    None,
+                    None,
+                    f"{len(ahead)} checkpoint(s) ahead of the chain's current window "
+                    f"{current_window} (the newest: window {ahead[0].window}), never candidates",
+                )
+            )
+            log.warning("%s", skipped[-1])
+        usable = [c for c in listing if c.window <= current_window]
+        per_source.append(tuple(usable[: settings.max_per_source]))
+    return Choice(tuple(per_source), tuple(skipped))
+
+
+async def get_latest(
+    sources: Sequence[Source], settings: CheckpointSettings, *, current_window: int
+) -> Latest | None:
+    """The checkpoint a load would try first that has a sound manifest and all its files
+    (hashes are checked only by a load)."""
+    choice = await choose(sources, settings, current_window=current_window)
+    for tries in choice.per_source:
+        found = await complete_manifests(tries, settings, limit=1)
+        if found:
+            return Latest(*found[0])
+    return None
 
 
 async def load_latest(
     sources: Sequence[Source],
     settings: CheckpointSettings,
     *,
+    current_window: int,
     device: torch.device | str = "cpu",
+    use: Callable[[Loaded], object] | None = None,
+    expect_model: Expected | None = None,
+    sections: Collection[str] | None = None,
 ) -> Loaded:
-    """Load the newest checkpoint that verifies, across `sources` (see the module doc)."""
-    candidates = await _ranked(sources, settings.version)
+    """Load (and, with `use`, apply) the first candidate that verifies, in the order of the
+    module doc. `current_window` is the chain's: nothing newer is ever adopted.
+    `expect_model` (`fit.expected_layout`) refuses another model's checkpoint from its shard
+    headers, before its tensors download; `sections` loads only those (see load_candidates).
+
+    Raises `NoCheckpoint` with every skipped candidate and its reason when none does.
+    """
+    choice = await choose(sources, settings, current_window=current_window)
+    candidates = choice.candidates()
     if not candidates:
-        raise NoCheckpoint(f"no checkpoint in {len(sources)} sources")
-    return await load_candidates(candidates, settings, device=device)
+        raise NoCheckpoint(f"no checkpoint in {len(sources)} sources", choice.skipped)
+    return await load_candidates(
+        candidates,
+        settings,
+        device=device,
+        skipped=choice.skipped,
+        use=use,
+        tries=len(candidates),
+        expect_model=expect_model,
+        sections=sections,
+    )

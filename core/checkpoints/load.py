@@ -3,7 +3,9 @@
 A candidate is tried in full: manifest (bounded, strictly parsed), every listed file present
 with its size, sizes within the configured bounds (checked before any download), each file's
 sha256, each shard's safetensors header, and the JSON trees that tie tensors to the state
-structure. Any defect skips the candidate with a reason and the next older one is tried.
+structure. Any defect skips the candidate with a reason and the next older one is tried;
+so does any other exception while reading it, or while the caller's `use` applies it: a
+checkpoint is untrusted input, and no way it can fail may stop the search.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import attrs
@@ -21,7 +24,7 @@ import torch
 from core import keys
 from core.checkpoints.manifest import Manifest, ManifestError
 from core.checkpoints.settings import CheckpointSettings
-from core.checkpoints.shards import ShardError, read_shard
+from core.checkpoints.shards import Layout, ShardError, read_shard
 from core.checkpoints.state import CheckpointState
 from core.checkpoints.tree import TreeError, join
 from ports import ObjectMeta, ObjectStore, StorageError
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "Candidate",
+    "Expected",
+    "ListingTooLarge",
     "Loaded",
     "NoCheckpoint",
     "Skipped",
@@ -49,6 +54,24 @@ class _Corrupt(Exception):
     pass
 
 
+class ListingTooLarge(LookupError):
+    """A bucket holds more checkpoint objects than `max_listed_objects`."""
+
+
+# The model a loader will apply a state to: {state key: (shape, dtype)}.
+Expected = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
+
+# A reason quotes an exception raised on hostile input; keep one attacker from filling logs.
+_MAX_REASON = 300
+
+
+def failure_reason(exc: BaseException) -> str:
+    """`exc` as a skip reason: its type when unexpected, bounded in length."""
+    known = isinstance(exc, _Corrupt | StorageError | ListingTooLarge)
+    text = str(exc) if known else f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
 @attrs.frozen
 class Candidate:
     """A checkpoint directory seen in a listing: where, which window and uid, its files."""
@@ -63,12 +86,16 @@ class Candidate:
 
 @attrs.frozen
 class Skipped:
+    """A candidate passed over; window and uid are None when a whole source was."""
+
     source: str
-    window: int
-    uid: int
+    window: int | None
+    uid: int | None
     reason: str
 
     def __str__(self) -> str:
+        if self.window is None:
+            return f"{self.source}: {self.reason}"
         return f"{self.source}: window {self.window} (uid {self.uid}): {self.reason}"
 
 
@@ -111,12 +138,25 @@ class NoCheckpoint(LookupError):
 
 
 async def list_candidates(
-    store: ObjectStore, version: str, *, source: str = "", uid: int | None = None
+    store: ObjectStore,
+    version: str,
+    *,
+    source: str = "",
+    uid: int | None = None,
+    max_objects: int | None = None,
 ) -> list[Candidate]:
-    """Checkpoint directories with a manifest under `version`, newest window first."""
+    """Checkpoint directories with a manifest under `version`, newest window first.
+
+    Raises `ListingTooLarge` past `max_objects` objects: a bucket stuffed with keys would
+    otherwise cost time and memory in proportion to a number its owner chose.
+    """
     dirs: dict[tuple[int, int], dict[str, int]] = {}
     meta: ObjectMeta
+    seen = 0
     async for meta in store.list(keys.checkpoint_prefix(version)):
+        seen += 1
+        if max_objects is not None and seen > max_objects:
+            raise ListingTooLarge(f"more than {max_objects} checkpoint objects")
         parsed = keys.parse(meta.key)
         if parsed is None or parsed.kind is not keys.KeyKind.CHECKPOINT:
             continue
@@ -193,12 +233,17 @@ async def _shard(
     settings: CheckpointSettings,
     device: torch.device | str,
     gate: asyncio.Semaphore,
+    check: Callable[[Layout], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     entry = manifest.file(name)
 
     def parse(fh: BinaryIO) -> tuple[dict[str, torch.Tensor], str]:
         tensors, _meta, sha = read_shard(
-            fh, size=entry.size, max_header_bytes=settings.max_header_bytes, device=device
+            fh,
+            size=entry.size,
+            max_header_bytes=settings.max_header_bytes,
+            device=device,
+            check=check,
         )
         return tensors, sha
 
@@ -214,16 +259,54 @@ async def _shard(
     return tensors
 
 
+def _fits(expected: Expected, section: str) -> Callable[[Layout], None]:
+    """A shard header check: every tensor is one of the model's, with its shape and dtype.
+
+    The saver names a section's tensors `{section}/{state key}` (tree.split); checking the
+    header refuses another model's checkpoint before a byte of its tensors is read. Each
+    tensor may appear once across the section's shards, so what a load allocates for the
+    section is at most the model's own size.
+    """
+    prefix = f"{section}/"
+    seen: set[str] = set()
+    lock = threading.Lock()  # shards are parsed on the store's threads
+
+    def check(layout: Layout) -> None:
+        for name, dtype, shape in layout:
+            want = expected.get(name[len(prefix) :]) if name.startswith(prefix) else None
+            if want is None:
+                raise ShardError(f"tensor {name!r} is not in the model")
+            if (shape, dtype) != (tuple(want[0]), want[1]):
+                raise ShardError(
+                    f"tensor {name!r} is {dtype} {list(shape)}, "
+                    f"the model's {want[1]} {list(want[0])}"
+                )
+        with lock:
+            names = {name for name, _, _ in layout}
+            if names & seen:
+                raise ShardError(f"tensor {min(names & seen)!r} appears in two shards")
+            seen.update(names)
+
+    return check
+
+
 async def _load_one(
-    c: Candidate, settings: CheckpointSettings, device: torch.device | str
+    c: Candidate,
+    settings: CheckpointSettings,
+    device: torch.device | str,
+    expect_model: Expected | None = None,
+    only: Collection[str] | None = None,
 ) -> tuple[Manifest, CheckpointState]:
     manifest = await _manifest(c, settings)
     gate = asyncio.Semaphore(settings.download_concurrency)
     sections = {}
     for name, section in manifest.sections.items():
+        if only is not None and name not in only:
+            continue  # listed and sized by the manifest check, never downloaded
         tree = await _tree(c, manifest, section.tree)
+        check = _fits(expect_model, name) if expect_model is not None and name == "model" else None
         tasks = [
-            asyncio.create_task(_shard(c, manifest, s, settings, device, gate))
+            asyncio.create_task(_shard(c, manifest, s, settings, device, gate, check))
             for s in section.shards
         ]
         try:
@@ -254,20 +337,43 @@ async def load_candidates(
     device: torch.device | str = "cpu",
     requested_window: int | None = None,
     skipped: Sequence[Skipped] = (),
+    use: Callable[[Loaded], object] | None = None,
+    tries: int | None = None,
+    expect_model: Expected | None = None,
+    sections: Collection[str] | None = None,
 ) -> Loaded:
-    """The first of `candidates` (in the given order) that loads and verifies completely."""
+    """The first of `candidates` (in the given order, at most `tries` of them: by default
+    `max_fallbacks + 1`) that loads, verifies and, when given, is accepted by `use`.
+
+    `use` applies the state (e.g. to a model) and raises when it cannot; that candidate is
+    then skipped like a corrupt one, so `use` must leave things as they were when it raises.
+    `expect_model` refuses a model section of other shapes or dtypes from its shard headers,
+    before its tensors are downloaded. `sections` (e.g. `("model",)`) loads only those: a
+    joiner that needs the weights downloads nothing else a hostile manifest lists.
+    """
     skipped = list(skipped)
-    for c in candidates[: settings.max_fallbacks + 1]:
+    limit = settings.max_fallbacks + 1 if tries is None else tries
+    for c in candidates[:limit]:
         try:
-            manifest, state = await _load_one(c, settings, device)
-        except (_Corrupt, StorageError) as exc:
-            skipped.append(Skipped(c.source, c.window, c.uid, str(exc)))
-            log.warning("checkpoint %s unusable, falling back: %s", skipped[-1], exc)
+            manifest, state = await _load_one(c, settings, device, expect_model, sections)
+            loaded = Loaded(c.source, manifest, state, tuple(skipped), requested_window)
+        except Exception as exc:
+            _skip(skipped, c, failure_reason(exc))
             continue
-        loaded = Loaded(c.source, manifest, state, tuple(skipped), requested_window)
+        if use is not None:
+            try:
+                use(loaded)
+            except Exception as exc:
+                _skip(skipped, c, f"not applied: {failure_reason(exc)}")
+                continue
         log.log(logging.WARNING if skipped else logging.INFO, "%s", loaded.describe())
         return loaded
     raise NoCheckpoint("no loadable checkpoint", skipped)
+
+
+def _skip(skipped: list[Skipped], c: Candidate, reason: str) -> None:
+    skipped.append(Skipped(c.source, c.window, c.uid, reason))
+    log.warning("checkpoint %s unusable, falling back", skipped[-1])
 
 
 async def load_checkpoint(
@@ -292,11 +398,13 @@ async def load_checkpoint(
             f"checkpoint version {version!r} differs from ours ({settings.version!r}); "
             "pass allow_other_version=True to load it anyway"
         )
-    candidates = await list_candidates(store, version, uid=uid)
+    candidates = await list_candidates(
+        store, version, uid=uid, max_objects=settings.max_listed_objects
+    )
     skipped: list[Skipped] = []
     if window is not None:
         if not any(c.window == window for c in candidates):
-            skipped.append(Skipped(store.name, window, uid or 0, "no manifest for this window"))
+            skipped.append(Skipped(store.name, window, uid, "no manifest for this window"))
         candidates = [c for c in candidates if c.window <= window]
     return await load_candidates(
         candidates, settings, device=device, requested_window=window, skipped=skipped

@@ -35,8 +35,15 @@ class CheckpointSettings:
     max_tree_bytes: int = attrs.field(default=64 * MiB, validator=gt(0))
     max_header_bytes: int = attrs.field(default=16 * MiB, validator=gt(0))
     max_checkpoint_bytes: int = attrs.field(default=256 * 1024 * MiB, validator=gt(0))
-    # How many manifests, newest first, a load may try before giving up.
+    # How many manifests, newest first, `load_checkpoint` may try in one store.
     max_fallbacks: int = attrs.field(default=8, validator=ge(0))
+    # Across validators (`load_latest`, `get_latest`): each bucket's newest this many are
+    # tried, bucket after bucket. A hostile validator then wastes only its own few tries and
+    # cannot hide a lower-stake validator's good checkpoint behind a pile of broken ones.
+    max_per_source: int = attrs.field(default=3, validator=gt(0))
+    # A bucket listing more checkpoint objects is skipped whole (an honest one holds a few
+    # checkpoints of at most thousands of shards each).
+    max_listed_objects: int = attrs.field(default=200_000, validator=gt(0))
 
 
 def checkpoint_due(global_step: int, checkpoint_frequency: int) -> bool:

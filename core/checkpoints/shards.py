@@ -18,7 +18,7 @@ import json
 import math
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from typing import Any, BinaryIO
 
@@ -29,6 +29,7 @@ from core import strict_json
 
 __all__ = [
     "DTYPES",
+    "Layout",
     "ShardError",
     "ShardStream",
     "Written",
@@ -55,7 +56,11 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E5M2": torch.float8_e5m2,
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
+# (name, dtype, shape) of each tensor in a shard, in file order.
+Layout = Sequence[tuple[str, torch.dtype, tuple[int, ...]]]
 _CHUNK = 8 << 20
+_MAX_DIMS = 64
+_MAX_NUMEL = 2**62
 
 
 class ShardError(ValueError):
@@ -236,6 +241,10 @@ def _parse_header(raw: bytes, data_size: int) -> tuple[list[tuple[str, torch.dty
             raise ShardError(f"tensor {name!r}: unsupported dtype {entry['dtype']!r}")
         if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
             raise ShardError(f"tensor {name!r}: bad shape")
+        # torch multiplies every dimension, zeros aside, in int64 before it allocates: a
+        # shape such as [0, 2**63] holds no bytes yet makes torch.empty raise.
+        if len(shape) > _MAX_DIMS or math.prod(max(d, 1) for d in shape) > _MAX_NUMEL:
+            raise ShardError(f"tensor {name!r}: shape {shape} cannot be allocated")
         if (
             type(offsets) is not list
             or len(offsets) != 2
@@ -273,12 +282,14 @@ def read_shard(
     size: int,
     max_header_bytes: int,
     device: torch.device | str = "cpu",
+    check: Callable[[Layout], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str], str]:
     """Tensors, metadata and sha256 of the `size`-byte safetensors file open as `fh`.
 
     Each tensor is read straight into its own freshly allocated CPU memory, then moved to
-    `device`; nothing else of comparable size is held. The caller compares the returned
-    sha256 with the manifest before using anything.
+    `device`; nothing else of comparable size is held. `check` sees the validated header
+    before anything is allocated and raises `ShardError` to refuse it. The caller compares
+    the returned sha256 with the manifest before using anything.
     """
     digest = hashlib.sha256()
     prefix = fh.read(8)
@@ -293,6 +304,8 @@ def read_shard(
     if len(raw) != header_len:
         raise ShardError("file ends inside the header")
     layout, metadata = _parse_header(raw, size - 8 - header_len)
+    if check is not None:
+        check(layout)
     tensors: dict[str, torch.Tensor] = {}
     for name, dtype, shape in layout:
         t = torch.empty(shape, dtype=dtype)

@@ -336,22 +336,28 @@ async def test_latest_across_local_and_validator_buckets(tmp_path: Path) -> None
     assert [s.label.split(" (")[0] for s in sources] == [
         "local", "validator uid 1", "validator uid 3", "validator uid 2"
     ]  # fmt: skip
-    latest = await get_latest(sources, CheckpointSettings(version=VERSION))
+    cfg = CheckpointSettings(version=VERSION)
+    # Our own store comes first when given: it is the one source we need not trust.
+    latest = await get_latest(sources, cfg, current_window=20)
+    assert latest is not None and latest.window == 9 and latest.candidate.source == "local"
+    # Without it, validators by stake: uid 1 has nothing, uid 3 outranks uid 2.
+    sources = sources[1:]
+    latest = await get_latest(sources, cfg, current_window=20)
     assert (
         latest is not None
         and latest.window == 12
         and latest.candidate.source.startswith("validator uid 3")
     )
-    # The newest is corrupt in uid 3's bucket: loading falls back to uid 2's copy of window 12.
+    # Its checkpoint is corrupt in uid 3's bucket: loading falls back to uid 2's copy.
     val3 = opener.open(buckets[3])
     shard = latest.manifest.key(latest.manifest.sections["model"].shards[0])
     data = bytearray((await val3.get(shard)).data)
     data[-1] ^= 1
     await val3.put(shard, bytes(data))
-    _, _, _scratch, cfg, _ = setup(tmp_path)
-    loaded = await load_latest(sources, cfg)
+    loaded = await load_latest(sources, cfg, current_window=20)
     assert loaded.window == 12 and loaded.source.startswith("validator uid 2") and loaded.fell_back
-    assert await get_latest([Source("empty", opener.open(bucket("e")))], cfg) is None
+    empty = [Source("empty", opener.open(bucket("e")))]
+    assert await get_latest(empty, cfg, current_window=20) is None
 
 
 def test_checkpoint_due() -> None:
