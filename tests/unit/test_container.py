@@ -69,6 +69,7 @@ def test_bittensor_chain_branch(tmp_path, monkeypatch):
     class FakeWallet:
         def __init__(self, name, hotkey):
             made["wallet"] = (name, hotkey)
+            self.hotkey = object()  # the hotkey keypair
 
     class FakeBittensorChain:
         def __init__(self, *, netuid, wallet, network):
@@ -84,6 +85,18 @@ def test_bittensor_chain_branch(tmp_path, monkeypatch):
     assert isinstance(c.chain(), FakeBittensorChain)
     assert made == {"wallet": ("default", "h1"), "chain": (9, "finney")}
     assert "bittensor" in sys.modules
+    # payloads are signed with the same wallet's hotkey, and checked as sr25519
+    assert c.signer().scheme == c.verifier().scheme == "sr25519"
+    assert c.signer()._keypair is c.wallet().hotkey
+
+
+@pytest.mark.parametrize("chain", ["fake", "memory"])
+def test_fake_chains_sign_with_keys_derived_from_the_hotkey_name(tmp_path, chain):
+    c = container(tmp_path, storage="memory", chain=chain)
+    digest = bytes(32)
+    signature = c.signer().sign(digest)
+    assert c.verifier().verify(digest, signature, "hk")
+    assert not c.verifier().verify(digest, signature, "another-hotkey")
 
 
 def test_clock_is_the_system_clock_unless_overridden(tmp_path):
