@@ -29,8 +29,8 @@ async def copy_a_peer(miner: Miner, window: int) -> tuple[bytes, int] | None:
     metagraph, commitments = await miner.peers_view()
     others = [u for u in miner.miners_of(metagraph, commitments) if u != miner.uid]
     tw = await miner.time_window(window)
-    # Half of what is left of the time window to find one, the rest to upload it in time.
-    left = (tw.end - miner.clock.now()).total_seconds() / 2
+    # Look until a quarter of the time window is left: time enough to upload on time.
+    left = (tw.end - miner.clock.now() - (tw.end - tw.start) / 4).total_seconds()
     if not others or left <= 0:
         return None
     peers = await miner.stream_peers(window, others, metagraph, commitments, timeout=left)
