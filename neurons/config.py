@@ -122,7 +122,7 @@ class HParams:
     duplicate_threshold: float = _hp(
         0.5,
         "a validator scores an upload as a copy when its kept entries are at least this alike "
-        "(estimated Jaccard) to an earlier upload's; 0: off. Honest peers measured 0.11-0.38, "
+        "(estimated Jaccard) to an earlier upload's; 0: off. Honest peers measured 0.09-0.38, "
         "copies 0.66-1.0 (docs/reliability.md)",
         minimum=0,
     )
