@@ -13,9 +13,11 @@ from core import duplicates
 from core.compression import TopKCompressor, compress_with_feedback
 from neurons.config import HParams, hparams_from_mapping
 from neurons.copier import NOISE
+from neurons.copies import CopyJudge
 from neurons.localnet import localnet_hparams
 from neurons.task import TinyTask
 from neurons.training import outer_step, unit_normalised, window_gradient
+from ports import ObjectMeta
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -50,6 +52,28 @@ def test_partly_overlapping_sets_are_flagged_only_above_the_threshold():
     times = {1: at(0), 2: at(1)}
     assert duplicates.later_copies({1: a, 2: b}, times, 0.5) == {}
     assert set(duplicates.later_copies({1: a, 2: b}, times, 0.2)) == {2}
+
+
+def test_the_validators_verdicts_penalise_a_later_copy_and_leave_a_tie_unscored():
+    compressor = TopKCompressor(HParams().topk_params())
+    gen = torch.Generator().manual_seed(1)
+    grads = [{"w": torch.randn(64, 64, generator=gen)} for _ in range(2)]
+    sent = {1: grads[0], 2: grads[0], 3: grads[1], 4: grads[1]}
+    times = {1: at(0), 2: at(1), 3: at(2), 4: at(2)}
+    judge = CopyJudge(0.5, compressor)
+    for uid, g in sent.items():
+        judge.add(
+            uid, compressor.encode(g), ObjectMeta(key=f"k{uid}", size=1, last_modified=times[uid])
+        )
+    verdicts = judge.verdicts()
+    assert sorted(verdicts) == [2, 3, 4]
+    assert verdicts[2].penalised and verdicts[2].reason.startswith("copy: copy_of_1: ")
+    assert not verdicts[3].penalised and verdicts[3].reason.startswith("copy: tied_with_4: ")
+    assert not verdicts[4].penalised and verdicts[4].reason.startswith("copy: tied_with_3: ")
+    off = CopyJudge(0.0, compressor)
+    off.add(1, compressor.encode(grads[0]), None)
+    off.add(2, compressor.encode(grads[0]), None)
+    assert off.verdicts() == {}
 
 
 def similarities(hp: HParams, miners: int = 5, windows: int = 4) -> tuple[list, list]:
