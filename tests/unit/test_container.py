@@ -8,6 +8,7 @@ import pytest
 
 from adapters.chain.fake import FakeChain, FileChain
 from adapters.clock import FakeClock, SystemClock
+from adapters.signing import Sr25519Signer
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
 from adapters.storage.s3 import S3StoreOpener
@@ -113,3 +114,22 @@ def test_local_buckets_commit_on_the_fake_chain(tmp_path):
     c = container(tmp_path, storage="local", chain="memory", validator=True)
     c.memory_network().register("hk")
     assert asyncio.run(c.chain().commit_bucket(c.buckets().gradients_read)) is True
+
+
+def test_a_bittensor_wallets_hotkey_signs_what_the_sr25519_verifier_accepts(tmp_path, monkeypatch):
+    import bittensor
+
+    real = bittensor.Wallet
+
+    def wallet(name, hotkey):
+        made = real(name=name, hotkey=hotkey, path=str(tmp_path / "wallets"))
+        made.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
+        return made
+
+    monkeypatch.setattr(bittensor, "Wallet", wallet)
+    c = container(tmp_path, storage="memory", chain="bittensor", wallet_hotkey="h1")
+    digest = bytes(range(32))
+    hotkey = c.wallet().hotkey.ss58_address
+    assert c.verifier().verify(digest, c.signer().sign(digest), hotkey)
+    bob = Sr25519Signer.from_uri("//Bob").hotkey
+    assert not c.verifier().verify(digest, c.signer().sign(digest), bob)
