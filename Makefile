@@ -20,7 +20,7 @@ test: lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/templar-comms localnet --faulty garbage
+	$(VENV)/bin/templar-comms localnet --faulty garbage,copier
 
 # BENCH_ARGS=--quick for the short run (under 2 minutes).
 bench: $(STAMP)

@@ -5,6 +5,8 @@
   `bittensor_core.Keypair` (installed with the bittensor SDK), imported only when used.
 - `HmacSigner` / `HmacVerifier`: shared-secret HMAC-SHA256 for tests and closed local
   networks; it proves nothing to a party that does not hold the secret.
+- `dev_signer` / `DevKeyVerifier`: HMAC with a key every party derives from the hotkey's
+  name: the fake chain's scheme (its hotkeys are names, with no key pairs).
 """
 
 from __future__ import annotations
@@ -96,3 +98,31 @@ class HmacVerifier:
         if secret is None:
             return False
         return hmac.compare_digest(hmac.new(secret, digest, hashlib.sha256).digest(), signature)
+
+
+def dev_secret(hotkey: str) -> bytes:
+    """The well-known HMAC key of `hotkey` on a fake chain (see `DevKeyVerifier`)."""
+    return hashlib.sha256(b"templar-comms/dev-hotkey-secret/v1\n" + hotkey.encode()).digest()
+
+
+def dev_signer(hotkey: str) -> HmacSigner:
+    return HmacSigner(dev_secret(hotkey))
+
+
+class DevKeyVerifier:
+    """Checks HMAC signatures made with `dev_secret(hotkey)`.
+
+    For the fake chain's named hotkeys ("miner-1"), which have no key pairs: every neuron can
+    derive every key, so a signature proves nothing against a peer that wants to forge one.
+    It keeps the signing path (unsigned, forged, relabelled payloads are refused) exercised
+    without the bittensor SDK; a real subnet uses sr25519.
+    """
+
+    scheme = HmacSigner.scheme
+
+    def __repr__(self) -> str:
+        return "DevKeyVerifier()"
+
+    def verify(self, digest: bytes, signature: bytes, hotkey: str) -> bool:
+        mac = hmac.new(dev_secret(hotkey), digest, hashlib.sha256).digest()
+        return hmac.compare_digest(mac, signature)

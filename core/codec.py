@@ -95,7 +95,8 @@ class Expected:
     `max_bytes` None means: exactly the compressor's tensor bytes plus the header limit;
     `max_header_bytes` None means: 16 KiB plus a few bytes per parameter name and dimension.
     `window`/`uid`/`hotkey` None means: not checked. With `require_signature` the payload
-    must be signed by `hotkey` (the one the metagraph lists for `uid`).
+    must be signed by `hotkey` (the one the metagraph lists for `uid`); a template without a
+    hotkey may ask for signatures, its per-peer copies (`for_peer`) name the hotkey.
     """
 
     version: str = attrs.field(validator=lambda i, a, v: check_version(v))
@@ -114,10 +115,6 @@ class Expected:
     # fields above, which never change.
     _memo: dict = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
-    def __attrs_post_init__(self) -> None:
-        if self.require_signature and self.hotkey is None:
-            raise ValueError("require_signature needs the expected hotkey")
-
     def for_peer(self, window: int, uid: int, hotkey: str | None) -> Expected:
         """This expectation for one peer's payload. Cheap (a gather asks it for every peer):
         the copy shares the layout and limits worked out already, which the three fields it
@@ -125,7 +122,6 @@ class Expected:
         peer = copy.copy(self)
         for name, value in (("window", window), ("uid", uid), ("hotkey", hotkey)):
             object.__setattr__(peer, name, value)  # frozen: set once, before anyone sees it
-        peer.__attrs_post_init__()  # the checks attrs runs on a new instance
         return peer
 
     def _derived(self, name: str, make: Callable[[], Any]) -> Any:
@@ -240,6 +236,9 @@ def decode(data: bytes, expected: Expected, *, verifier: Verifier | None = None)
     """Validate `data` completely and return it; any defect raises InvalidPayload."""
     if expected.require_signature and verifier is None:
         raise ValueError("require_signature needs a verifier")
+    if expected.require_signature and expected.hotkey is None:
+        # else the payload's own claim of who signed it would be believed
+        raise ValueError("require_signature needs the expected hotkey")
     try:
         return _decode(data, expected, verifier)
     except InvalidPayload:

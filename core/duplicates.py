@@ -4,12 +4,16 @@ Honest peers train on different data, so the entries their top-k keeps differ a 
 that re-uploads someone else's gradient (even with its values perturbed) keeps the same
 entries. Each payload is reduced to a bottom-k MinHash sketch of its kept positions (cheap,
 fixed size, so memory does not grow with the payload), and pairs whose sketches overlap at
-or above a threshold are flagged. Flagging is evidence for the validator, not a verdict.
+or above a threshold are flagged. `later_copies` turns the flags into verdicts: of two similar
+uploads the later one (by the store's Last-Modified) is the copy, since a copier can only
+upload what it has already read.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from datetime import datetime
 
 import torch
 
@@ -67,3 +71,30 @@ def similar_pairs(
             if score >= threshold:
                 found.append((a, b, round(score, 4)))
     return tuple(found)
+
+
+def later_copies(
+    sketches: Mapping[int, torch.Tensor],
+    uploaded: Mapping[int, datetime],
+    threshold: float,
+) -> dict[int, tuple[int, float]]:
+    """{copy uid: (uid of the earliest upload it is similar to, similarity)}.
+
+    An upload is a copy when a similar one was uploaded no later than it. Equal times tell
+    nothing about who copied whom (S3 keeps whole seconds), and paying both would pay a quick
+    copier, so both sides of a tie are copies. A uid without a time counts as the latest.
+    """
+
+    def when(uid: int) -> float:
+        stamp = uploaded.get(uid)
+        return math.inf if stamp is None else stamp.timestamp()
+
+    found: dict[int, tuple[int, float]] = {}
+    for a, b, score in similar_pairs(sketches, threshold):
+        for copy, original in ((a, b), (b, a)):
+            if when(original) > when(copy):
+                continue
+            known = found.get(copy)
+            if known is None or (when(original), original) < (when(known[0]), known[0]):
+                found[copy] = (original, score)
+    return found

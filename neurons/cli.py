@@ -107,7 +107,9 @@ def _neuron_command(role: str):
         clock_check_windows: Annotated[
             int | None, Opt(help="windows between clock-offset and finality-lag checks")
         ] = None,
-        faulty: Annotated[str | None, Opt(help="miner misbehaviour: late|garbage|silent")] = None,
+        faulty: Annotated[
+            str | None, Opt(help="miner misbehaviour: late|garbage|silent|copier")
+        ] = None,
         windows: Annotated[int | None, Opt(help="stop after this many windows")] = None,
         threads: Annotated[int | None, Opt(help="torch CPU threads")] = None,
         log_level: Annotated[str, Opt(help="logging level")] = "WARNING",
@@ -151,7 +153,11 @@ def localnet(
     miners: Annotated[int, Opt(help="honest miners")] = 3,
     windows: Annotated[int, Opt(help="stop after this many validator windows")] = 30,
     faulty: Annotated[
-        str, Opt(help="add one misbehaving miner: late | garbage | silent (empty: none)")
+        str,
+        Opt(
+            help="add one misbehaving miner per mode, comma-separated: late, garbage, silent, "
+            "copier (e.g. garbage,copier; empty: none)"
+        ),
     ] = "",
     block_time: Annotated[float, Opt(help="seconds per block")] = 0.5,
     storage: Annotated[

@@ -121,7 +121,11 @@ class HParams:
     )
     normalisation: str = _hp("unit", "per-peer normalisation: unit, median_clip or none")
     duplicate_threshold: float = _hp(
-        0.0, "flag peers whose kept indices overlap this much (0: off)", minimum=0
+        0.5,
+        "a validator scores an upload as a copy when its kept entries are at least this alike "
+        "(estimated Jaccard) to an earlier upload's; 0: off. Honest peers measured 0.09-0.38, "
+        "copies 0.66-1.0 (docs/reliability.md)",
+        minimum=0,
     )
     # Scoring and weights -----------------------------------------------------------------
     gradient_score_ma_alpha: float = _hp(
@@ -267,7 +271,8 @@ class HParams:
             fetch=self.fetch_settings(),
             normalisation=Normalisation(self.normalisation),
             min_peers=self.minimum_peers,
-            duplicate_threshold=self.duplicate_threshold or None,
+            # Copies are judged by the validators, who pay for them; a miner's gather would
+            # only flag them, and flagging costs it the compiled sum's fold on the loop.
         )
 
 
@@ -367,6 +372,9 @@ def _direct_bytes(_inst: object, _attr: object, value: int) -> None:
 
 
 CHAIN_CHOICES = ("bittensor", "fake", "memory")
+# late: uploads after the time window; garbage: random bytes; silent: uploads nothing;
+# copier: re-uploads another miner's gradient of the window as its own (neurons/copier.py).
+FAULTY_MODES = ("late", "garbage", "silent", "copier")
 
 
 @attrs.frozen(kw_only=True)
@@ -411,10 +419,8 @@ class NeuronSettings:
     # Windows between measurements of this machine's clock offset (against the store's Date
     # and the chain's block timestamps) and of the finality lag; also measured at start.
     clock_check_windows: int = attrs.field(default=50, validator=attrs.validators.gt(0))
-    # Test and demo behaviour of a miner: late | garbage | silent (empty: honest).
-    faulty: str = attrs.field(
-        default="", validator=attrs.validators.in_(("", "late", "garbage", "silent"))
-    )
+    # Test and demo behaviour of a miner: one of FAULTY_MODES (empty: honest).
+    faulty: str = attrs.field(default="", validator=attrs.validators.in_(("", *FAULTY_MODES)))
 
 
 SETTINGS_FIELDS: dict[str, attrs.Attribute] = {f.name: f for f in attrs.fields(NeuronSettings)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 from dependency_injector import containers, providers
@@ -16,6 +17,7 @@ from dependency_injector import containers, providers
 from adapters.chain.fake import FakeNetwork, FileChain
 from adapters.clock import SystemClock
 from adapters.scratch import TempScratch
+from adapters.signing import DevKeyVerifier, Sr25519Signer, Sr25519Verifier, dev_signer
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
 from adapters.storage.s3 import S3StoreOpener
@@ -23,6 +25,7 @@ from adapters.storage.s3_client import S3Settings
 from neurons.buckets import NeuronBuckets, local_buckets, r2_neuron_buckets
 from neurons.config import HParams, NeuronSettings, r2_buckets
 from ports import Bucket, Chain, Clock, ObjectStore, StoreOpener
+from ports.signing import Signer, Verifier
 
 
 class EndpointOpener:
@@ -55,13 +58,16 @@ def _s3_opener(endpoint: str, concurrency: int, checksums: str, cache_size: int)
     return EndpointOpener(opener, endpoint) if endpoint else opener
 
 
-def _bittensor_chain(netuid: int, network: str, wallet_name: str, wallet_hotkey: str) -> Chain:
+def _wallet(wallet_name: str, wallet_hotkey: str) -> Any:
     # bittensor is an optional extra: imported only when a real chain is asked for.
     import bittensor as bt
 
+    return bt.Wallet(name=wallet_name, hotkey=wallet_hotkey)
+
+
+def _bittensor_chain(netuid: int, network: str, wallet: Any) -> Chain:
     from adapters.chain.bittensor import BittensorChain
 
-    wallet = bt.Wallet(name=wallet_name, hotkey=wallet_hotkey)
     return BittensorChain(netuid=netuid, wallet=wallet, network=network)
 
 
@@ -119,15 +125,10 @@ class Container(containers.DeclarativeContainer):
         block_time=config.block_time,
         finality_lag=config.finality_lag,
     )
+    wallet = providers.Singleton(_wallet, config.wallet_name, config.wallet_hotkey)
     chain: providers.Provider[Chain] = providers.Selector(
         config.chain,
-        bittensor=providers.Singleton(
-            _bittensor_chain,
-            config.netuid,
-            config.network,
-            config.wallet_name,
-            config.wallet_hotkey,
-        ),
+        bittensor=providers.Singleton(_bittensor_chain, config.netuid, config.network, wallet),
         fake=providers.Singleton(
             FileChain,
             config.chain_path,
@@ -137,6 +138,23 @@ class Container(containers.DeclarativeContainer):
             finality_lag=config.finality_lag,
         ),
         memory=providers.Singleton(_memory_chain, memory_network, config.hotkey),
+    )
+
+    # Payloads are signed by the uploader's hotkey and checked against the hotkey the chain
+    # lists for its uid: sr25519 with the wallet's hotkey on Bittensor; on the fake chains,
+    # whose hotkeys are bare names, HMAC with keys derived from those names (no secrecy:
+    # it exercises the path, see adapters/signing.py).
+    signer: providers.Provider[Signer] = providers.Selector(
+        config.chain,
+        bittensor=providers.Singleton(Sr25519Signer.from_wallet, wallet),
+        fake=providers.Singleton(dev_signer, config.hotkey),
+        memory=providers.Singleton(dev_signer, config.hotkey),
+    )
+    verifier: providers.Provider[Verifier] = providers.Selector(
+        config.chain,
+        bittensor=providers.Singleton(Sr25519Verifier),
+        fake=providers.Singleton(DevKeyVerifier),
+        memory=providers.Singleton(DevKeyVerifier),
     )
 
     buckets: providers.Provider[NeuronBuckets] = providers.Singleton(

@@ -28,7 +28,13 @@ from rich.text import Text
 
 from adapters.chain.fake import FakeNetwork
 from adapters.clock import SystemClock
-from neurons.config import ConfigError, HParams, hparams_from_mapping, load_hparams
+from neurons.config import (
+    FAULTY_MODES,
+    ConfigError,
+    HParams,
+    hparams_from_mapping,
+    load_hparams,
+)
 from neurons.localnet_storage import (
     STORAGE_CHOICES,
     LocalnetStorage,
@@ -46,9 +52,8 @@ VALIDATOR_HOTKEY = "validator-0"
 class LocalnetOptions:
     miners: int = attrs.field(default=3, validator=attrs.validators.ge(1))
     windows: int = attrs.field(default=30, validator=attrs.validators.ge(1))
-    faulty: str = attrs.field(
-        default="", validator=attrs.validators.in_(("", "late", "garbage", "silent"))
-    )
+    # Misbehaving miners to add, one per mode: comma-separated FAULTY_MODES ("garbage,copier").
+    faulty: str = attrs.field(default="", validator=lambda i, a, v: faulty_modes(v))
     block_time: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
     storage: str = attrs.field(default="local", validator=attrs.validators.in_(STORAGE_CHOICES))
     directory: Path | None = None
@@ -57,6 +62,18 @@ class LocalnetOptions:
     overrides: Mapping[str, Any] = attrs.Factory(dict)
     # Give up if the network has not finished this long after the planned end.
     slack_seconds: float = 60.0
+
+
+def faulty_modes(text: str) -> tuple[str, ...]:
+    """The modes of `--faulty` ("garbage,copier"): each a FAULTY_MODES entry, at most once."""
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in modes if m not in FAULTY_MODES]
+    if unknown or len(set(modes)) != len(modes):
+        raise ValueError(
+            f"--faulty takes distinct modes among {', '.join(FAULTY_MODES)}, "
+            f"comma-separated; got {text!r}"
+        )
+    return modes
 
 
 def whole_second_blocks(block_time: float, least: int = 5) -> int | None:
@@ -136,8 +153,8 @@ def prepare(root: Path, options: LocalnetOptions) -> tuple[HParams, list[Spec]]:
     network.register(VALIDATOR_HOTKEY, stake=1000.0, validator_permit=True)
     for i in range(options.miners):
         specs.append(Spec("miner", f"miner-{i + 1}"))
-    if options.faulty:
-        specs.append(Spec("miner", f"miner-{options.miners + 1}-{options.faulty}", options.faulty))
+    for number, mode in enumerate(faulty_modes(options.faulty), start=options.miners + 1):
+        specs.append(Spec("miner", f"miner-{number}-{mode}", mode))
     for spec in specs[1:]:
         network.register(spec.hotkey, stake=1.0)
     return hparams, specs
@@ -289,7 +306,7 @@ def run_localnet(options: LocalnetOptions, console: Console) -> int:
             with localnet_storage(options.storage, root, specs) as storage:
                 console.print(
                     f"[bold]localnet[/bold] in {root}: 1 validator, {options.miners} miners"
-                    + (f" + 1 {options.faulty} miner" if options.faulty else "")
+                    + "".join(f" + 1 {m} miner" for m in faulty_modes(options.faulty))
                     + f"; {window_s:.1f} s windows; {storage.description}"
                     + f"; stopping after {options.windows} windows"
                 )

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
-from core import codec
-from core.codec import PayloadMeta
 from core.compression import compress_with_feedback
 from core.gather import gather
 from core.keys import KeyKind
 from core.peers import get_peer_list
 from core.windows import Timing
+from neurons.copier import copy_a_peer
 from neurons.neuron import Neuron, Row
 from neurons.training import outer_step, window_gradient
 
@@ -29,6 +28,11 @@ class Miner(Neuron):
             return "withheld"
         if faulty == "garbage":
             data = os.urandom(len(data))
+        if faulty == "copier":
+            copied = await copy_a_peer(self, window)
+            if copied is None:
+                return "nothing_to_copy"
+            data, faulty = copied[0], f"copy_of_{copied[1]}"
         if faulty == "late":
             tw = await self.time_window(window)
             wait = (tw.end - self.clock.now()).total_seconds() + self.hparams.grace_seconds + 0.2
@@ -59,14 +63,7 @@ class Miner(Neuron):
         loss, grads = window_gradient(self.task, self.model, self.uid, window, hp.inner_steps)
         fed = compress_with_feedback(self.compressor, grads, self.error, decay=hp.momentum_decay)
         self.error = fed.residual
-        meta = PayloadMeta(
-            window=window,
-            uid=self.uid,
-            hotkey=self.hotkey,
-            global_step=self.global_step,
-            version=hp.version,
-        )
-        data = codec.encode(fed.compressed, meta)
+        data = self.encode(fed.compressed, window)
         upload = await self._upload(data, window)
 
         metagraph, commitments = await self.peers_view()
@@ -91,6 +88,7 @@ class Miner(Neuron):
             reserve_uids=reserves,
             time_window=await self.time_window(window),
             hotkeys=dict(zip(metagraph.uids, metagraph.hotkeys, strict=True)),
+            verifier=self.verifier,
             settings=hp.gather_settings(),
         )
         if result.aggregate is not None:

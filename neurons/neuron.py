@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
-from core import clock_skew
+from core import clock_skew, codec
 from core.checkpoints import CheckpointMeta
-from core.codec import Expected
-from core.compression import TopKCompressor
-from core.exchange import Exchange
+from core.codec import Expected, Payload, PayloadMeta
+from core.compression import Compressed, TopKCompressor
+from core.exchange import Exchange, Fetched
+from core.gather import stream
 from core.janitor import sweep
 from core.windows import TimeWindow, first_block, window_of
 from neurons import resume, sync
@@ -38,6 +40,7 @@ from ports import (
     StoreOpener,
 )
 from ports.scratch import Scratch
+from ports.signing import Signer, Verifier
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
@@ -60,6 +63,8 @@ class Neuron:
         clock: Clock,
         buckets: NeuronBuckets,
         hotkey: str,
+        signer: Signer,
+        verifier: Verifier,
         on_row: Callable[[Row], None] | None = None,
         decode_in_thread: bool = True,
         timestamp_resolution: float = 1.0,
@@ -74,6 +79,10 @@ class Neuron:
         self.clock = clock_skew.NetworkClock(clock)
         self.buckets = buckets
         self.hotkey = hotkey
+        # We sign what we upload with our hotkey, and take a peer's payload only when the
+        # hotkey the chain lists for its uid signed it (neurons/container.py picks both).
+        self.signer = signer
+        self.verifier = verifier
         self.on_row = on_row
         # The background checkpoint saver needs scratch files; without them a neuron neither
         # saves nor loads checkpoints.
@@ -95,7 +104,12 @@ class Neuron:
         self.model = self.task.model()
         self.compressor = TopKCompressor(hparams.topk_params())
         self.shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
-        self.expected = Expected(version=hparams.version, codec=self.compressor, shapes=self.shapes)
+        self.expected = Expected(
+            version=hparams.version,
+            codec=self.compressor,
+            shapes=self.shapes,
+            require_signature=True,
+        )
         self.uid: int | None = None
         self.global_step = 0
         self.last_window: int | None = None
@@ -161,6 +175,18 @@ class Neuron:
             )
             self.global_step += self.last_window - start
 
+    def encode(self, compressed: Compressed, window: int) -> bytes:
+        """`compressed` as our payload of `window`, signed with our hotkey."""
+        assert self.uid is not None
+        meta = PayloadMeta(
+            window=window,
+            uid=self.uid,
+            hotkey=self.hotkey,
+            global_step=self.global_step,
+            version=self.hparams.version,
+        )
+        return codec.encode(compressed, meta, signer=self.signer)
+
     def checkpoint_meta(self, window: int) -> CheckpointMeta:
         assert self.uid is not None
         return CheckpointMeta(
@@ -210,6 +236,32 @@ class Neuron:
             tw = TimeWindow.after(start, self.hparams.time_window_delta_seconds)
             self._time_window = (window, tw)
         return self._time_window[1]
+
+    async def stream_peers(
+        self,
+        window: int,
+        uids: list[int],
+        metagraph: Metagraph,
+        commitments: dict[int, Bucket],
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Fetched[Payload]]:
+        """`core.gather.stream` over `uids`' gradients of `window`, signed by their hotkeys,
+        within the gather deadline (or `timeout` seconds)."""
+        fetch = attrs.evolve(self.hparams.fetch_settings(), max_bytes=self.expected.size_limit())
+        if timeout is not None:
+            fetch = attrs.evolve(fetch, timeout=timeout)
+        return stream(
+            self.exchange,
+            commitments,
+            uids,
+            window,
+            self.expected,
+            hotkeys=dict(zip(metagraph.uids, metagraph.hotkeys, strict=True)),
+            verifier=self.verifier,
+            time_window=await self.time_window(window),
+            settings=fetch,
+        )
 
     async def peers_view(self) -> tuple[Metagraph, dict[int, Bucket]]:
         return await self.chain.metagraph(), await self.chain.bucket_commitments()

@@ -64,6 +64,8 @@ def build_neuron(
         clock=container.clock(),
         buckets=buckets,
         hotkey=hotkey,
+        signer=container.signer(),
+        verifier=container.verifier(),
         on_row=EventLog(settings.events),
         scratch=container.scratch(),
         timestamp_resolution=container.timestamp_resolution(),

@@ -12,13 +12,9 @@ import contextlib
 import logging
 import math
 
-import attrs
-
-from core import codec, keys
+from core import keys
 from core.aggregate import Aggregator, Normalisation
-from core.codec import PayloadMeta
-from core.compression import DenseCompressor
-from core.gather import stream
+from core.compression import Compressed, DenseCompressor
 from core.peers import (
     ActivityTracker,
     PeerList,
@@ -28,6 +24,7 @@ from core.peers import (
     post_start_window,
     select_peers,
 )
+from neurons.copies import CopyJudge
 from neurons.neuron import Neuron, Row
 from neurons.scoring import Scores
 from neurons.sync import CheckpointSaver
@@ -81,15 +78,7 @@ class Validator(Neuron):
     async def _publish_aggregate(self, window: int, aggregate: dict) -> int:
         if self.aggregator_store is None:
             return 0
-        assert self.uid is not None
-        meta = PayloadMeta(
-            window=window,
-            uid=self.uid,
-            hotkey=self.hotkey,
-            global_step=self.global_step,
-            version=self.hparams.version,
-        )
-        data = codec.encode(DenseCompressor().encode(aggregate), meta)
+        data = self.encode(DenseCompressor().encode(aggregate), window)
         await self.aggregator_store.put(keys.aggregator(window, self.hparams.version), data)
         return len(data)
 
@@ -148,18 +137,12 @@ class Validator(Neuron):
         skipped: dict[str, str] = {}
         used: list[int] = []
         nbytes = 0
-        fetch = attrs.evolve(hp.fetch_settings(), max_bytes=self.expected.size_limit())
         gather_started = self.clock.monotonic()
-        peers = stream(
-            self.exchange,
-            commitments,
-            miners,
-            window,
-            self.expected,
-            hotkeys=dict(zip(metagraph.uids, metagraph.hotkeys, strict=True)),
-            time_window=await self.time_window(window),
-            settings=fetch,
-        )
+        peers = await self.stream_peers(window, miners, metagraph, commitments)
+        # Who copied whom is known only once every upload's time is: scores and the fold wait
+        # for the end of the stream, holding the compressed payloads of the aggregate's peers.
+        judged = CopyJudge(hp.duplicate_threshold, self.compressor)
+        held: dict[int, Compressed] = {}
         async with contextlib.aclosing(peers):
             async for fetched in peers:
                 uid = fetched.uid
@@ -175,10 +158,20 @@ class Validator(Neuron):
                 lr = hp.learning_rate * hp.eval_lr_factor
                 after = loss_after_step(self.task, self.model, step, lr, batches)
                 evaluations[str(uid)] = relative_improvement(before, after)
-                self.scores.update(uid, evaluations[str(uid)])
+                judged.add(uid, compressed, fetched.meta)
                 if uid in contributors:
-                    aggregator.add(compressed)
-                    used.append(uid)
+                    held[uid] = compressed
+        for uid, verdict in judged.verdicts().items():
+            del evaluations[str(uid)]
+            held.pop(uid, None)
+            skipped[str(uid)] = verdict.reason
+            if verdict.penalised:
+                self.scores.penalise(uid)
+        for key, evaluation in evaluations.items():
+            self.scores.update(int(key), evaluation)
+        for uid, compressed in held.items():
+            aggregator.add(compressed)
+            used.append(uid)
         gather_seconds = self.clock.monotonic() - gather_started
 
         aggregate = aggregator.finish() if len(used) >= hp.minimum_peers else None

@@ -288,10 +288,15 @@ def test_signed_round_trip_and_tampering(compressed):
 
 
 def test_signature_requirements_are_configuration_errors():
+    # A template may ask for signatures (each peer's copy names the hotkey), but decoding
+    # against one would believe the payload's own claim of who signed it.
+    template = expected(require_signature=True)
+    verifier = HmacVerifier({})
     with pytest.raises(ValueError):
-        expected(require_signature=True)
+        codec.decode(b"", template, verifier=verifier)
     with pytest.raises(ValueError):
         codec.decode(b"", expected(require_signature=True, hotkey="hk-3"))
+    assert template.for_peer(1, 3, "hk-3").hotkey == "hk-3"
 
 
 def test_sr25519_signatures(compressed):

@@ -8,6 +8,7 @@ import pytest
 
 from adapters.chain.fake import FakeChain, FileChain
 from adapters.clock import FakeClock, SystemClock
+from adapters.signing import Sr25519Signer
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
 from adapters.storage.s3 import S3StoreOpener
@@ -85,6 +86,7 @@ def test_bittensor_chain_branch(tmp_path, monkeypatch):
     class FakeWallet:
         def __init__(self, name, hotkey):
             made["wallet"] = (name, hotkey)
+            self.hotkey = object()  # the hotkey keypair
 
     class FakeBittensorChain:
         def __init__(self, *, netuid, wallet, network):
@@ -100,6 +102,18 @@ def test_bittensor_chain_branch(tmp_path, monkeypatch):
     assert isinstance(c.chain(), FakeBittensorChain)
     assert made == {"wallet": ("default", "h1"), "chain": (9, "finney")}
     assert "bittensor" in sys.modules
+    # payloads are signed with the same wallet's hotkey, and checked as sr25519
+    assert c.signer().scheme == c.verifier().scheme == "sr25519"
+    assert c.signer()._keypair is c.wallet().hotkey
+
+
+@pytest.mark.parametrize("chain", ["fake", "memory"])
+def test_fake_chains_sign_with_keys_derived_from_the_hotkey_name(tmp_path, chain):
+    c = container(tmp_path, storage="memory", chain=chain)
+    digest = bytes(32)
+    signature = c.signer().sign(digest)
+    assert c.verifier().verify(digest, signature, "hk")
+    assert not c.verifier().verify(digest, signature, "another-hotkey")
 
 
 def test_clock_is_the_system_clock_unless_overridden(tmp_path):
@@ -116,3 +130,22 @@ def test_local_buckets_commit_on_the_fake_chain(tmp_path):
     c = container(tmp_path, storage="local", chain="memory", validator=True)
     c.memory_network().register("hk")
     assert asyncio.run(c.chain().commit_bucket(c.buckets().gradients_read)) is True
+
+
+def test_a_bittensor_wallets_hotkey_signs_what_the_sr25519_verifier_accepts(tmp_path, monkeypatch):
+    import bittensor
+
+    real = bittensor.Wallet
+
+    def wallet(name, hotkey):
+        made = real(name=name, hotkey=hotkey, path=str(tmp_path / "wallets"))
+        made.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
+        return made
+
+    monkeypatch.setattr(bittensor, "Wallet", wallet)
+    c = container(tmp_path, storage="memory", chain="bittensor", wallet_hotkey="h1")
+    digest = bytes(range(32))
+    hotkey = c.wallet().hotkey.ss58_address
+    assert c.verifier().verify(digest, c.signer().sign(digest), hotkey)
+    bob = Sr25519Signer.from_uri("//Bob").hotkey
+    assert not c.verifier().verify(digest, c.signer().sign(digest), bob)

@@ -10,7 +10,7 @@ from adapters.chain.commitment import encode_bucket
 from adapters.storage.r2_env import buckets_from_env
 from neurons.config import ConfigError
 from neurons.localnet import LocalnetOptions, Spec, command, prepare, whole_second_blocks
-from neurons.localnet_storage import SeaweedBuckets, neuron_environment
+from neurons.localnet_storage import LocalDirectories, SeaweedBuckets, neuron_environment
 
 SPECS = [Spec("validator", "validator-0"), Spec("miner", "miner-1"), Spec("miner", "miner-2")]
 
@@ -55,3 +55,16 @@ def test_s3_windows_open_on_whole_seconds(tmp_path) -> None:
     options = LocalnetOptions(storage="s3", block_time=0.5, overrides={"blocks_per_window": 5})
     with pytest.raises(ConfigError, match="whole seconds"):
         prepare(tmp_path / "other", options)
+
+
+def test_faulty_takes_several_modes_one_miner_each(tmp_path) -> None:
+    _, specs = prepare(tmp_path, LocalnetOptions(miners=2, faulty="garbage, copier"))
+    assert [(s.hotkey, s.faulty) for s in specs[3:]] == [
+        ("miner-3-garbage", "garbage"),
+        ("miner-4-copier", "copier"),
+    ]
+    args = command(tmp_path, specs[4], 0.5, LocalDirectories(tmp_path))
+    assert args[-2:] == ["--faulty", "copier"]
+    for bad in ("copier,copier", "garbage,lazy"):
+        with pytest.raises(ValueError, match="distinct modes"):
+            LocalnetOptions(faulty=bad)

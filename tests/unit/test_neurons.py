@@ -10,6 +10,8 @@ import pytest
 from adapters.chain.fake import FakeNetwork
 from adapters.clock import FakeClock
 from adapters.scratch import TempScratch
+from adapters.signing import DevKeyVerifier, dev_signer
+from adapters.storage.chaos import ChaosOpener, Fault
 from adapters.storage.memory import MemoryStoreOpener
 from core import codec, keys
 from core.clock_skew import NetworkClock
@@ -46,15 +48,23 @@ class Net:
             self.network.register("bad")
             settings = self.settings
             self.settings = NeuronSettings(**{**settings.__getstate__(), "faulty": faulty})
-            self.miners.append(self.make(Miner, "bad"))
+            # Reading a peer's payload takes time, as it does over a network: on a clock
+            # that moves only for sleepers a copy would otherwise carry its original's time.
+            slow = ChaosOpener(self.opener, self.clock, lambda b, op, k: Fault(latency=0.05))
+            self.miners.append(self.make(Miner, "bad", opener=slow))
             self.settings = settings
 
     def make(self, kind, hotkey, aggregator=False, **extra):
+        extra = {
+            "signer": dev_signer(hotkey),
+            "verifier": DevKeyVerifier(),
+            "opener": self.opener,
+            **extra,
+        }
         return kind(
             self.hparams,
             self.settings,
             chain=self.network.chain(hotkey),
-            opener=self.opener,
             clock=self.clock,
             buckets=local_buckets(hotkey, with_aggregator=aggregator),
             hotkey=hotkey,
@@ -135,6 +145,50 @@ async def test_faulty_miner_is_skipped_and_scored_lowest(tmp_path, faulty):
     ]
     assert all(r["applied"] for r in honest)
     assert all(bad in r["skipped"] for r in honest if int(bad) in r["peers"])
+
+
+def miner_rows(net, uid):
+    return [r for r in net.rows if r.get("event") == "window" and r.get("uid") == uid]
+
+
+@pytest.mark.parametrize(("signer", "reason"), [(None, "unsigned"), ("m0", "bad_signature")])
+async def test_uploads_are_signed_and_peers_refuse_what_their_hotkey_did_not_sign(
+    tmp_path, signer, reason
+):
+    net = Net(tmp_path, miners=2)
+    net.network.register("forger")
+    forger = net.make(Miner, "forger", signer=signer and dev_signer(signer))
+    net.miners.append(forger)
+    await net.run(3)
+    bad = str(forger.uid)
+
+    def refused(skipped):
+        return set(skipped) == {bad} and skipped[bad].startswith(f"invalid: {reason}")
+
+    for row in net.validator_rows():
+        assert refused(row["skipped"]) and set(row["evaluations"]) == {"1", "2"}
+    for honest in net.miners[:2]:
+        rows = miner_rows(net, honest.uid)
+        assert all(r["applied"] and refused(r["skipped"]) for r in rows)
+    # what an honest miner stored verifies as signed by its own hotkey
+    blob = await net.miners[0].store.get(keys.gradient(rows[-1]["window"], 1, HP.version))
+    strict = net.miners[0].expected.for_peer(rows[-1]["window"], 1, "m0")
+    assert codec.decode(blob.data, strict, verifier=DevKeyVerifier()).signed
+
+
+async def test_a_copier_is_caught_scored_lowest_and_left_out_of_the_aggregate(tmp_path):
+    net = Net(tmp_path, miners=2, faulty="copier")
+    await net.run(4)
+    copier = str(net.miners[-1].uid)
+    uploads = [r["upload"] for r in miner_rows(net, int(copier))]
+    assert all(u in ("copy_of_1", "copy_of_2") for u in uploads), uploads
+    for row in net.validator_rows():
+        assert set(row["skipped"]) == {copier}
+        assert row["skipped"][copier].startswith("copy: copy_of_")
+        assert copier not in row["evaluations"] and int(copier) not in row["aggregated"]
+    scores = net.validator_rows()[-1]["scores"]
+    assert scores[copier] == HP.missing_gradient_penalty_score
+    assert all(scores[h] > scores[copier] for h in ("1", "2"))
 
 
 async def test_restarted_miner_resumes_where_it_stopped(tmp_path):
