@@ -347,7 +347,6 @@ class Neuron:
                     break
                 try:
                     row = await self.step(window)
-                    await self._recheck_time()
                 except Exception as exc:  # a window's failure must not end the process
                     self._window_failed(window, exc)
                     done += 1
@@ -357,6 +356,7 @@ class Neuron:
                 if self.on_row is not None:
                     self.on_row({"event": "window", **row})
                 done += 1
+                await self._recheck_time()
         finally:
             await self.close()
         return done
@@ -386,7 +386,10 @@ class Neuron:
         self._windows_since_clock_check += 1
         if self._windows_since_clock_check >= self.settings.clock_check_windows:
             self._windows_since_clock_check = 0
-            await self.check_time()
+            try:
+                await self.check_time()
+            except Exception as exc:  # a measurement, not the window's work: keep the last
+                log.warning("%s: clock check failed: %s", self.role, exc)
 
     async def close(self) -> None:
         await self.exchange.flush()
