@@ -130,8 +130,17 @@ class Expected:
             found = self._memo[name] = make()
         return found
 
-    def layout(self) -> dict[str, TensorSpec]:
-        return self._derived("layout", lambda: self.codec.layout(self.shapes))
+    def layout(self, codec: Compressor | None = None) -> dict[str, TensorSpec]:
+        """The wire tensors of `codec` (default: ours) for these shapes."""
+        if codec is None or codec is self.codec:
+            return self._derived("layout", lambda: self.codec.layout(self.shapes))
+        return self._derived(f"layout/{id(codec)}", lambda: codec.layout(self.shapes))
+
+    def transition(self) -> tuple[Compressor, int] | None:
+        """The previous wire format still accepted, and the first window it no longer is:
+        the codec's `transition()` when it has one (`TopKCompressor`), else None."""
+        own = getattr(self.codec, "transition", None)
+        return own() if own is not None else None
 
     def wire_shapes(self) -> Shapes:
         """The shapes in wire order (by name), as every decoded `Compressed` carries them."""
@@ -154,9 +163,14 @@ class Expected:
     def size_limit(self) -> int:
         if self.max_bytes is not None:
             return self.max_bytes
-        return self._derived(
-            "size_limit", lambda: 8 + self.header_limit() + self.codec.estimate_bytes(self.shapes)
-        )
+
+        def make() -> int:
+            codecs = [self.codec]
+            if (older := self.transition()) is not None:
+                codecs.append(older[0])
+            return 8 + self.header_limit() + max(c.estimate_bytes(self.shapes) for c in codecs)
+
+        return self._derived("size_limit", make)
 
 
 @attrs.frozen(eq=False)
@@ -255,18 +269,17 @@ def _decode(data: bytes, expected: Expected, verifier: Verifier | None) -> Paylo
     if len(data) > limit:
         raise InvalidPayload("too_large", f"{len(data)} bytes > limit {limit}")
     header, metadata = _read_header(data, expected.header_limit())
-    meta = _check_metadata(metadata, expected)
-    _check_layout(header, expected.layout())
+    meta, codec = _check_metadata(metadata, expected)
+    layout = expected.layout(codec)
+    _check_layout(header, layout)
     try:
         tensors = safetensors.torch.load(data)
     except Exception as exc:
         raise InvalidPayload("bad_header", f"safetensors rejected the file: {exc}") from None
-    _check_loaded(tensors, expected.layout())
+    _check_loaded(tensors, layout)
     signed = _check_signature(metadata, tensors, expected, verifier)
-    compressed = Compressed(
-        spec=expected.codec.spec, shapes=expected.wire_shapes(), tensors=tensors
-    )
-    expected.codec.validate(compressed)
+    compressed = Compressed(spec=codec.spec, shapes=expected.wire_shapes(), tensors=tensors)
+    codec.validate(compressed)
     return Payload(meta=meta, compressed=compressed, nbytes=len(data), signed=signed)
 
 
@@ -317,7 +330,7 @@ def _int_field(metadata: Mapping[str, str], key: str) -> int:
     return int(text)
 
 
-def _check_metadata(metadata: dict[str, str], expected: Expected) -> PayloadMeta:
+def _check_metadata(metadata: dict[str, str], expected: Expected) -> tuple[PayloadMeta, Compressor]:
     missing = [k for k in _REQUIRED_KEYS if k not in metadata]
     if missing:
         raise InvalidPayload("bad_metadata", f"metadata lacks {missing}")
@@ -331,12 +344,20 @@ def _check_metadata(metadata: dict[str, str], expected: Expected) -> PayloadMeta
         raise InvalidPayload(
             "version_mismatch", f"version {metadata['version']!r} != {expected.version!r}"
         )
-    _check_once(expected, "codec", metadata["codec"], lambda text: _check_codec(text, expected))
+    codec = _check_once(
+        expected, "codec", metadata["codec"], lambda text: _check_codec(text, expected)
+    )
     window = _int_field(metadata, "window")
     uid = _int_field(metadata, "uid")
     global_step = _int_field(metadata, "global_step")
     if expected.window is not None and window != expected.window:
         raise InvalidPayload("window_mismatch", f"window {window} != {expected.window}")
+    if codec is not expected.codec:
+        until = expected.transition()[1]
+        if window >= until:
+            raise InvalidPayload(
+                "retired_codec", f"the previous codec is read below window {until}, not at {window}"
+            )
     if expected.uid is not None and uid != expected.uid:
         raise InvalidPayload("uid_mismatch", f"uid {uid} != {expected.uid}")
     hotkey = metadata["hotkey"]
@@ -347,22 +368,27 @@ def _check_metadata(metadata: dict[str, str], expected: Expected) -> PayloadMeta
     _check_once(
         expected, "params", metadata["params"], lambda text: _check_params(text, expected.shapes)
     )
-    return PayloadMeta(
+    meta = PayloadMeta(
         window=window,
         uid=uid,
         hotkey=hotkey,
         global_step=global_step,
         version=metadata["version"],
     )
+    return meta, codec
 
 
-def _check_once(expected: Expected, field: str, text: str, check: Callable[[str], None]) -> None:
+def _check_once(expected: Expected, field: str, text: str, check: Callable[[str], Any]) -> Any:
     """`check(text)`, unless this expectation (or a per-peer copy of it) already passed this
-    very text for `field`: honest peers all send the same canonical text."""
+    very text for `field`: honest peers all send the same canonical text. Returns what the
+    check returned for it."""
     key = f"{field}_ok"
-    if text != expected._memo.get(key):
-        check(text)
-        expected._memo[key] = text
+    known = expected._memo.get(key)
+    if known is not None and known[0] == text:
+        return known[1]
+    result = check(text)
+    expected._memo[key] = (text, result)
+    return result
 
 
 def _metadata_json(text: str, field: str) -> Any:
@@ -374,11 +400,17 @@ def _metadata_json(text: str, field: str) -> Any:
         raise InvalidPayload("bad_metadata", f"{field} is not JSON") from None
 
 
-def _check_codec(text: str, expected: Expected) -> None:
+def _check_codec(text: str, expected: Expected) -> Compressor:
+    """The compressor whose spec the peer's `codec` is: ours, or the previous format while a
+    transition is configured (its window is checked once the window is read)."""
     codec = _metadata_json(text, "codec")
     ours = expected.codec_spec()
-    if codec != ours:
-        raise InvalidPayload("codec_mismatch", f"codec {codec!r} != ours {ours!r}")
+    if codec == ours:
+        return expected.codec
+    older = expected.transition()
+    if older is not None and codec == json.loads(_canonical(dict(older[0].spec))):
+        return older[0]
+    raise InvalidPayload("codec_mismatch", f"codec {codec!r} != ours {ours!r}")
 
 
 def _check_params(text: str, shapes: Mapping[str, Shape]) -> None:

@@ -18,7 +18,7 @@ import attrs
 import numpy as np
 import torch
 
-from core.compression import kernels, packing
+from core.compression import elias_fano, kernels, packing
 from core.compression.chunking import INDEX_BITS, Plan
 from core.invalid import InvalidPayload
 
@@ -29,6 +29,7 @@ __all__ = [
     "ScanMemo",
     "compact_dtype",
     "layout",
+    "raise_for",
     "scan",
     "supported",
 ]
@@ -131,10 +132,12 @@ def _array(t: torch.Tensor) -> np.ndarray:
 @attrs.frozen(eq=False)
 class Scan:
     """What checking a payload found: code counts per parameter (parameters x bins) and the
-    compact entries when quantised; each parameter's sum of squares when not."""
+    compact entries when quantised; each parameter's sum of squares when not, and, for an
+    Elias-Fano payload, its indices 12-bit packed (what the float fold reads)."""
 
     found: np.ndarray
     entries: np.ndarray | None
+    packed: np.ndarray | None = None
 
 
 def scan(plan: Plan, params, tensors) -> Scan:
@@ -150,14 +153,19 @@ def scan(plan: Plan, params, tensors) -> Scan:
         values = (torch.uint8, packing.packed_nbytes(entries, params.value_bits))
     else:
         values = (torch.float32, entries)
-    wanted = {"idx": (torch.uint8, packing.packed_nbytes(entries, INDEX_BITS)), "val": values}
+    stream = params.index_code != "packed"
+    idx_bytes = elias_fano.nbytes(plan) if stream else packing.packed_nbytes(entries, INDEX_BITS)
+    wanted = {"idx": (torch.uint8, idx_bytes), "val": values}
     for name, (dtype, size) in wanted.items():
         t = tensors[name]
         if t.dtype != dtype or t.dim() != 1 or t.numel() != size or t.device.type != "cpu":
             raise InvalidPayload("malformed", f"{name} is not {size} {dtype} values on the CPU")
     idx = _array(tensors["idx"])
     compact: np.ndarray | None = None
-    checks = kernels.HOLDING if _on_event_loop() else kernels.RELEASING
+    on_loop = _on_event_loop()
+    if stream:
+        return _scan_stream(plan, params, idx, _array(tensors["val"]), on_loop)
+    checks = kernels.HOLDING if on_loop else kernels.RELEASING
     if params.quantized:
         compact = np.empty(entries, compact_dtype(params))
         checks.decode_compact(idx, _array(tensors["val"]), params.value_bits, compact)
@@ -177,6 +185,53 @@ def scan(plan: Plan, params, tensors) -> Scan:
     if status == kernels.BAD_CODE:
         raise InvalidPayload("bad_value_code", "value code beyond quantization_bins")
     return Scan(found, compact)
+
+
+def _scan_stream(plan: Plan, params, idx: np.ndarray, val: np.ndarray, on_loop: bool) -> Scan:
+    """`scan` for Elias-Fano indices: decoded straight into the compact entries the fold
+    reads (quantised), or into the 12-bit packed index the float fold reads."""
+    geo = elias_fano.geometry(plan)
+    checks = elias_fano.HOLDING if on_loop else elias_fano.RELEASING
+    if params.quantized:
+        compact = np.empty(plan.total_entries, compact_dtype(params))
+        found = np.zeros((len(plan.params), params.quantization_bins), np.int64)
+        status, entry = checks.decode_compact(
+            idx, val, params.value_bits, params.quantization_bins, geo, compact, found
+        )
+        raise_for(plan, status, entry, stream=True)
+        return Scan(found, compact)
+    local = np.empty(plan.total_entries, np.uint16)
+    status, entry = checks.decode_indices(idx, geo, local)
+    raise_for(plan, status, entry, stream=True)
+    lay = layout(plan)
+    packed = packing.pack(torch.from_numpy(local.astype(np.int32)), INDEX_BITS).numpy()
+    found = np.zeros(len(plan.params), np.float64)
+    values = kernels.HOLDING if on_loop else kernels.RELEASING
+    status, entry = values.scan_values(packed, val, *lay.args, found)
+    if status != kernels.OK:  # the decoder let through only rising indices in range
+        raise InvalidPayload("malformed", f"decoded indices failed their check ({status})")
+    return Scan(found, None, packed)
+
+
+_STREAM_REASONS = {
+    elias_fano.OUT_OF_RANGE: ("index_out_of_range", "an index runs past its chunk"),
+    elias_fano.NOT_RISING: ("index_not_rising", "indices do not rise within a chunk"),
+    elias_fano.COUNT: (
+        "index_count_mismatch",
+        "a chunk's upper bits do not hold exactly k entries",
+    ),
+    elias_fano.TRAILING: ("trailing_bits", "set bits in a chunk's padding"),
+    elias_fano.BAD_CODE: ("bad_value_code", "value code beyond quantization_bins"),
+}
+
+
+def raise_for(plan: Plan, status: int, entry: int, *, stream: bool) -> None:
+    """`InvalidPayload` for a decoder's verdict, naming the parameter of `entry`."""
+    if status == elias_fano.OK:
+        return
+    reason, text = _STREAM_REASONS.get(status, ("malformed", f"decoder status {status}"))
+    name = next((m.name for m in reversed(plan.params) if m.offset <= entry), "?")
+    raise InvalidPayload(reason, f"{name}: {text} (entry {entry})")
 
 
 def _on_event_loop() -> bool:

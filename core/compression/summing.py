@@ -21,7 +21,6 @@ import torch
 from core.compression import cpu_fold, dct, packing
 from core.compression.base import Compressed, Compressor, Shape
 from core.compression.buffers import BUFFERS
-from core.compression.chunking import INDEX_BITS
 
 Weigh = Callable[[dict[str, float]], Mapping[str, float]]
 
@@ -157,7 +156,8 @@ class ChunkSum:
         On the CPU path this validates too: `InvalidPayload` for what the codec refuses."""
         if self._batch is None:
             return self._prepare_torch(compressed)
-        p, t = self._compressor.params, compressed.tensors
+        t = compressed.tensors
+        p = self._compressor._params_of(compressed)
         scanned = self._compressor.scans.take(t)  # the codec's check of this very payload
         if scanned is None:
             scanned = cpu_fold.scan(self._plan, p, t)
@@ -168,13 +168,14 @@ class ChunkSum:
             table = t["lookup"].numpy().astype(np.float64) + shift[:, None]
             squares = _squares(scanned.found, table)
             return Scanned(self._norms(squares), (scanned.entries,), table)
-        return Scanned(self._norms(scanned.found), (t["idx"], t["val"]), None)
+        idx = t["idx"] if scanned.packed is None else scanned.packed
+        return Scanned(self._norms(scanned.found), (idx, t["val"]), None)
 
     def _prepare_torch(self, compressed: Compressed) -> Prepared:
         plan, t, dev = self._plan, compressed.tensors, self._device
         p = self._compressor.params
         entries = plan.total_entries
-        local = packing.unpack(t["idx"].to(dev), entries, INDEX_BITS)
+        local = self._compressor.local_indices(compressed, dev)
         # int32 positions: the whole model is < 2**31 entries, and half the memory while a
         # prepared peer waits for its turn to be added.
         index = (self._rows + local).to(torch.int32)

@@ -7,7 +7,10 @@ bit width (core.compression.packing). Chunks of equal (h, w) from all parameters
 one `torch.topk`; there is no Python loop over chunks.
 
 Wire tensors (k-entry stream = all parameters in name order, each chunk's k entries):
-    idx     uint8 (ceil(E * 12 / 8),)     within-chunk indices, 12-bit packed
+    idx     uint8 (elias_fano.nbytes(plan),)  within-chunk indices, Elias-Fano coded per
+                                          chunk (`index_code` "elias_fano", the default)
+            or uint8 (ceil(E * 12 / 8),)  12-bit packed (`index_code` "packed", the
+                                          previous version)
     val     uint8 (ceil(E * b / 8),)      value codes, b = bits for quantization_bins
             or float32 (E,)               without quantisation
     shift   float32 (P,)                  per-parameter mean (quantised only)
@@ -24,7 +27,7 @@ import attrs
 import numpy as np
 import torch
 
-from core.compression import cpu_fold, dct, packing
+from core.compression import cpu_fold, dct, elias_fano, packing
 from core.compression.base import Compressed, Shape, Spec, TensorSpec
 from core.compression.bounds import check_values, peak
 from core.compression.chunking import INDEX_BITS, Plan, PlanCache
@@ -33,6 +36,9 @@ from core.compression.summing import ChunkSum
 from core.invalid import InvalidPayload
 
 METHOD = "chunked_topk"
+# How indices travel: "elias_fano" (this version) or "packed" (fixed 12-bit fields, the
+# previous version, whose spec has no `index_code` key so that it stays what it was).
+INDEX_CODES = ("elias_fano", "packed")
 _MAX_BUFFERS = 16
 
 
@@ -53,6 +59,7 @@ class TopKParams:
     use_dct: bool = False
     quantization_bins: int = attrs.field(default=4, validator=attrs.validators.in_(range(257)))
     quantization_range: float = attrs.field(default=6.0, converter=float, validator=_positive)
+    index_code: str = attrs.field(default="elias_fano", validator=attrs.validators.in_(INDEX_CODES))
 
     @property
     def quantized(self) -> bool:
@@ -64,15 +71,32 @@ class TopKParams:
 
 
 class TopKCompressor:
-    """The default compressor (DCT optional, top-k per chunk, quantised values)."""
+    """The default compressor (DCT optional, top-k per chunk, quantised values).
 
-    def __init__(self, params: TopKParams | None = None, *, reuse_buffers: bool = True):
+    It writes indices in `params.index_code` and reads both index codes (decode, validate,
+    sums: each payload's spec says which). `transition_until` > 0: the codec also accepts
+    payloads in the other index code for windows below it (`transition`).
+    """
+
+    def __init__(
+        self,
+        params: TopKParams | None = None,
+        *,
+        reuse_buffers: bool = True,
+        transition_until: int = 0,
+        _shared: TopKCompressor | None = None,
+    ):
         self.params = params or TopKParams()
-        self._plans = PlanCache(self.params.target_chunk, self.params.topk)
         self._reuse = reuse_buffers
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._encode_lock = threading.Lock()
-        self.scans = cpu_fold.ScanMemo()
+        if _shared is None:
+            self._plans = PlanCache(self.params.target_chunk, self.params.topk)
+            self.scans = cpu_fold.ScanMemo()
+        else:  # the other index code of the same compressor: one plan cache, one memo
+            self._plans, self.scans = _shared._plans, _shared.scans
+        self.transition_until = transition_until
+        self._other: TopKCompressor | None = None
 
     def __repr__(self) -> str:
         return f"TopKCompressor({self.params!r})"
@@ -80,7 +104,7 @@ class TopKCompressor:
     @property
     def spec(self) -> Spec:
         p = self.params
-        return {
+        spec: dict[str, str | int | float | bool] = {
             "method": METHOD,
             "target_chunk": p.target_chunk,
             "topk": p.topk,
@@ -90,14 +114,45 @@ class TopKCompressor:
             "index_bits": INDEX_BITS,
             "value_bits": p.value_bits,
         }
+        if p.index_code != "packed":
+            spec["index_code"] = p.index_code
+        return spec
+
+    def transition(self) -> tuple[TopKCompressor, int] | None:
+        """The other index code's compressor and the first window whose payloads in it are
+        no longer accepted; None when no transition is configured."""
+        if self.transition_until <= 0:
+            return None
+        if self._other is None:
+            other = next(c for c in INDEX_CODES if c != self.params.index_code)
+            self._other = TopKCompressor(
+                attrs.evolve(self.params, index_code=other),
+                reuse_buffers=self._reuse,
+                _shared=self,
+            )
+        return self._other, self.transition_until
+
+    def _code_of(self, compressed: Compressed) -> str:
+        """The index code a payload's tensors are in (its spec says; ours when absent)."""
+        return str(compressed.spec.get("index_code", "packed"))
+
+    def _params_of(self, compressed: Compressed) -> TopKParams:
+        code = self._code_of(compressed)
+        if code == self.params.index_code:
+            return self.params
+        return attrs.evolve(self.params, index_code=code)
 
     # -- sizes -------------------------------------------------------------------------
 
     def layout(self, shapes: Mapping[str, Shape]) -> dict[str, TensorSpec]:
         plan = self._plans.get(list(shapes.items()))
         e = plan.total_entries
-        out = {"idx": TensorSpec(torch.uint8, (packing.packed_nbytes(e, INDEX_BITS),))}
         p = self.params
+        if p.index_code == "packed":
+            idx_bytes = packing.packed_nbytes(e, INDEX_BITS)
+        else:
+            idx_bytes = elias_fano.nbytes(plan)
+        out = {"idx": TensorSpec(torch.uint8, (idx_bytes,))}
         if p.quantized:
             out["val"] = TensorSpec(torch.uint8, (packing.packed_nbytes(e, p.value_bits),))
             out["shift"] = TensorSpec(torch.float32, (len(plan.params),))
@@ -129,8 +184,8 @@ class TopKCompressor:
         names = [p.name for p in plan.params]
         idx = torch.cat([idx_parts[n] for n in names])
         vals = torch.cat([val_parts[n] for n in names])
-        tensors = {"idx": packing.pack(idx, INDEX_BITS)}
         p = self.params
+        tensors = {"idx": self._pack_indices(plan, idx)}
         if p.quantized:
             q = quantize(
                 vals,
@@ -149,6 +204,40 @@ class TopKCompressor:
             shapes=[(n, plan.params[i].shape) for i, n in enumerate(names)],
             tensors=tensors,
         )
+
+    def _pack_indices(self, plan: Plan, local: torch.Tensor) -> torch.Tensor:
+        """The wire form of rising within-chunk indices (one per entry, any device)."""
+        if self.params.index_code == "packed":
+            return packing.pack(local, INDEX_BITS)
+        # The bit coder is a compiled CPU loop; the indices are 2 bytes an entry to move.
+        host = local.to("cpu", torch.int64).numpy()
+        out = np.empty(elias_fano.nbytes(plan), np.uint8)
+        elias_fano.encode(host, elias_fano.geometry(plan), out)
+        return torch.from_numpy(out).to(local.device)
+
+    def local_indices(self, compressed: Compressed, device=None) -> torch.Tensor:
+        """Every entry's within-chunk index (int64, one per entry), from either index code.
+
+        Raises `InvalidPayload` for an Elias-Fano stream that does not decode."""
+        plan = self._plans.get(compressed.shapes)
+        return self._local(plan, compressed.tensors["idx"], self._code_of(compressed), device)
+
+    def _local(self, plan: Plan, t: torch.Tensor, code: str, device=None) -> torch.Tensor:
+        device = torch.device(device) if device is not None else t.device
+        if code == "packed":
+            return packing.unpack(t.to(device), plan.total_entries, INDEX_BITS)
+        stream = t.to("cpu")
+        if stream.dtype != torch.uint8 or stream.dim() != 1:
+            raise InvalidPayload("malformed", "idx is not a uint8 stream")
+        if stream.numel() != elias_fano.nbytes(plan):
+            raise InvalidPayload("malformed", "idx is not the size of its plan's stream")
+        out = np.empty(plan.total_entries, np.uint16)
+        checks = elias_fano.HOLDING if cpu_fold._on_event_loop() else elias_fano.RELEASING
+        status, entry = checks.decode_indices(
+            cpu_fold._array(stream), elias_fano.geometry(plan), out
+        )
+        cpu_fold.raise_for(plan, status, entry, stream=True)
+        return torch.from_numpy(out.astype(np.int64)).to(device)
 
     def _encode_group(self, plan: Plan, h, w, members, grads, device, idx_parts, val_parts):
         total = sum(m.n_chunks for m in members)
@@ -213,7 +302,8 @@ class TopKCompressor:
         plan = self._plans.get(compressed.shapes)
         t = compressed.tensors
         device = torch.device(device) if device is not None else t["idx"].device
-        local, vals = self._entries(plan, t, device)
+        local = self.local_indices(compressed, device)
+        vals = self._values(plan, t, device)
         out: dict[str, torch.Tensor] = {}
         if self.params.use_dct:
             for (h, w), members in plan.groups.items():
@@ -241,7 +331,7 @@ class TopKCompressor:
         (the chunk-domain offset under DCT). Two payloads keeping the same entries have the
         same positions, whatever their values."""
         plan = self._plans.get(compressed.shapes)
-        local = packing.unpack(compressed.tensors["idx"], plan.total_entries, INDEX_BITS)
+        local = self.local_indices(compressed)
         parts = []
         for number, m in enumerate(plan.params):
             sl = slice(m.offset, m.offset + m.n_entries)
@@ -249,9 +339,8 @@ class TopKCompressor:
             parts.append(flat + (number << 40))
         return torch.cat(parts)
 
-    def _entries(self, plan: Plan, t, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _values(self, plan: Plan, t, device) -> torch.Tensor:
         e = plan.total_entries
-        local = packing.unpack(t["idx"].to(device), e, INDEX_BITS)
         p = self.params
         if p.quantized:
             codes = packing.unpack(t["val"].to(device), e, p.value_bits)
@@ -260,7 +349,7 @@ class TopKCompressor:
             )
         else:
             vals = t["val"].to(device)
-        return local, vals
+        return vals
 
     def _decode_group_dct(self, plan, h, w, members, local, vals, dtype, out):
         total = sum(m.n_chunks for m in members)
@@ -286,12 +375,12 @@ class TopKCompressor:
     def validate(self, compressed: Compressed) -> None:
         plan = self._plans.get(compressed.shapes)
         t = compressed.tensors
-        p = self.params
+        p = self._params_of(compressed)
         if t["idx"].device.type == "cpu" and cpu_fold.supported(p):
             # Indices and codes in one compiled pass; its counts wait for the running sum.
             self.scans.put(t, cpu_fold.scan(plan, p, t))
         else:
-            self._validate_entries(plan, t)
+            self._validate_entries(plan, t, self._code_of(compressed))
         if not p.quantized:
             check_values("val", t["val"])
             return
@@ -301,9 +390,13 @@ class TopKCompressor:
         # Each is finite, but a value decodes to their sum, and that is what is added.
         check_values("shift + lookup", t["lookup"].double() + t["shift"].double()[:, None])
 
-    def _validate_entries(self, plan: Plan, t) -> None:
-        p = self.params
+    def _validate_entries(self, plan: Plan, t, code: str | None = None) -> None:
         e = plan.total_entries
+        if (code or self.params.index_code) != "packed":
+            # The decoder checks the stream: rising indices inside their chunks.
+            self._local(plan, t["idx"], "elias_fano")
+            self._check_codes(plan, t)
+            return
         local = packing.unpack(t["idx"], e, INDEX_BITS)
         beyond = local >= plan.chunk_sizes(local.device)
         if bool(beyond.any()):
@@ -315,8 +408,12 @@ class TopKCompressor:
         for offset, n_rows, k in plan.runs:
             if k > 1 and _has_repeats(local[offset : offset + n_rows * k].view(n_rows, k)):
                 raise InvalidPayload("duplicate_index", "an index repeats within a chunk")
+        self._check_codes(plan, t)
+
+    def _check_codes(self, plan: Plan, t) -> None:
+        p = self.params
         if p.quantized and p.quantization_bins != 1 << p.value_bits:
-            codes = packing.unpack(t["val"], e, p.value_bits)
+            codes = packing.unpack(t["val"], plan.total_entries, p.value_bits)
             if int(codes.max()) >= p.quantization_bins:
                 raise InvalidPayload("bad_value_code", "value code beyond quantization_bins")
 

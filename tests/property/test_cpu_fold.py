@@ -29,6 +29,7 @@ shapes = st.dictionaries(
 # Every format the compiled path takes: float values and code widths 1, 2, 4, 8, with bin
 # counts that fill their width and ones that leave codes unused (1, 3).
 bins = st.sampled_from([0, 1, 2, 3, 4, 16, 256])
+codes = st.sampled_from(["elias_fano", "packed"])
 
 
 def payloads(shape_map, params, seed, n):
@@ -40,9 +41,9 @@ def payloads(shape_map, params, seed, n):
     ]
 
 
-def one_payload(shape_map, target, topk, nbins, seed):
+def one_payload(shape_map, target, topk, nbins, seed, code="elias_fano"):
     """The parameters, compressor, one payload and its plan for a drawn format."""
-    params = TopKParams(target_chunk=target, topk=topk, quantization_bins=nbins)
+    params = TopKParams(target_chunk=target, topk=topk, quantization_bins=nbins, index_code=code)
     comp, (c,) = payloads(shape_map, params, seed, 1)
     return params, comp, c, comp._plans.get(c.shapes)
 
@@ -65,13 +66,15 @@ def poison_kept_buffer(shape_map) -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(shapes, st.integers(1, 16), st.integers(1, 40), bins, st.integers(0, 2**31 - 1),
-       st.integers(0, 7), st.integers(1, 3), st.booleans(), st.booleans())  # fmt: skip
+       st.integers(0, 7), st.integers(1, 3), st.booleans(), st.booleans(), codes)  # fmt: skip
 def test_compiled_sum_equals_the_torch_sum(
-    shape_map, target, topk, nbins, seed, n, batch, known, use_dct
+    shape_map, target, topk, nbins, seed, n, batch, known, use_dct, code
 ):
     """Whatever the batching, whether the peer count is known (the scale then rides on the
     last batch), with or without the DCT, and from a reused buffer full of garbage."""
-    params = TopKParams(target_chunk=target, topk=topk, quantization_bins=nbins, use_dct=use_dct)
+    params = TopKParams(
+        target_chunk=target, topk=topk, quantization_bins=nbins, use_dct=use_dct, index_code=code
+    )
     comp, peers = payloads(shape_map, params, seed, n)
     assert cpu_fold.supported(params)
     poison_kept_buffer(shape_map)
@@ -94,11 +97,11 @@ def verdict(fn):
 
 @settings(max_examples=150, deadline=None)
 @given(shapes, st.integers(1, 16), st.integers(1, 40), bins, st.integers(0, 2**31 - 1),
-       st.data())  # fmt: skip
+       st.data(), codes)  # fmt: skip
 def test_compiled_checks_agree_with_torch_on_damaged_payloads(
-    shape_map, target, topk, nbins, seed, data
+    shape_map, target, topk, nbins, seed, data, code
 ):
-    params, comp, c, plan = one_payload(shape_map, target, topk, nbins, seed)
+    params, comp, c, plan = one_payload(shape_map, target, topk, nbins, seed, code)
     name = data.draw(st.sampled_from(["idx", "val"] if nbins else ["idx"]))
     raw = c.tensors[name].clone().view(torch.uint8)
     for _ in range(data.draw(st.integers(1, 4))):
@@ -118,11 +121,11 @@ def on_a_loop(fn, *args):
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes, st.integers(1, 16), st.integers(1, 40), bins, st.integers(0, 2**31 - 1))
+@given(shapes, st.integers(1, 16), st.integers(1, 40), bins, st.integers(0, 2**31 - 1), codes)
 def test_the_gil_holding_checks_find_what_the_releasing_ones_find(
-    shape_map, target, topk, nbins, seed
+    shape_map, target, topk, nbins, seed, code
 ):
-    params, _, c, plan = one_payload(shape_map, target, topk, nbins, seed)
+    params, _, c, plan = one_payload(shape_map, target, topk, nbins, seed, code)
     off, on = (
         cpu_fold.scan(plan, params, c.tensors),
         on_a_loop(cpu_fold.scan, plan, params, c.tensors),
@@ -144,7 +147,8 @@ def test_wrong_sized_arrays_never_reach_the_kernels() -> None:
 
 def reversed_chunks(comp, plan, c):
     """The same payload with each chunk's entries in decreasing index order (our encoder
-    sends them increasing, which the checks take a faster path for)."""
+    sends them increasing, which the checks take a faster path for). Only the packed index
+    code can say that: Elias-Fano indices rise by construction."""
     p, t, entries = comp.params, c.tensors, plan.total_entries
     local = packing.unpack(t["idx"], entries, INDEX_BITS)
     values = packing.unpack(t["val"], entries, p.value_bits) if p.quantized else t["val"]
@@ -164,7 +168,7 @@ def reversed_chunks(comp, plan, c):
 def test_entries_in_any_order_within_a_chunk_pass_and_sum_the_same(
     shape_map, target, topk, nbins, seed
 ):
-    params, comp, c, plan = one_payload(shape_map, target, topk, nbins, seed)
+    params, comp, c, plan = one_payload(shape_map, target, topk, nbins, seed, "packed")
     other = reversed_chunks(comp, plan, c)
     assert verdict(lambda: cpu_fold.scan(plan, params, other.tensors)) == "ok"
     a, a_norms = summed(comp, shape_map, [c], unit, compiled=True)

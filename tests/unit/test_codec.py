@@ -214,12 +214,24 @@ def test_content_is_checked(payload):
     shift = tensors["shift"].clone()
     shift[-1] = float("inf")
     assert reason(rebuild(payload, tensors={"shift": shift})) == "non_finite"
+    # every upper vector full of ones, or empty: never k entries in a chunk
+    idx = torch.full_like(tensors["idx"], 0xFF)
+    assert reason(rebuild(payload, tensors={"idx": idx})) == "index_count_mismatch"
+    zeros = torch.zeros_like(tensors["idx"])
+    assert reason(rebuild(payload, tensors={"idx": zeros})) == "index_count_mismatch"
+
+
+def test_packed_indices_are_checked():
+    packed = TopKCompressor(TopKParams(index_code="packed"))
+    payload = codec.encode(packed.encode(grads(0)), META)
+    _, tensors = split(payload)
+    exp = expected(codec=packed)
     # "norm.weight" (64,) is a single chunk of 64 holding every index, then "odd.weight"
     # (30, 7) has one chunk of 210: index 4095 is out of range for every chunk of this model
     idx = torch.full_like(tensors["idx"], 0xFF)
-    assert reason(rebuild(payload, tensors={"idx": idx})) == "index_out_of_range"
+    assert reason(rebuild(payload, tensors={"idx": idx}), exp) == "index_out_of_range"
     zeros = torch.zeros_like(tensors["idx"])
-    assert reason(rebuild(payload, tensors={"idx": zeros})) == "duplicate_index"
+    assert reason(rebuild(payload, tensors={"idx": zeros}), exp) == "duplicate_index"
 
 
 def test_truncated_payloads_are_rejected(payload):

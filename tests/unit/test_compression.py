@@ -211,7 +211,9 @@ def _tamper(compressed, name, fn):
 
 def test_validate_rejects_out_of_range_duplicate_and_non_finite_entries():
     g = {"w": torch.randn(6, 6)}  # one 6x6 chunk of 36: index 63 is out of range
-    c = topk_only_compressor(target_chunk=8, topk=4)
+    # The previous version's 12-bit fields, edited in place (tests/unit/test_elias_fano.py
+    # damages the default stream).
+    c = TopKCompressor(TopKParams(target_chunk=8, topk=4, quantization_bins=0, index_code="packed"))
     good = c.encode(g)
     c.validate(good)
     idx = c.decode(good)["w"]

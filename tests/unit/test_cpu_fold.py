@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.compression import TopKCompressor, TopKParams, cpu_fold, kernels
+from core.compression import TopKCompressor, TopKParams, cpu_fold, elias_fano, kernels
 from core.compression.summing import ChunkSum
 
 SHAPES = {"a": (64, 64), "b": (40,)}
@@ -164,12 +164,13 @@ def test_a_batch_that_fails_to_fold_fails_the_sum_instead_of_leaving_it_short(
 
 
 @pytest.mark.parametrize("bins", [1, 3])
-def test_a_code_beyond_the_bins_is_refused_on_the_rising_path(bins) -> None:
+@pytest.mark.parametrize("code", ["packed", "elias_fano"])
+def test_a_code_beyond_the_bins_is_refused_on_the_rising_path(bins, code) -> None:
     """Bin counts that do not fill their code width leave codes unused: 1 bin in 1 bit, 3
     bins in 2."""
     from core.invalid import InvalidPayload
 
-    comp = TopKCompressor(TopKParams(quantization_bins=bins))
+    comp = TopKCompressor(TopKParams(quantization_bins=bins, index_code=code))
     c = payload(comp, 0)
     plan = comp._plans.get(c.shapes)
     val = c.tensors["val"].clone()
@@ -182,11 +183,12 @@ def test_a_code_beyond_the_bins_is_refused_on_the_rising_path(bins) -> None:
 
 
 @pytest.mark.parametrize("quantized", [True, False])
+@pytest.mark.parametrize("code", ["packed", "elias_fano"])
 async def test_checks_on_an_event_loop_keep_the_gil_and_in_a_worker_let_it_go(
-    monkeypatch, quantized
+    monkeypatch, quantized, code
 ) -> None:
     """A loop thread that lets the GIL go waits up to a switch interval to get it back."""
-    comp = TopKCompressor(TopKParams(quantization_bins=4 if quantized else 0))
+    comp = TopKCompressor(TopKParams(quantization_bins=4 if quantized else 0, index_code=code))
     c = payload(comp, 0)
     plan = comp._plans.get(c.shapes)
     used = []
@@ -199,8 +201,16 @@ async def test_checks_on_an_event_loop_keep_the_gil_and_in_a_worker_let_it_go(
             *(spy(getattr(variant, f.name)) for f in attrs.fields(kernels.Checks))
         )
 
+    def spied_stream(variant, label: str):
+        def spy(fn):
+            return lambda *a: used.append(label) or fn(*a)
+
+        return elias_fano.Checks(spy(variant.decode_compact), spy(variant.decode_indices))
+
     monkeypatch.setattr(kernels, "HOLDING", spied(kernels.HOLDING, "holding"))
     monkeypatch.setattr(kernels, "RELEASING", spied(kernels.RELEASING, "releasing"))
+    monkeypatch.setattr(elias_fano, "HOLDING", spied_stream(elias_fano.HOLDING, "holding"))
+    monkeypatch.setattr(elias_fano, "RELEASING", spied_stream(elias_fano.RELEASING, "releasing"))
     cpu_fold.scan(plan, comp.params, c.tensors)  # on the loop
     on_loop = set(used)
     used.clear()

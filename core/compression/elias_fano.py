@@ -1,0 +1,393 @@
+"""Elias-Fano coding of each chunk's kept indices (the `elias_fano` index code).
+
+A chunk keeps k of its s positions, sent in rising order. Elias-Fano splits each index into
+`low` bits (its L low bits, L = floor(log2(s / k))) and a high part (index >> L); the low
+parts are stored as k fixed L-bit fields, the high parts as a unary bit vector of
+k + ((s - 1) >> L) + 1 bits in which entry i sets bit (high_i + i). The size depends only on
+(s, k), never on which positions were kept, so every chunk has a fixed place in the stream:
+encode and decode run chunk by chunk in any order, the receiver knows the exact size before
+it downloads, and a chunk is checked without looking at any other. docs/wire-format.md has
+the bit layout and the measured cost against Golomb-Rice.
+
+Stream layout (bit j of the stream is bit j % 8 of byte j // 8, as in `packing`): parameters
+in name order, chunks in grid order, each chunk starting on a byte: first its k low fields
+(entry i at bits [i*L, i*L + L) of the chunk), zero bits up to the next byte, then its upper
+vector, zero bits up to the next byte. (At the defaults neither needs a pad bit.)
+
+The kernels do not check array bounds; `geometry` and the wrappers below check every
+array's size against the plan before calling them, and the decoder reads only inside the
+chunk it decodes, whatever the bytes say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import njit, prange
+from numba.core.extending import intrinsic
+
+from core.compression.chunking import INDEX_BITS, Plan
+
+__all__ = [
+    "BAD_CODE",
+    "COUNT",
+    "HOLDING",
+    "NOT_RISING",
+    "OK",
+    "OUT_OF_RANGE",
+    "RELEASING",
+    "TRAILING",
+    "WARMUP",
+    "Checks",
+    "chunk_bytes",
+    "geometry",
+    "low_bits",
+    "nbytes",
+]
+
+# Verdicts of the decoders, in the order a chunk is read.
+OK, OUT_OF_RANGE, NOT_RISING, COUNT, TRAILING, BAD_CODE = 0, 1, 2, 3, 4, 5
+
+# Columns of the per-parameter geometry array the kernels take.
+OFFSET, CHUNKS, K, SIZE, LOW, UPPER, CHUNK_BYTES, START = range(8)
+
+_INDEX_MASK = (1 << INDEX_BITS) - 1
+
+
+def low_bits(size: int, k: int) -> int:
+    """L for k of `size` positions: floor(log2(size / k)), the width that makes the upper
+    vector about 2k bits (at most 2k + 1 with the end bit) whatever the positions."""
+    return max(0, (size // k).bit_length() - 1) if k else 0
+
+
+def chunk_bytes(size: int, k: int) -> int:
+    """Bytes of one chunk: the low fields, then the upper vector, each padded to a byte."""
+    low = low_bits(size, k)
+    return (k * low + 7) // 8 + (k + ((size - 1) >> low) + 1 + 7) // 8
+
+
+def geometry(plan: Plan) -> np.ndarray:
+    """Per parameter: first entry, chunks, k, chunk size, L, upper bits, bytes per chunk,
+    first byte in the stream (int64, parameters x 8); cached with the plan."""
+
+    def make(_device) -> np.ndarray:
+        rows = []
+        start = 0
+        for m in plan.params:
+            low = low_bits(m.chunk_size, m.k)
+            upper = m.k + ((m.chunk_size - 1) >> low) + 1
+            per_chunk = (m.k * low + 7) // 8 + (upper + 7) // 8
+            rows.append((m.offset, m.n_chunks, m.k, m.chunk_size, low, upper, per_chunk, start))
+            start += per_chunk * m.n_chunks
+        return np.array(rows, np.int64).reshape(-1, 8)
+
+    return plan._cached(torch.device("cpu"), "elias_fano/geometry", make)
+
+
+def nbytes(plan: Plan) -> int:
+    geo = geometry(plan)
+    if geo.shape[0] == 0:
+        return 0
+    return int((geo[:, CHUNK_BYTES] * geo[:, CHUNKS]).sum())
+
+
+# -- kernels -------------------------------------------------------------------------------
+
+
+@intrinsic
+def _trailing_zeros(typingctx, word):
+    """The position of the lowest set bit of a non-zero uint64 (one instruction)."""
+    sig = word(word)
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return sig, codegen
+
+
+@intrinsic
+def _ones(typingctx, word):
+    """The number of set bits of a uint64 (one instruction)."""
+    sig = word(word)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _read(data, bit, width, end):
+    """`width` (<= 17) bits of `data` from stream bit `bit`; bytes at or past `end` read as
+    zero, so a field is never read beyond its part of the chunk."""
+    b = bit >> 3
+    v = np.int64(data[b])
+    if b + 1 < end:
+        v |= np.int64(data[b + 1]) << 8
+    if b + 2 < end:
+        v |= np.int64(data[b + 2]) << 16
+    return (v >> (bit & 7)) & ((np.int64(1) << width) - 1)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _write(data, bit, value):
+    """OR `value` (< 2**17) into the stream from bit `bit`, touching only the bytes it
+    covers."""
+    b = bit >> 3
+    v = np.int64(value) << (bit & 7)
+    while v:
+        data[b] |= np.uint8(v & 0xFF)
+        v >>= 8
+        b += 1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _word(data, at, count):
+    """`count` (<= 8) bytes from `at` as a little-endian uint64."""
+    v = np.uint64(0)
+    for b in range(count):
+        v |= np.uint64(data[at + b]) << np.uint64(8 * b)
+    return v
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _word8(data, at):
+    """Eight bytes from `at` as a little-endian uint64 (unrolled)."""
+    return (
+        np.uint64(data[at])
+        | (np.uint64(data[at + 1]) << np.uint64(8))
+        | (np.uint64(data[at + 2]) << np.uint64(16))
+        | (np.uint64(data[at + 3]) << np.uint64(24))
+        | (np.uint64(data[at + 4]) << np.uint64(32))
+        | (np.uint64(data[at + 5]) << np.uint64(40))
+        | (np.uint64(data[at + 6]) << np.uint64(48))
+        | (np.uint64(data[at + 7]) << np.uint64(56))
+    )
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _lows(data, base, k, low, out, first):
+    """out[first + i] = the low field of entry i of the chunk at byte `base`."""
+    if low == 0:
+        for i in range(k):
+            out[first + i] = 0
+    elif low == 6 and k % 4 == 0:
+        # The default geometry (64 of 4096): four fields in three bytes, branch-free.
+        for g in range(k >> 2):
+            b = base + 3 * g
+            x = np.uint32(data[b]) | (np.uint32(data[b + 1]) << 8) | (np.uint32(data[b + 2]) << 16)
+            e = first + 4 * g
+            out[e] = x & 63
+            out[e + 1] = (x >> 6) & 63
+            out[e + 2] = (x >> 12) & 63
+            out[e + 3] = (x >> 18) & 63
+    else:
+        end = base + ((k * low + 7) >> 3)
+        for i in range(k):
+            out[first + i] = _read(data, base * 8 + i * low, low, end)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _decode_chunk(data, base, k, low, upper, size, out, first):
+    """Decode the chunk at byte `base` into out[first:first + k]; returns (verdict, entry
+    of the chunk it concerns). Reads only the chunk's own bytes."""
+    low_bytes = (k * low + 7) >> 3
+    ub = base + low_bytes
+    up_bytes = (upper + 7) >> 3
+    # Stray bits past the low fields or the upper vector (the pad up to a byte).
+    if (k * low) & 7 and data[ub - 1] >> ((k * low) & 7):
+        return TRAILING, 0
+    if upper & 7 and data[ub + up_bytes - 1] >> (upper & 7):
+        return TRAILING, k - 1
+    _lows(data, base, k, low, out, first)
+    i = 0
+    rising = True
+    prev = np.int64(-1)
+    for w in range(0, up_bytes, 8):
+        v = _word8(data, ub + w) if up_bytes - w >= 8 else _word(data, ub + w, up_bytes - w)
+        while v:
+            if i == k:
+                return COUNT, k - 1
+            t = np.int64(_trailing_zeros(v))
+            v &= v - np.uint64(1)
+            index = np.int64(out[first + i]) | ((8 * w + t - i) << low)
+            out[first + i] = index
+            rising &= index > prev
+            prev = index
+            i += 1
+    if i != k:
+        return COUNT, max(i - 1, 0)
+    if not rising:
+        for i in range(1, k):
+            if out[first + i] <= out[first + i - 1]:
+                return NOT_RISING, i
+    if prev >= size:  # the largest, since they rise
+        return OUT_OF_RANGE, k - 1
+    return OK, 0
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _decode(data, geo, out):
+    """Every chunk into `out` (one index per entry); (verdict, first bad entry or -1)."""
+    for p in range(geo.shape[0]):
+        offset, n, k, size, low, upper, per_chunk, start = geo[p]
+        for c in range(n):
+            status, at = _decode_chunk(
+                data, start + c * per_chunk, k, low, upper, size, out, offset + c * k
+            )
+            if status != OK:
+                return status, offset + c * k + at
+    return OK, -1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add_codes(out, codes, width):
+    """out[e] |= code_e << INDEX_BITS for the value codes packed at `width` (which divides
+    8)."""
+    mask = (1 << width) - 1
+    start = 0
+    if width == 2:
+        # Four entries a byte: a loop LLVM vectorises (the default format).
+        start = out.size - out.size % 4
+        for g in range(out.size >> 2):
+            c = np.int64(codes[g])
+            e = 4 * g
+            out[e] |= (c & 3) << INDEX_BITS
+            out[e + 1] |= ((c >> 2) & 3) << INDEX_BITS
+            out[e + 2] |= ((c >> 4) & 3) << INDEX_BITS
+            out[e + 3] |= ((c >> 6) & 3) << INDEX_BITS
+    for e in range(start, out.size):
+        bit = e * width
+        out[e] |= ((np.int64(codes[bit >> 3]) >> (bit & 7)) & mask) << INDEX_BITS
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _tally(entries, first, count, bins, tally):
+    """Add the code counts of entries[first:first+count] to `tally`; the first entry whose
+    code is not below `bins`, or -1. Four sums the compiler vectorises for up to four bins,
+    as in `kernels`."""
+    if bins <= 4:
+        c0, c1, c2, c3 = 0, 0, 0, 0
+        for e in range(first, first + count):
+            code = np.int64(entries[e]) >> INDEX_BITS
+            c0 += code == 0
+            c1 += code == 1
+            c2 += code == 2
+            c3 += code == 3
+        sums = (c0, c1, c2, c3)
+        valid = 0
+        for b in range(bins):
+            valid += sums[b]
+        if valid == count:
+            for b in range(bins):
+                tally[b] += sums[b]
+            return -1
+    for e in range(first, first + count):
+        if (np.int64(entries[e]) >> INDEX_BITS) >= bins:
+            return e
+    for e in range(first, first + count):
+        tally[np.int64(entries[e]) >> INDEX_BITS] += 1
+    return -1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _decode_compact(data, codes, width, bins, geo, out, counts):
+    """The compact entries (`index | code << INDEX_BITS`, what the gather's fold reads)
+    straight from the bitstream, every check of the stream on the way, then the code
+    counts per parameter the norms need. Decoded indices rise by construction, so no
+    table of the indices seen is needed."""
+    status, at = _decode(data, geo, out)
+    if status != OK:
+        return status, at
+    _add_codes(out, codes, width)
+    for p in range(geo.shape[0]):
+        bad = _tally(out, geo[p, 0], geo[p, 1] * geo[p, 2], bins, counts[p])
+        if bad >= 0:
+            return BAD_CODE, bad
+    return OK, -1
+
+
+@njit(nogil=True, cache=True)
+def decode_compact(data, codes, width, bins, geo, out, counts):
+    return _decode_compact(data, codes, width, bins, geo, out, counts)
+
+
+@njit(cache=True)
+def decode_compact_held(data, codes, width, bins, geo, out, counts):
+    return _decode_compact(data, codes, width, bins, geo, out, counts)
+
+
+@njit(nogil=True, cache=True)
+def decode_indices(data, geo, out):
+    return _decode(data, geo, out)
+
+
+@njit(cache=True)
+def decode_indices_held(data, geo, out):
+    return _decode(data, geo, out)
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def encode(local, geo, out):
+    """The stream for rising within-chunk indices `local` (one per entry) into `out` (the
+    stream's bytes, any contents); chunks in parallel (each owns its bytes)."""
+    for p in range(geo.shape[0]):
+        offset, n, k, _, low, _, per_chunk, start = geo[p]
+        mask = (np.int64(1) << low) - 1
+        for c in prange(n):
+            base = start + c * per_chunk
+            out[base : base + per_chunk] = 0
+            bit0 = base * 8
+            ubit = bit0 + ((k * low + 7) >> 3) * 8
+            first = offset + c * k
+            for i in range(k):
+                index = np.int64(local[first + i])
+                if low:
+                    _write(out, bit0 + i * low, index & mask)
+                _write(out, ubit + (index >> low) + i, 1)
+
+
+@attrs.frozen
+class Checks:
+    decode_compact: Callable
+    decode_indices: Callable
+
+
+# As in `kernels`: worker threads let the GIL go, an event loop's thread keeps it.
+RELEASING = Checks(decode_compact, decode_indices)
+HOLDING = Checks(decode_compact_held, decode_indices_held)
+
+
+def _example():
+    """Arguments for every kernel on a two-parameter plan: what a warm-up calls to fill
+    numba's cache before a network starts."""
+    plan = Plan([("a", (64, 64)), ("b", (8,))], 64, 64)
+    geo = geometry(plan)
+    local = np.zeros(plan.total_entries, np.int64)
+    for m in plan.params:
+        local[m.offset : m.offset + m.n_entries] = np.tile(np.arange(m.k), m.n_chunks)
+    stream = np.zeros(nbytes(plan), np.uint8)
+    encode(local, geo, stream)
+    codes = np.zeros((plan.total_entries * 2 + 7) // 8, np.uint8)
+    compact = np.zeros(plan.total_entries, np.uint16)
+    indices = np.zeros(plan.total_entries, np.uint16)
+    counts = np.zeros((len(plan.params), 4), np.int64)
+    return {
+        "encode": (local, geo, stream.copy()),
+        "compact": (stream, codes, 2, 4, geo, compact, counts),
+        "indices": (stream, geo, indices),
+    }
+
+
+# (kernel, builder of example arguments) for every kernel the encoder and the gather call.
+WARMUP = (
+    (encode, lambda: _example()["encode"]),
+    (decode_compact, lambda: _example()["compact"]),
+    (decode_compact_held, lambda: _example()["compact"]),
+    (decode_indices, lambda: _example()["indices"]),
+    (decode_indices_held, lambda: _example()["indices"]),
+)
