@@ -73,6 +73,16 @@ class HParams:
     use_dct: bool = _hp(False, "DCT each chunk before top-k")
     quantization_bins: int = _hp(4, "value quantisation bins (0: float32 values)", minimum=0)
     quantization_range: float = _hp(6.0, "quantisation range in standard deviations", positive=True)
+    index_code: str = _hp(
+        "elias_fano",
+        "how gradient payloads carry their indices: 'elias_fano' (codec v2) or 'packed' "
+        "(12-bit fields, the previous version)",
+    )
+    index_code_transition_until: int = _hp(
+        0,
+        "payloads in the other index code are read too for windows below this (0: never)",
+        minimum=0,
+    )
     momentum_decay: float = _hp(
         0.999, "error-feedback decay of what compression left out", minimum=0
     )
@@ -215,6 +225,7 @@ class HParams:
             use_dct=self.use_dct,
             quantization_bins=self.quantization_bins,
             quantization_range=self.quantization_range,
+            index_code=self.index_code,
         )
 
     def peer_settings(self) -> PeerSettings:

@@ -102,7 +102,9 @@ class Neuron:
         )
         self.task = TinyTask(hparams.seed, hparams.batch_size, settings.device)
         self.model = self.task.model()
-        self.compressor = TopKCompressor(hparams.topk_params())
+        self.compressor = TopKCompressor(
+            hparams.topk_params(), transition_until=hparams.index_code_transition_until
+        )
         self.shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
         self.expected = Expected(
             version=hparams.version,

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import njit, prange
-from numba.core.extending import intrinsic
+from numba.core.extending import intrinsic, overload
 
 from core.compression.chunking import INDEX_BITS, Plan
+from core.compression.kernels import _tally
 
 __all__ = [
     "BAD_CODE",
@@ -99,7 +100,7 @@ def nbytes(plan: Plan) -> int:
 
 
 @intrinsic
-def _trailing_zeros(typingctx, word):
+def _cttz(typingctx, word):
     """The position of the lowest set bit of a non-zero uint64 (one instruction)."""
     sig = word(word)
 
@@ -109,15 +110,17 @@ def _trailing_zeros(typingctx, word):
     return sig, codegen
 
 
-@intrinsic
-def _ones(typingctx, word):
-    """The number of set bits of a uint64 (one instruction)."""
-    sig = word(word)
+def _trailing_zeros(word):
+    """The position of the lowest set bit of a non-zero uint64. This body runs only without
+    the compiler (NUMBA_DISABLE_JIT: the bounds-checked fuzz of the decoder); compiled
+    code gets the instruction (below)."""
+    w = int(word)
+    return (w & -w).bit_length() - 1
 
-    def codegen(context, builder, signature, args):
-        return builder.ctpop(args[0])
 
-    return sig, codegen
+@overload(_trailing_zeros)
+def _trailing_zeros_compiled(word):
+    return lambda word: _cttz(word)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -266,35 +269,6 @@ def _add_codes(out, codes, width):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _tally(entries, first, count, bins, tally):
-    """Add the code counts of entries[first:first+count] to `tally`; the first entry whose
-    code is not below `bins`, or -1. Four sums the compiler vectorises for up to four bins,
-    as in `kernels`."""
-    if bins <= 4:
-        c0, c1, c2, c3 = 0, 0, 0, 0
-        for e in range(first, first + count):
-            code = np.int64(entries[e]) >> INDEX_BITS
-            c0 += code == 0
-            c1 += code == 1
-            c2 += code == 2
-            c3 += code == 3
-        sums = (c0, c1, c2, c3)
-        valid = 0
-        for b in range(bins):
-            valid += sums[b]
-        if valid == count:
-            for b in range(bins):
-                tally[b] += sums[b]
-            return -1
-    for e in range(first, first + count):
-        if (np.int64(entries[e]) >> INDEX_BITS) >= bins:
-            return e
-    for e in range(first, first + count):
-        tally[np.int64(entries[e]) >> INDEX_BITS] += 1
-    return -1
-
-
-@njit(nogil=True, cache=True, inline="always")
 def _decode_compact(data, codes, width, bins, geo, out, counts):
     """The compact entries (`index | code << INDEX_BITS`, what the gather's fold reads)
     straight from the bitstream, every check of the stream on the way, then the code
@@ -305,9 +279,10 @@ def _decode_compact(data, codes, width, bins, geo, out, counts):
         return status, at
     _add_codes(out, codes, width)
     for p in range(geo.shape[0]):
-        bad = _tally(out, geo[p, 0], geo[p, 1] * geo[p, 2], bins, counts[p])
+        first = geo[p, 0]
+        bad = _tally(out[first : first + geo[p, 1] * geo[p, 2]], bins, counts[p])
         if bad >= 0:
-            return BAD_CODE, bad
+            return BAD_CODE, first + bad
     return OK, -1
 
 

@@ -1,0 +1,162 @@
+"""The two index codes against each other, and the Elias-Fano decoder against hostile bytes.
+
+- For any selection of rising indices, the Elias-Fano stream decodes to exactly that
+  selection, and a payload carrying it decodes to exactly the dense tensors the previous
+  (12-bit packed) version's payload gives, and sums the same.
+- For any bytes of a stream's size, the decoder returns a verdict; what it accepts is a
+  rising selection inside every chunk, and the only stream of that selection (no two byte
+  strings pass for one selection). The same fuzz runs the decoder uncompiled in a child
+  process, where numpy's own bounds checks would raise on any read past the buffer.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.compression import TopKCompressor, TopKParams, elias_fano
+from core.compression.base import Compressed
+from core.compression.chunking import Plan
+from core.compression.summing import ChunkSum
+
+dims = st.integers(1, 80)
+shapes = st.dictionaries(
+    st.text("abcdef.", min_size=1, max_size=8),
+    st.one_of(st.tuples(dims), st.tuples(dims, dims), st.just(())),
+    min_size=1,
+    max_size=3,
+)
+VERDICTS = {
+    elias_fano.OK,
+    elias_fano.OUT_OF_RANGE,
+    elias_fano.NOT_RISING,
+    elias_fano.COUNT,
+    elias_fano.TRAILING,
+}
+
+
+def selection(plan: Plan, seed: int) -> np.ndarray:
+    """Any rising k of each chunk's positions, from the seed."""
+    rng = np.random.default_rng(seed)
+    parts = [
+        np.sort(rng.choice(m.chunk_size, m.k, replace=False))
+        for m in plan.params
+        for _ in range(m.n_chunks)
+    ]
+    return np.concatenate(parts).astype(np.int64)
+
+
+def stream(plan: Plan, local: np.ndarray) -> np.ndarray:
+    out = np.empty(elias_fano.nbytes(plan), np.uint8)
+    elias_fano.encode(local, elias_fano.geometry(plan), out)
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(shapes, st.integers(1, 64), st.integers(1, 80), st.sampled_from([0, 2, 4, 16]),
+       st.booleans(), st.integers(0, 2**31 - 1))  # fmt: skip
+def test_any_selection_decodes_the_same_in_both_codes(shape_map, target, topk, bins, dct, seed):
+    new = TopKCompressor(
+        TopKParams(target_chunk=target, topk=topk, quantization_bins=bins, use_dct=dct)
+    )
+    old = TopKCompressor(attrs_evolve(new.params, index_code="packed"))
+    gen = torch.Generator().manual_seed(seed)
+    c_old = old.encode({k: torch.randn(s, generator=gen) for k, s in shape_map.items()})
+    plan = old._plans.get(c_old.shapes)
+    local = selection(plan, seed)
+    packed = old._pack_indices(plan, torch.from_numpy(local))
+    coded = new._pack_indices(plan, torch.from_numpy(local))
+    assert np.array_equal(new.local_indices(_with(new, c_old, coded)).numpy(), local)
+    a = _with(old, c_old, packed)
+    b = _with(new, c_old, coded)
+    new.validate(b)
+    da, db = old.decode(a), new.decode(b)
+    assert all(torch.equal(da[n], db[n]) for n in shape_map)
+    # and the gather's sum, compiled or not, of one peer in each code
+    for compiled in (True, False):
+        total = ChunkSum(new, plan, "cpu", compiled=compiled)
+        for c in (a, b):
+            total.commit(total.prepare(c), lambda norms: dict.fromkeys(norms, 1.0))
+        result = total.result(0.5)
+        assert all(torch.equal(result[n], da[n].float()) for n in shape_map)
+
+
+def attrs_evolve(params, **changes):
+    import attrs
+
+    return attrs.evolve(params, **changes)
+
+
+def _with(comp: TopKCompressor, c: Compressed, idx: torch.Tensor) -> Compressed:
+    return Compressed(spec=comp.spec, shapes=c.shapes, tensors=dict(c.tensors) | {"idx": idx})
+
+
+def fuzz_one(plan: Plan, raw: np.ndarray) -> int:
+    """Decode `raw` as `plan`'s stream; check what an accepted stream must be."""
+    geo = elias_fano.geometry(plan)
+    out = np.zeros(plan.total_entries, np.uint16)
+    status, entry = elias_fano.decode_indices(raw, geo, out)
+    assert status in VERDICTS
+    if status != elias_fano.OK:
+        assert 0 <= entry < plan.total_entries
+        return status
+    for m in plan.params:
+        rows = out[m.offset : m.offset + m.n_entries].reshape(m.n_chunks, m.k).astype(np.int64)
+        assert (rows < m.chunk_size).all()
+        assert (np.diff(rows, axis=1) > 0).all()
+    assert np.array_equal(stream(plan, out.astype(np.int64)), raw)
+    return status
+
+
+plans = st.builds(
+    lambda shape, target, topk: Plan([("w", shape)], target, topk),
+    st.one_of(st.tuples(st.integers(1, 64)), st.tuples(st.integers(1, 64), st.integers(1, 64))),
+    st.integers(1, 64),
+    st.integers(1, 64),
+)
+
+
+def damaged(data, plan: Plan) -> np.ndarray:
+    """Random bytes, or a valid stream with a few bytes or bits changed."""
+    size = elias_fano.nbytes(plan)
+    if data.draw(st.booleans()):
+        return np.frombuffer(data.draw(st.binary(min_size=size, max_size=size)), np.uint8).copy()
+    raw = stream(plan, selection(plan, data.draw(st.integers(0, 2**31 - 1))))
+    for _ in range(data.draw(st.integers(0, 3))):
+        at = data.draw(st.integers(0, size - 1))
+        raw[at] ^= np.uint8(1 << data.draw(st.integers(0, 7)))
+    return raw
+
+
+@settings(max_examples=400, deadline=None)
+@given(plans, st.data())
+def test_hostile_streams_get_a_verdict(plan, data):
+    fuzz_one(plan, damaged(data, plan))
+
+
+def fuzz_uncompiled() -> None:
+    """Run in a child with NUMBA_DISABLE_JIT=1: the decoder as plain Python on numpy arrays
+    that raise IndexError on any read past their end."""
+    assert os.environ.get("NUMBA_DISABLE_JIT") == "1"
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(plans, st.data())
+    def run(plan, data):
+        fuzz_one(plan, damaged(data, plan))
+
+    run()
+
+
+def test_the_uncompiled_decoder_never_reads_past_the_stream():
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    code = "from tests.property.test_index_codes import fuzz_uncompiled; fuzz_uncompiled()"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
