@@ -27,7 +27,7 @@ import attrs
 import numpy as np
 import torch
 from llvmlite import ir
-from numba import njit, prange
+from numba import njit
 from numba.core.extending import intrinsic, overload
 
 from core.compression.chunking import INDEX_BITS, Plan
@@ -306,14 +306,14 @@ def decode_indices_held(data, geo, out):
     return _decode(data, geo, out)
 
 
-@njit(nogil=True, cache=True, parallel=True)
+@njit(nogil=True, cache=True)
 def encode(local, geo, out):
     """The stream for rising within-chunk indices `local` (one per entry) into `out` (the
-    stream's bytes, any contents); chunks in parallel (each owns its bytes)."""
+    stream's bytes, any contents). (The CPU encoder writes it during selection, `select`.)"""
     for p in range(geo.shape[0]):
         offset, n, k, _, low, _, per_chunk, start = geo[p]
         mask = (np.int64(1) << low) - 1
-        for c in prange(n):
+        for c in range(n):
             base = start + c * per_chunk
             out[base : base + per_chunk] = 0
             bit0 = base * 8

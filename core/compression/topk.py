@@ -27,7 +27,7 @@ import attrs
 import numpy as np
 import torch
 
-from core.compression import cpu_fold, dct, elias_fano, packing
+from core.compression import cpu_fold, dct, elias_fano, packing, select
 from core.compression.base import Compressed, Shape, Spec, TensorSpec
 from core.compression.bounds import check_values, peak
 from core.compression.chunking import INDEX_BITS, Plan, PlanCache
@@ -84,6 +84,7 @@ class TopKCompressor:
         *,
         reuse_buffers: bool = True,
         transition_until: int = 0,
+        fused: bool = True,
         _shared: TopKCompressor | None = None,
     ):
         self.params = params or TopKParams()
@@ -96,6 +97,9 @@ class TopKCompressor:
         else:  # the other index code of the same compressor: one plan cache, one memo
             self._plans, self.scans = _shared._plans, _shared.scans
         self.transition_until = transition_until
+        # CPU gradients without the DCT: the compiled selection (`select`); False forces
+        # the torch path (the one CUDA takes), for comparison.
+        self.fused = fused
         self._other: TopKCompressor | None = None
 
     def __repr__(self) -> str:
@@ -176,16 +180,26 @@ class TopKCompressor:
         if not plan.params:
             raise ValueError("nothing to compress")
         device = next(iter(grads.values())).device
-        idx_parts: dict[str, torch.Tensor] = {}
-        val_parts: dict[str, torch.Tensor] = {}
-        with self._encode_lock:
-            for (h, w), members in plan.groups.items():
-                self._encode_group(plan, h, w, members, grads, device, idx_parts, val_parts)
         names = [p.name for p in plan.params]
-        idx = torch.cat([idx_parts[n] for n in names])
-        vals = torch.cat([val_parts[n] for n in names])
         p = self.params
-        tensors = {"idx": self._pack_indices(plan, idx)}
+        if self.fused and select.selectable(grads, p.use_dct):
+            arrays = {n: _flat32(t) for n, t in grads.items()}
+            with self._encode_lock:  # one selection at a time uses both threads
+                local, values, stream = select.select(plan, arrays, p.index_code != "packed")
+            vals = torch.from_numpy(values)
+            if stream is None:
+                tensors = {"idx": packing.pack(torch.from_numpy(local), INDEX_BITS)}
+            else:
+                tensors = {"idx": torch.from_numpy(stream)}
+        else:
+            idx_parts: dict[str, torch.Tensor] = {}
+            val_parts: dict[str, torch.Tensor] = {}
+            with self._encode_lock:
+                for (h, w), members in plan.groups.items():
+                    self._encode_group(plan, h, w, members, grads, device, idx_parts, val_parts)
+            idx = torch.cat([idx_parts[n] for n in names])
+            vals = torch.cat([val_parts[n] for n in names])
+            tensors = {"idx": self._pack_indices(plan, idx)}
         if p.quantized:
             q = quantize(
                 vals,
@@ -427,6 +441,14 @@ def _has_repeats(rows: torch.Tensor) -> bool:
         return bool((ordered[:, 1:] == ordered[:, :-1]).any())
     ordered = rows.sort(dim=1).values
     return bool((ordered[:, 1:] == ordered[:, :-1]).any())
+
+
+def _flat32(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a flat float32 array (a view when it already is one)."""
+    t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    return t.contiguous().reshape(-1).numpy()
 
 
 def _numel(shape: Shape) -> int:

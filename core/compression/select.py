@@ -1,0 +1,155 @@
+"""The encoder's fused CPU selection: magnitude, per-chunk top-k, rising order and the index
+stream in one compiled pass over each parameter, chunks split over threads.
+
+`torch.topk` over chunk rows needs the chunks first copied out of the parameter (a strided
+rearrange of the whole gradient), then a full sort network per row. Here each chunk is read
+in place, row by row, and its k largest magnitudes are kept in a small min-heap: after the
+first k entries almost every entry costs one compare. The kept indices are sorted and
+written, with their values, straight into the entry stream, and, for the Elias-Fano code,
+the chunk's bytes of the index stream.
+
+Ties in magnitude keep the earlier position (the heap's root is replaced only by a strictly
+larger magnitude); `torch.topk` leaves ties unspecified, so the torch path may keep another
+of equal magnitude. With continuous gradients the two select the same entries (tested).
+"""
+
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numba import njit
+
+from core.compression import elias_fano
+from core.compression.chunking import Plan
+
+__all__ = ["WARMUP", "select", "select_parameter", "selectable"]
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _sift_down(mags, idx, at, k):
+    while True:
+        child = 2 * at + 1
+        if child >= k:
+            return
+        if child + 1 < k and mags[child + 1] < mags[child]:
+            child += 1
+        if mags[child] >= mags[at]:
+            return
+        mags[at], mags[child] = mags[child], mags[at]
+        idx[at], idx[child] = idx[child], idx[at]
+        at = child
+
+
+@njit(nogil=True, cache=True)
+def select_parameter(src, cols, h, w, k, c0, c1, first, local, values, stream, geo_row):
+    """Chunks c0..c1-1 of one parameter (`src`: its row-major float32 values, `cols` per
+    row; chunks h x w in grid order): each chunk's k largest magnitudes, as rising
+    within-chunk indices at local[first + c*k ...] and their values at values[...]; when
+    `stream` is not empty, also the chunk's Elias-Fano bytes (geo_row: the parameter's
+    `elias_fano.geometry` row)."""
+    gx = cols // w
+    mags = np.empty(k, np.float32)
+    kept = np.empty(k, np.int64)
+    low, per_chunk, start = geo_row[4], geo_row[6], geo_row[7]
+    low_mask = (np.int64(1) << low) - 1
+    for c in range(c0, c1):
+        cy = c // gx
+        base = cy * h * cols + (c - cy * gx) * w
+        # The first k entries fill the heap; past them one compare against its root
+        # rejects almost every entry.
+        for n in range(k):
+            mags[n] = abs(src[base + (n // w) * cols + n % w])
+            kept[n] = n
+        for at in range(k // 2 - 1, -1, -1):
+            _sift_down(mags, kept, at, k)
+        for n in range(k, h * w):  # the rest of the row the fill ended in
+            if n % w == 0:
+                break
+            m = abs(src[base + (n // w) * cols + n % w])
+            if m > mags[0]:
+                mags[0] = m
+                kept[0] = n
+                _sift_down(mags, kept, 0, k)
+        for i in range((k + w - 1) // w, h):
+            row = base + i * cols
+            floor = mags[0]
+            for j in range(w):
+                m = abs(src[row + j])
+                if m > floor:
+                    mags[0] = m
+                    kept[0] = i * w + j
+                    _sift_down(mags, kept, 0, k)
+                    floor = mags[0]
+        order = np.sort(kept)
+        e = first + c * k
+        for t in range(k):
+            index = order[t]
+            local[e + t] = index
+            values[e + t] = src[base + (index // w) * cols + index % w]
+        if stream.size:
+            chunk = start + c * per_chunk
+            stream[chunk : chunk + per_chunk] = 0
+            ubit = (chunk + ((k * low + 7) >> 3)) * 8
+            for t in range(k):
+                index = order[t]
+                if low:
+                    elias_fano._write(stream, chunk * 8 + t * low, index & low_mask)
+                elias_fano._write(stream, ubit + (index >> low) + t, 1)
+
+
+def selectable(grads, use_dct: bool) -> bool:
+    """Whether the fused CPU pass can encode these gradients (else the torch path does)."""
+    if use_dct:
+        return False
+    return all(t.device.type == "cpu" and not t.requires_grad for t in grads.values())
+
+
+_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="topk-select")
+
+
+def select(plan: Plan, arrays: dict[str, np.ndarray], coded: bool, threads: int = 2):
+    """Every chunk's kept entries: (local indices int64, float32 values, Elias-Fano stream
+    or None), the chunks split into `threads` runs of about equal size."""
+    local = np.empty(plan.total_entries, np.int64)
+    values = np.empty(plan.total_entries, np.float32)
+    stream = np.empty(elias_fano.nbytes(plan) if coded else 0, np.uint8)
+    geo = elias_fano.geometry(plan)
+    jobs = []
+    for p, m in enumerate(plan.params):
+        # Cut parameters so that each thread gets about the same number of entries.
+        parts = max(1, min(threads, m.n_chunks * m.chunk_size // 65536))
+        cuts = np.linspace(0, m.n_chunks, parts + 1).astype(np.int64)
+        for c0, c1 in itertools.pairwise(cuts):
+            args = (arrays[m.name], m.cols, m.h, m.w, m.k, int(c0), int(c1), m.offset)
+            jobs.append((*args, local, values, stream, geo[p]))
+    if threads <= 1:
+        for job in jobs:
+            select_parameter(*job)
+    else:
+        halves = [jobs[i::threads] for i in range(threads)]
+        futures = [_POOL.submit(_run, half) for half in halves[1:]]
+        _run(halves[0])
+        for f in futures:
+            f.result()
+    return local, values, stream if coded else None
+
+
+def _run(jobs) -> None:
+    for job in jobs:
+        select_parameter(*job)
+
+
+def _example():
+    plan = Plan([("a", (64, 64))], 64, 8)
+    geo = elias_fano.geometry(plan)
+    src = np.arange(4096, dtype=np.float32)
+    local = np.empty(plan.total_entries, np.int64)
+    values = np.empty(plan.total_entries, np.float32)
+    stream = np.empty(elias_fano.nbytes(plan), np.uint8)
+    return (src, 64, 64, 64, 8, 0, 1, 0, local, values, stream, geo[0])
+
+
+# (kernel, builder of example arguments): for a warm-up that fills numba's cache.
+WARMUP = ((select_parameter, _example),)
