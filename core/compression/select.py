@@ -8,9 +8,10 @@ first k entries almost every entry costs one compare. The kept indices are sorte
 written, with their values, straight into the entry stream, and, for the Elias-Fano code,
 the chunk's bytes of the index stream.
 
-Ties in magnitude keep the earlier position (the heap's root is replaced only by a strictly
-larger magnitude); `torch.topk` leaves ties unspecified, so the torch path may keep another
-of equal magnitude. With continuous gradients the two select the same entries (tested).
+Ties in magnitude keep the earlier position: entries are ranked by magnitude, then by
+position, and a later entry displaces the heap's weakest only with a strictly larger
+magnitude. `torch.topk` leaves ties unspecified, so the torch path (CUDA) may keep another
+entry of equal magnitude; without ties the two select the same entries (tested).
 """
 
 from __future__ import annotations
@@ -28,14 +29,23 @@ __all__ = ["WARMUP", "select", "select_parameter", "selectable"]
 
 
 @njit(nogil=True, cache=True, inline="always")
+def _weaker(mags, idx, a, b):
+    """Whether kept entry a ranks below b: a smaller magnitude, or an equal one at a later
+    position (so that ties keep the earlier position, whatever the heap's order)."""
+    return mags[a] < mags[b] or (mags[a] == mags[b] and idx[a] > idx[b])
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _sift_down(mags, idx, at, k):
+    """Restore the heap below `at`: every entry ranks at or above its parent (the root is
+    the weakest kept entry)."""
     while True:
         child = 2 * at + 1
         if child >= k:
             return
-        if child + 1 < k and mags[child + 1] < mags[child]:
+        if child + 1 < k and _weaker(mags, idx, child + 1, child):
             child += 1
-        if mags[child] >= mags[at]:
+        if not _weaker(mags, idx, child, at):
             return
         mags[at], mags[child] = mags[child], mags[at]
         idx[at], idx[child] = idx[child], idx[at]

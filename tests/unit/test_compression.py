@@ -34,7 +34,8 @@ def reference_topk(x: torch.Tensor, target_chunk: int, topk: int) -> torch.Tenso
     for y in range(0, rows, h):
         for z in range(0, cols, w):
             block = m[y : y + h, z : z + w].reshape(-1)
-            keep = torch.topk(block.abs(), k).indices
+            # ties keep the earlier position (core/compression/select.py)
+            keep = torch.sort(block.abs(), descending=True, stable=True).indices[:k]
             kept = torch.zeros_like(block)
             kept[keep] = block[keep]
             out[y : y + h, z : z + w] = kept.view(h, w)
