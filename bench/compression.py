@@ -210,9 +210,11 @@ def run(quick: bool = False, device: str = "cpu") -> dict[str, object]:
     cases = [Case(name, c, grads, device, sync) for name, c in compressors]
     templar = TemplarCase(grads, sync) if device == "cpu" else None
     # Round-robin: each round runs every case once, so a load that comes and goes on a
-    # shared machine falls on all of them alike.
-    for _ in range(repeats):
-        for case in (*cases, *([templar] if templar else [])):
+    # shared machine falls on all of them alike; and each round starts one case later, as
+    # the first case of a round measurably pays for the memory the last one freed.
+    order = [*cases, *([templar] if templar else [])]
+    for r in range(repeats):
+        for case in order[r % len(order) :] + order[: r % len(order)]:
             case.round()
     results = [c.result() for c in cases]
     default, previous = results[0], results[1]

@@ -67,15 +67,16 @@ def _hostile(marker: Path) -> dict[int, tuple[bytes | None, str, set[str]]]:
         25: (rebuild(encode(25), tensors={"shift": t["shift"].double()}), "invalid", {"bad_dtype"}),
         26: (rebuild(encode(26), tensors={"idx": t["idx"][:-3]}), "invalid", {"bad_shape"}),
         27: (rebuild(encode(27), meta={"params": transposed}), "invalid", {"bad_shape"}),
+        # an Elias-Fano stream of all ones or all zeros: no chunk holds k entries
         28: (
             rebuild(encode(28), tensors={"idx": torch.full_like(t["idx"], 0xFF)}),
             "invalid",
-            {"index_out_of_range"},
+            {"index_count_mismatch"},
         ),
         29: (
             rebuild(encode(29), tensors={"idx": torch.zeros_like(t["idx"])}),
             "invalid",
-            {"duplicate_index"},
+            {"index_count_mismatch"},
         ),
         30: (rebuild(encode(30), tensors={"lookup": nan_lookup}), "invalid", {"non_finite"}),
         31: (rebuild(encode(31), tensors={"shift": inf_shift}), "invalid", {"non_finite"}),
