@@ -187,6 +187,18 @@ class TopKCompressor:
             with self._encode_lock:  # one selection at a time uses both threads
                 local, values, stream = select.select(plan, arrays, p.index_code != "packed")
             vals = torch.from_numpy(values)
+            if p.quantized and 8 % p.value_bits == 0:
+                tensors = self._quantize_compiled(plan, values)
+                tensors["idx"] = (
+                    torch.from_numpy(stream)
+                    if stream is not None
+                    else packing.pack(torch.from_numpy(local), INDEX_BITS)
+                )
+                return Compressed(
+                    spec=self.spec,
+                    shapes=[(n, plan.params[i].shape) for i, n in enumerate(names)],
+                    tensors={k: tensors[k] for k in ("idx", "val", "shift", "lookup")},
+                )
             if stream is None:
                 tensors = {"idx": packing.pack(torch.from_numpy(local), INDEX_BITS)}
             else:
@@ -218,6 +230,22 @@ class TopKCompressor:
             shapes=[(n, plan.params[i].shape) for i, n in enumerate(names)],
             tensors=tensors,
         )
+
+    def _quantize_compiled(self, plan: Plan, values: np.ndarray) -> dict[str, torch.Tensor]:
+        p = self.params
+        starts = np.array([m.offset for m in plan.params] + [plan.total_entries], np.int64)
+        packed = np.empty(packing.packed_nbytes(plan.total_entries, p.value_bits), np.uint8)
+        shift = np.empty(len(plan.params), np.float32)
+        lookup = np.empty((len(plan.params), p.quantization_bins), np.float32)
+        select.quantize_packed(
+            values, starts, p.quantization_bins, p.quantization_range, p.value_bits,
+            packed, shift, lookup,
+        )  # fmt: skip
+        return {
+            "val": torch.from_numpy(packed),
+            "shift": torch.from_numpy(shift),
+            "lookup": torch.from_numpy(lookup),
+        }
 
     def _pack_indices(self, plan: Plan, local: torch.Tensor) -> torch.Tensor:
         """The wire form of rising within-chunk indices (one per entry, any device)."""
