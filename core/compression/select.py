@@ -11,7 +11,9 @@ the chunk's bytes of the index stream.
 Ties in magnitude keep the earlier position: entries are ranked by magnitude, then by
 position, and a later entry displaces the heap's weakest only with a strictly larger
 magnitude. `torch.topk` leaves ties unspecified, so the torch path (CUDA) may keep another
-entry of equal magnitude; without ties the two select the same entries (tested).
+entry of equal magnitude; without ties the two select the same entries (tested). A NaN
+never displaces a kept entry (torch ranks it largest); a gradient whose first k entries of
+a chunk include one still sends it, and receivers refuse the payload (`non_finite`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from core.compression import elias_fano
 from core.compression.chunking import Plan
 
 __all__ = ["WARMUP", "select", "select_parameter", "selectable"]
+
+
+# Entries a row is scanned in at a time, a vector's worth of float32.
+_BLOCK = 16
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -82,16 +88,25 @@ def select_parameter(src, cols, h, w, k, c0, c1, first, local, values, stream, g
                 mags[0] = m
                 kept[0] = n
                 _sift_down(mags, kept, 0, k)
+        floor = mags[0]
         for i in range((k + w - 1) // w, h):
             row = base + i * cols
-            floor = mags[0]
-            for j in range(w):
-                m = abs(src[row + j])
-                if m > floor:
-                    mags[0] = m
-                    kept[0] = i * w + j
-                    _sift_down(mags, kept, 0, k)
-                    floor = mags[0]
+            for j0 in range(0, w, _BLOCK):
+                j1 = min(j0 + _BLOCK, w)
+                # Most blocks hold nothing above the heap's weakest once it has warmed
+                # up: one vectorised maximum rejects the whole block.
+                top = np.float32(0.0)
+                for j in range(j0, j1):
+                    top = max(top, abs(src[row + j]))
+                if not top > floor:
+                    continue
+                for j in range(j0, j1):
+                    m = abs(src[row + j])
+                    if m > floor:
+                        mags[0] = m
+                        kept[0] = i * w + j
+                        _sift_down(mags, kept, 0, k)
+                        floor = mags[0]
         order = np.sort(kept)
         e = first + c * k
         for t in range(k):
