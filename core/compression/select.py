@@ -3,17 +3,13 @@ stream in one compiled pass over each parameter, chunks split over threads.
 
 `torch.topk` over chunk rows needs the chunks first copied out of the parameter (a strided
 rearrange of the whole gradient), then a full sort network per row. Here each chunk is read
-in place, row by row, and its k largest magnitudes are kept in a small min-heap: after the
-first k entries almost every entry costs one compare. The kept indices are sorted and
-written, with their values, straight into the entry stream, and, for the Elias-Fano code,
-the chunk's bytes of the index stream.
+in place, its k largest magnitudes found through a threshold (`select_parameter`), and the
+kept indices written in rising order, with their values, straight into the entry stream,
+and, for the Elias-Fano code, the chunk's bytes of the index stream.
 
-Ties in magnitude keep the earlier position: entries are ranked by magnitude, then by
-position, and a later entry displaces the heap's weakest only with a strictly larger
-magnitude. `torch.topk` leaves ties unspecified, so the torch path (CUDA) may keep another
-entry of equal magnitude; without ties the two select the same entries (tested). A NaN
-never displaces a kept entry (torch ranks it largest); a gradient whose first k entries of
-a chunk include one still sends it, and receivers refuse the payload (`non_finite`).
+Ties in magnitude keep the earlier position. `torch.topk` leaves ties unspecified, so the
+torch path (CUDA) may keep another entry of equal magnitude; without ties the two select
+the same entries (tested). A NaN ranks with the largest magnitudes, as in torch.
 """
 
 from __future__ import annotations
@@ -30,95 +26,74 @@ from core.compression.chunking import Plan
 __all__ = ["WARMUP", "select", "select_parameter", "selectable"]
 
 
-# Entries a row is scanned in at a time, a vector's worth of float32.
-_BLOCK = 16
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _weaker(mags, idx, a, b):
-    """Whether kept entry a ranks below b: a smaller magnitude, or an equal one at a later
-    position (so that ties keep the earlier position, whatever the heap's order)."""
-    return mags[a] < mags[b] or (mags[a] == mags[b] and idx[a] > idx[b])
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _sift_down(mags, idx, at, k):
-    """Restore the heap below `at`: every entry ranks at or above its parent (the root is
-    the weakest kept entry)."""
-    while True:
-        child = 2 * at + 1
-        if child >= k:
-            return
-        if child + 1 < k and _weaker(mags, idx, child + 1, child):
-            child += 1
-        if not _weaker(mags, idx, child, at):
-            return
-        mags[at], mags[child] = mags[child], mags[at]
-        idx[at], idx[child] = idx[child], idx[at]
-        at = child
-
-
 @njit(nogil=True, cache=True)
 def select_parameter(src, cols, h, w, k, c0, c1, first, local, values, stream, geo_row):
     """Chunks c0..c1-1 of one parameter (`src`: its row-major float32 values, `cols` per
     row; chunks h x w in grid order): each chunk's k largest magnitudes, as rising
     within-chunk indices at local[first + c*k ...] and their values at values[...]; when
     `stream` is not empty, also the chunk's Elias-Fano bytes (geo_row: the parameter's
-    `elias_fano.geometry` row)."""
+    `elias_fano.geometry` row).
+
+    Per chunk: its magnitudes, copied out contiguously; a floor that at least k of them
+    reach (the smallest of the maxima of k disjoint groups); the few candidates at or above
+    it, whose k-th largest is the threshold; then, in position order, every entry above the
+    threshold and the earliest ones equal to it. Only the candidates (a few times k) are
+    partitioned, and the result comes out in rising order without a sort."""
+    size = h * w
     gx = cols // w
-    mags = np.empty(k, np.float32)
-    kept = np.empty(k, np.int64)
+    mags = np.empty(size, np.float32)
+    cand = np.empty(size, np.int64)
+    cand_mags = np.empty(size, np.float32)
+    group = size // k
     low, per_chunk, start = geo_row[4], geo_row[6], geo_row[7]
     low_mask = (np.int64(1) << low) - 1
     for c in range(c0, c1):
         cy = c // gx
         base = cy * h * cols + (c - cy * gx) * w
-        # The first k entries fill the heap; past them one compare against its root
-        # rejects almost every entry.
-        for n in range(k):
-            mags[n] = abs(src[base + (n // w) * cols + n % w])
-            kept[n] = n
-        for at in range(k // 2 - 1, -1, -1):
-            _sift_down(mags, kept, at, k)
-        for n in range(k, h * w):  # the rest of the row the fill ended in
-            if n % w == 0:
-                break
-            m = abs(src[base + (n // w) * cols + n % w])
-            if m > mags[0]:
-                mags[0] = m
-                kept[0] = n
-                _sift_down(mags, kept, 0, k)
-        floor = mags[0]
-        for i in range((k + w - 1) // w, h):
+        for i in range(h):
             row = base + i * cols
-            for j0 in range(0, w, _BLOCK):
-                j1 = min(j0 + _BLOCK, w)
-                # Most blocks hold nothing above the heap's weakest once it has warmed
-                # up: one vectorised maximum rejects the whole block.
-                top = np.float32(0.0)
-                for j in range(j0, j1):
-                    top = max(top, abs(src[row + j]))
-                if not top > floor:
-                    continue
-                for j in range(j0, j1):
-                    m = abs(src[row + j])
-                    if m > floor:
-                        mags[0] = m
-                        kept[0] = i * w + j
-                        _sift_down(mags, kept, 0, k)
-                        floor = mags[0]
-        order = np.sort(kept)
+            for j in range(w):
+                m = abs(src[row + j])
+                # NaN ranks with the largest, as in torch.topk: a diverged gradient is
+                # sent as it is and refused by its receivers (non_finite).
+                mags[i * w + j] = m if m == m else np.inf
+        floor = np.float32(np.inf)
+        for g in range(k):
+            top = np.float32(-1.0)
+            for n in range(g * group, (g + 1) * group):
+                if mags[n] > top:
+                    top = mags[n]
+            floor = min(floor, top)
+        count = 0
+        for n in range(size):
+            if mags[n] >= floor:
+                cand[count] = n
+                cand_mags[count] = mags[n]
+                count += 1
+        # each of the k groups has its maximum among the candidates: count >= k
+        threshold = np.partition(cand_mags[:count], count - k)[count - k]
+        above = 0
+        for t in range(count):
+            above += cand_mags[t] > threshold
+        ties = k - above
         e = first + c * k
+        taken = 0
+        for t in range(count):
+            m = cand_mags[t]
+            if m > threshold or (m == threshold and ties > 0):
+                if not m > threshold:
+                    ties -= 1
+                local[e + taken] = cand[t]
+                taken += 1
         for t in range(k):
-            index = order[t]
-            local[e + t] = index
+            index = local[e + t]
             values[e + t] = src[base + (index // w) * cols + index % w]
         if stream.size:
             chunk = start + c * per_chunk
             stream[chunk : chunk + per_chunk] = 0
             ubit = (chunk + ((k * low + 7) >> 3)) * 8
             for t in range(k):
-                index = order[t]
+                index = local[e + t]
                 if low:
                     elias_fano._write(stream, chunk * 8 + t * low, index & low_mask)
                 elias_fano._write(stream, ubit + (index >> low) + t, 1)
