@@ -1,7 +1,8 @@
 """Gradient compression: one interface (`Compressor`), several small methods.
 
 - `TopKCompressor` (default): chunking, optional DCT, top-k per chunk, quantised values,
-  12-bit indices; `TopKParams(quantization_bins=0)` is the top-k-only variant.
+  Elias-Fano coded indices (12-bit fields in the previous version, `index_code="packed"`);
+  `TopKParams(quantization_bins=0)` is the top-k-only variant.
 - `DenseCompressor`: no compression.
 - `compress_with_feedback`: the error-feedback step the caller runs each window.
 - `make_sum`: a running sum of many peers' payloads (chunk-domain for top-k), for gather.

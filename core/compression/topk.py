@@ -2,9 +2,11 @@
 
 encode: view every parameter as chunks (core.compression.chunking), optionally DCT each
 chunk, keep the k largest-magnitude entries of every chunk, quantise their values per
-parameter (core.compression.quantize) and pack indices to 12 bits and value codes to their
-bit width (core.compression.packing). Chunks of equal (h, w) from all parameters go through
-one `torch.topk`; there is no Python loop over chunks.
+parameter (core.compression.quantize), code the indices (Elias-Fano, core.compression.
+elias_fano, or 12-bit fields) and pack the value codes to their bit width
+(core.compression.packing). On the CPU without the DCT one compiled pass does the selection
+and the index stream (core.compression.select); elsewhere chunks of equal (h, w) from all
+parameters go through one `torch.topk`. There is no Python loop over chunks.
 
 Wire tensors (k-entry stream = all parameters in name order, each chunk's k entries):
     idx     uint8 (elias_fano.nbytes(plan),)  within-chunk indices, Elias-Fano coded per

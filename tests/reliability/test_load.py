@@ -34,10 +34,13 @@ pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 PEERS = 256
 CONCURRENCY = 16
-# ~183 KB payloads (top-k 512 of 4096, float32 values) of a 263K-parameter model, so that
-# holding every payload (47 MB) would be far over the bound, while uploads stay quick.
+# ~183 KB payloads (top-k 512 of 4096, float32 values, 12-bit packed indices: the
+# Elias-Fano code's would be smaller) of a 263K-parameter model, so that holding every
+# payload (47 MB) would be far over the bound, while uploads stay quick.
 SHAPES = {"w1": (256, 512), "w2": (512, 256), "b": (512,)}
-COMP = TopKCompressor(TopKParams(target_chunk=64, topk=512, quantization_bins=0))
+COMP = TopKCompressor(
+    TopKParams(target_chunk=64, topk=512, quantization_bins=0, index_code="packed")
+)
 DISTINCT = 8
 MiB = 1 << 20
 ALLOWANCE = 16 * MiB  # interpreter, allocator arenas, thread stacks touched by a gather
