@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from importlib import metadata
 from pathlib import Path
@@ -10,9 +9,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
 from neurons.config import ConfigError, load_hparams, load_settings, parse_assignment
+from neurons.local_tools import local_app
+from neurons.logs import setup_logging
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -32,12 +32,12 @@ SetOption = Annotated[
 Opt = typer.Option
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
+def _setup_logging(level: str, fmt: str = "text", vendor_level: str = "WARNING") -> None:
+    try:
+        setup_logging(level, fmt=fmt, vendor_level=vendor_level)
+    except ValueError as exc:
+        err_console.print(f"[red]configuration error[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 def _neuron(
@@ -113,8 +113,15 @@ def _neuron_command(role: str):
         windows: Annotated[int | None, Opt(help="stop after this many windows")] = None,
         threads: Annotated[int | None, Opt(help="torch CPU threads")] = None,
         log_level: Annotated[str, Opt(help="logging level")] = "WARNING",
+        log_format: Annotated[str, Opt(help="text | json (one object per line)")] = "text",
+        vendor_log_level: Annotated[
+            str, Opt(help="level of boto3, botocore, bittensor... (whatever --log-level)")
+        ] = "WARNING",
+        metrics_port: Annotated[
+            int | None, Opt(help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
+        ] = None,
     ) -> None:
-        _setup_logging(log_level)
+        _setup_logging(log_level, log_format, vendor_log_level)
         flags = _flags(
             storage=storage,
             storage_root=storage_root,
@@ -137,6 +144,7 @@ def _neuron_command(role: str):
             block_poll_interval=block_poll_interval,
             clock_check_windows=clock_check_windows,
             faulty=faulty,
+            metrics_port=metrics_port,
         )
         _neuron(role, hparams_file, assignments, flags, windows, threads)
 
@@ -146,6 +154,7 @@ def _neuron_command(role: str):
 
 app.command("miner")(_neuron_command("miner"))
 app.command("validator")(_neuron_command("validator"))
+app.add_typer(local_app, name="local")
 
 
 @app.command()

@@ -421,6 +421,11 @@ class NeuronSettings:
     clock_check_windows: int = attrs.field(default=50, validator=attrs.validators.gt(0))
     # Test and demo behaviour of a miner: one of FAULTY_MODES (empty: honest).
     faulty: str = attrs.field(default="", validator=attrs.validators.in_(("", *FAULTY_MODES)))
+    # Prometheus metrics on 127.0.0.1:<port> (neurons/metrics.py); 0: none.
+    metrics_port: int = attrs.field(
+        default=0,
+        validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)),
+    )
 
 
 SETTINGS_FIELDS: dict[str, attrs.Attribute] = {f.name: f for f in attrs.fields(NeuronSettings)}

@@ -172,6 +172,7 @@ def command(root: Path, spec: Spec, block_time: float, storage: LocalnetStorage)
         "--events", str(root / "events" / f"{spec.name}.jsonl"),
         "--block-poll-interval", "0.05",
         "--threads", "1",
+        "--log-level", "INFO",  # logs/<name>.log: a line per window
     ]  # fmt: skip
     if spec.faulty:
         args += ["--faulty", spec.faulty]

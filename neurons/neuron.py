@@ -393,7 +393,8 @@ class Neuron:
                 self.last_window = window
                 self.save_resume(window)
                 if self.on_row is not None:
-                    self.on_row({"event": "window", **row})
+                    lag = await self._window_lag(window)
+                    self.on_row({"event": "window", **row, "window_lag": lag})
                 done += 1
                 await self._recheck_time()
         finally:
@@ -420,6 +421,14 @@ class Neuron:
                     "failed_windows": self.failed_windows,
                 }
             )
+
+    async def _window_lag(self, window: int) -> int | None:
+        """How many windows the chain is past the one just finished (0: on time); None when
+        the chain cannot say. Reported, never fatal: the window's work is done."""
+        try:
+            return await self.current_window() - window
+        except ChainError:
+            return None
 
     async def _recheck_time(self) -> None:
         self._windows_since_clock_check += 1

@@ -14,6 +14,7 @@ import torch
 
 from neurons.config import ConfigError, HParams, NeuronSettings
 from neurons.container import build_container
+from neurons.metrics import observing
 from neurons.miner import Miner
 from neurons.neuron import Neuron, Row
 from neurons.validator import Validator
@@ -110,4 +111,5 @@ def run_neuron(
     if threads:
         torch.set_num_threads(threads)
     neuron = build_neuron(role, hparams, settings)
-    return asyncio.run(_run(neuron, max_windows))
+    with observing(neuron, settings.metrics_port):
+        return asyncio.run(_run(neuron, max_windows))

@@ -186,9 +186,11 @@ class Validator(Neuron):
         gather_seconds = self.clock.monotonic() - gather_started
 
         aggregate = aggregator.finish() if len(used) >= hp.minimum_peers else None
-        published = 0
+        published, upload_seconds = 0, None
         if aggregate is not None:
+            upload_started = self.clock.monotonic()
             published = await self._publish_aggregate(window, aggregate)
+            upload_seconds = self.clock.monotonic() - upload_started
             outer_step(self.model, aggregate, hp.learning_rate)
             self.global_step += 1
         loss = mean_loss(self.task, self.model, batches)
@@ -222,6 +224,7 @@ class Validator(Neuron):
             "evaluations": evaluations,
             "aggregated": used,
             "published_bytes": published,
+            "upload_seconds": upload_seconds,
             "scores": {str(u): s for u, s in sorted(self.scores.values.items())},
             "weights": {str(u): w for u, w in sorted(weights.items())},
             "next_peers": list(next_peers),
