@@ -289,12 +289,27 @@ def _list_start(prefix: str) -> tuple[str | None, str | None]:
 
     object_store lists by path segment: its prefix `gradient-` would mean the directory
     `gradient-/`. So the adapter lists the prefix's directory from just below the prefix
-    (S3's start-after, server side) and stops at the first key past it.
+    (S3's start-after, server side: prefix[:-1] sorts before every key that begins with the
+    prefix) and stops once past it (`_past`). Where that start-after would be a directory
+    name, none is used: SeaweedFS skips a directory's whole subtree after its name.
     """
     directory = prefix.rpartition("/")[0].rstrip("/")
-    # prefix[:-1] sorts before every key that begins with prefix (the prefix itself included).
-    after = prefix[:-1].rstrip("/")
+    after = prefix[:-1]
+    if prefix.endswith("/") or after.endswith("/"):
+        after = ""
     return directory or None, after or None
+
+
+def _past(key: str, prefix: str) -> bool:
+    """True when no key listed after `key` can begin with `prefix`.
+
+    S3 and R2 list in UTF-8 byte order; SeaweedFS in path-segment order (`c/x` before `c-1`).
+    In either order the keys with a prefix are one run, so a key beyond the prefix in both
+    orders ends the run in whichever order the service uses.
+    """
+    if key.startswith(prefix) or key < prefix:
+        return False
+    return key.split("/") > prefix.split("/")
 
 
 class ObstoreStore:
@@ -533,8 +548,8 @@ class ObstoreStore:
             for item in page:
                 key = item["path"]
                 if not key.startswith(prefix):
-                    if key > prefix:
-                        return  # S3 lists in key order: nothing further can match
+                    if _past(key, prefix):
+                        return
                     continue
                 try:
                     check_key(key)
