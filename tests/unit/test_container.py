@@ -11,6 +11,7 @@ from adapters.clock import FakeClock, SystemClock
 from adapters.signing import Sr25519Signer
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
+from adapters.storage.obstore_store import ObstoreStoreOpener
 from adapters.storage.s3 import S3StoreOpener
 from neurons.config import ConfigError, HParams, load_settings
 from neurons.container import EndpointOpener, build_container
@@ -149,3 +150,31 @@ def test_a_bittensor_wallets_hotkey_signs_what_the_sr25519_verifier_accepts(tmp_
     assert c.verifier().verify(digest, c.signer().sign(digest), hotkey)
     bob = Sr25519Signer.from_uri("//Bob").hotkey
     assert not c.verifier().verify(digest, c.signer().sign(digest), bob)
+
+
+def test_storage_client_selects_the_s3_opener(tmp_path):
+    c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), storage_client="obstore")
+    assert isinstance(c.storage(), ObstoreStoreOpener)
+    assert c.storage().settings.client_cache_size == 256
+    env = {"TEMPLAR_STORAGE_CLIENT": "obstore", "TEMPLAR_S3_ENDPOINT": "http://127.0.0.1:8333"}
+    settings = load_settings(env, {"chain": "memory", "state_dir": str(tmp_path / "state")})
+    c = build_container(HParams(), settings, hotkey="hk", validator=False, env=r2_env())
+    assert isinstance(c.storage(), EndpointOpener)
+    assert isinstance(c.storage()._inner, ObstoreStoreOpener)
+    c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), storage_client="boto3")
+    assert isinstance(c.storage(), S3StoreOpener)
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "named"),
+    [
+        ({"TEMPLAR_STORAGE_CLIENT": "aiobotocore"}, {}, "storage_client"),
+        ({}, {"storage_client": "boto"}, "storage_client"),
+        ({}, {"storage_client": "obstore", "s3_endpoint": "localhost:8333"}, "s3_endpoint"),
+        ({"TEMPLAR_S3_ENDPOINT": "ftp://host"}, {"storage_client": "obstore"}, "s3_endpoint"),
+    ],
+)
+def test_a_misconfigured_storage_client_is_one_clear_error_at_start(env, flags, named):
+    with pytest.raises(ConfigError, match=named) as info:
+        load_settings(env, flags)
+    assert info.value.key == named
