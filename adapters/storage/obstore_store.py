@@ -141,6 +141,10 @@ _CONNECTION = re.compile(
 _STATUS_OF_TYPE = {"PermissionDeniedError": 403, "UnauthenticatedError": 401}
 
 
+class RefusedForm(StorageError):
+    """The endpoint does not implement the form of the request (501 NotImplemented)."""
+
+
 def _summary(exc: BaseException) -> str:
     # obstore appends a long debug dump: the first part says it all.
     return str(exc).split("\n\nDebug source:")[0].strip()[:400]
@@ -168,7 +172,7 @@ def map_obstore_error(exc: BaseException, ctx: Context) -> StorageError:
     message = message_match.group(1) if message_match else ""
     if status == 501 or code == "NotImplemented":
         said = f"{code or status}" + (f": {message}" if message else "")
-        return StorageError(
+        return RefusedForm(
             f"{ctx.where()}: the endpoint refused the form of the request ({said}); the request "
             "changed nothing. obstore sends plain bodies signed with their SHA-256 and no "
             "checksum trailer: the endpoint does not implement the header it names "
@@ -228,7 +232,9 @@ class ClientCache:
             self._clients.clear()
 
 
-def build_client(bucket: Bucket, settings: ObstoreSettings) -> RustS3Store:
+def build_client(
+    bucket: Bucket, settings: ObstoreSettings, *, bulk_delete: bool = True
+) -> RustS3Store:
     """An obstore S3 client for `bucket` as the adapter uses it.
 
     obstore reads AWS_* variables from the environment for anything not passed, so what
@@ -256,6 +262,7 @@ def build_client(bucket: Bucket, settings: ObstoreSettings) -> RustS3Store:
         skip_signature=False,
         unsigned_payload=False,
         request_payer=False,
+        disable_bulk_delete=not bulk_delete,
         credential_provider=credentials,  # type: ignore[arg-type]
         client_options=settings.client_options(endpoint),  # type: ignore[arg-type]
         retry_config=settings.retry_config(),  # type: ignore[arg-type]
@@ -562,8 +569,16 @@ class ObstoreStore:
         for start in range(0, len(batch), DELETE_BATCH):
             chunk = batch[start : start + DELETE_BATCH]
             client = self._client("delete")
-            with self._mapped("delete", None):
-                await obstore.delete_async(client, chunk)
+            try:
+                with self._mapped("delete", None):
+                    await obstore.delete_async(client, chunk)
+            except RefusedForm:
+                # object_store's DeleteObjects carries an x-amz-checksum-sha256 header beside
+                # its Content-MD5; an endpoint that refuses it still takes DeleteObject, which
+                # has no body: one request a key, on a client built for that.
+                single = build_client(self._bucket, self._settings, bulk_delete=False)
+                with self._mapped("delete", None):
+                    await obstore.delete_async(single, chunk)
 
     def _date_sync(self, url: str) -> datetime:
         parts = urlsplit(url)

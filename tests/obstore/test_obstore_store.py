@@ -160,6 +160,23 @@ async def test_a_refused_request_form_is_one_clear_error(store: ObstoreStore, pr
     assert "Header 'x' not implemented" in str(info.value)
 
 
+async def test_a_refused_bulk_delete_falls_back_to_one_key_at_a_time(
+    store: ObstoreStore, proxy: Proxy
+) -> None:
+    for key in ("d/1", "d/2", "keep"):
+        await store.put(key, b".")
+    refusal = b"<Error><Code>NotImplemented</Code><Message>Header 'x-amz-checksum-sha256'"
+    proxy.fault = lambda seen: (
+        (501, {}, refusal + b" not implemented</Message></Error>")
+        if seen.method == "POST" and "delete" in seen.path
+        else None
+    )
+    await store.delete(["d/1", "d/2", "d/none"])
+    assert [m.key async for m in store.list()] == ["keep"]
+    singles = [s for s in proxy.seen if s.method == "DELETE"]
+    assert len(singles) == 3 and all(not s.body for s in singles)
+
+
 async def test_too_large_is_refused_on_the_headers_and_the_store_goes_on(
     store: ObstoreStore, proxy: Proxy, tmp_path: Path
 ) -> None:
