@@ -411,7 +411,7 @@ class NeuronSettings:
     # Idle S3 clients (one per peer bucket and credentials) kept for the next window.
     s3_client_cache_size: int = attrs.field(default=256, validator=attrs.validators.ge(0))
     # The S3 client under the r2 storage: boto3 or obstore (docs/storage.md#the-obstore-client).
-    storage_client: str = attrs.field(default="boto3", validator=_storage_client)
+    storage_client: str = attrs.field(default="obstore", validator=_storage_client)
     chain: str = attrs.field(default="bittensor", validator=attrs.validators.in_(CHAIN_CHOICES))
     # The fake chain's shared file.
     chain_path: str = "./templar-chain.json"

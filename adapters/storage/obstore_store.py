@@ -624,6 +624,7 @@ class ObstoreStoreOpener:
     def __init__(self, settings: ObstoreSettings | None = None) -> None:
         self._settings = settings or ObstoreSettings()
         self._clients = ClientCache(self._settings.client_cache_size)
+        self._closed = False
         self.executor = ThreadPoolExecutor(
             max_workers=self._settings.threads, thread_name_prefix="obstore"
         )
@@ -638,6 +639,8 @@ class ObstoreStoreOpener:
         return len(self._clients)
 
     def client(self, ident: Ident, bucket: Bucket) -> RustS3Store:
+        if self._closed:
+            raise StorageError(f"the opener of bucket {bucket.name!r} is closed")
         return self._clients.get(ident, functools.partial(build_client, bucket, self._settings))
 
     def open(self, bucket: Bucket) -> ObstoreStore:
@@ -647,5 +650,6 @@ class ObstoreStoreOpener:
         return ObstoreStore(bucket, self, ident)
 
     def close(self) -> None:
+        self._closed = True
         self._clients.clear()
         self.executor.shutdown(wait=False)

@@ -228,6 +228,8 @@ async def test_a_cache_of_zero_keeps_no_client(seaweedfs: SeaweedServer, bucket_
         assert (await store.get("k")).data == b"1" and opener.cached == 0
     finally:
         opener.close()
+    with pytest.raises(StorageError, match="closed"):
+        await store.get("k")
 
 
 def test_list_start_covers_every_key_with_the_prefix() -> None:
