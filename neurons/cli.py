@@ -87,6 +87,7 @@ def _neuron_command(role: str):
         s3_client_cache_size: Annotated[
             int | None, Opt(help="idle S3 clients kept for the next window")
         ] = None,
+        storage_client: Annotated[str | None, Opt(help="S3 client: boto3 | obstore")] = None,
         chain: Annotated[str | None, Opt(help="bittensor | fake | memory")] = None,
         chain_path: Annotated[str | None, Opt(help="the fake chain's file")] = None,
         block_time: Annotated[float | None, Opt(help="fake chain block time (s)")] = None,
@@ -129,6 +130,7 @@ def _neuron_command(role: str):
             s3_endpoint=s3_endpoint,
             s3_request_checksum_calculation=s3_request_checksum_calculation,
             s3_client_cache_size=s3_client_cache_size,
+            storage_client=storage_client,
             chain=chain,
             chain_path=chain_path,
             block_time=block_time,

@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from adapters.storage.obstore_store import check_endpoint
 from adapters.storage.r2_env import MissingEnv, RoleBuckets, buckets_from_env
 from core.aggregate import Normalisation
 from core.compression import TopKParams
@@ -371,6 +372,19 @@ def _direct_bytes(_inst: object, _attr: object, value: int) -> None:
         raise ValueError(f"storage_direct_bytes must be 0 or a multiple of 4096, not {value}")
 
 
+STORAGE_CLIENTS = ("boto3", "obstore")
+
+
+def _storage_client(inst: NeuronSettings, _attr: object, value: str) -> None:
+    if value not in STORAGE_CLIENTS:
+        raise ValueError(f"'storage_client' must be one of {STORAGE_CLIENTS}, not {value!r}")
+    if value == "obstore" and inst.s3_endpoint:
+        try:
+            check_endpoint(inst.s3_endpoint)
+        except ValueError as exc:
+            raise ValueError(f"'s3_endpoint' cannot be used by obstore: {exc}") from None
+
+
 CHAIN_CHOICES = ("bittensor", "fake", "memory")
 # late: uploads after the time window; garbage: random bytes; silent: uploads nothing;
 # copier: re-uploads another miner's gradient of the window as its own (neurons/copier.py).
@@ -396,6 +410,8 @@ class NeuronSettings:
     )
     # Idle S3 clients (one per peer bucket and credentials) kept for the next window.
     s3_client_cache_size: int = attrs.field(default=256, validator=attrs.validators.ge(0))
+    # The S3 client under the r2 storage: boto3 or obstore (docs/storage.md#the-obstore-client).
+    storage_client: str = attrs.field(default="obstore", validator=_storage_client)
     chain: str = attrs.field(default="bittensor", validator=attrs.validators.in_(CHAIN_CHOICES))
     # The fake chain's shared file.
     chain_path: str = "./templar-chain.json"

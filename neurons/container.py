@@ -20,6 +20,7 @@ from adapters.scratch import TempScratch
 from adapters.signing import DevKeyVerifier, Sr25519Signer, Sr25519Verifier, dev_signer
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
+from adapters.storage.obstore_store import ObstoreSettings, ObstoreStoreOpener
 from adapters.storage.s3 import S3StoreOpener
 from adapters.storage.s3_client import S3Settings
 from neurons.buckets import NeuronBuckets, local_buckets, r2_neuron_buckets
@@ -48,13 +49,19 @@ class EndpointOpener:
             close()
 
 
-def _s3_opener(endpoint: str, concurrency: int, checksums: str, cache_size: int) -> StoreOpener:
-    settings = S3Settings(
-        max_pool_connections=max(concurrency, 10),
-        request_checksum_calculation=checksums,
-        client_cache_size=cache_size,
-    )
-    opener = S3StoreOpener(settings)
+def _s3_opener(
+    endpoint: str, concurrency: int, checksums: str, cache_size: int, client: str = "boto3"
+) -> StoreOpener:
+    opener: StoreOpener
+    if client == "obstore":
+        opener = ObstoreStoreOpener(ObstoreSettings(client_cache_size=cache_size))
+    else:
+        settings = S3Settings(
+            max_pool_connections=max(concurrency, 10),
+            request_checksum_calculation=checksums,
+            client_cache_size=cache_size,
+        )
+        opener = S3StoreOpener(settings)
     return EndpointOpener(opener, endpoint) if endpoint else opener
 
 
@@ -100,6 +107,7 @@ class Container(containers.DeclarativeContainer):
             config.gather_concurrency,
             config.s3_request_checksum_calculation,
             config.s3_client_cache_size,
+            config.storage_client,
         ),
         local=providers.Singleton(
             LocalStoreOpener,
