@@ -94,7 +94,7 @@ def r2_commitment(buckets: NeuronBuckets) -> None:
             f"the gradient bucket cannot be committed on chain: {exc}",
             "R2 issues 32-character account ids and access key ids and 64-character "
             "secrets, and R2_GRADIENTS_BUCKET_NAME must equal R2_GRADIENTS_ACCOUNT_ID",
-        ) from None
+        ) from exc
 
 
 def open_chain(container: Any, settings: NeuronSettings) -> Chain:
@@ -117,7 +117,7 @@ def open_chain(container: Any, settings: NeuronSettings) -> Chain:
             f"create it with `btcli wallet new_hotkey --wallet.name {settings.wallet_name} "
             f"--wallet.hotkey {settings.wallet_hotkey}`, or point --wallet-name, "
             "--wallet-hotkey and --wallet-path at the wallet you have",
-        ) from None
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -147,7 +147,7 @@ async def registered(chain: Chain, hotkey: str, settings: NeuronSettings) -> Non
             "chain",
             f"cannot reach the chain ({where}): {exc}",
             "check --network and this machine's connection to it",
-        ) from None
+        ) from exc
     if metagraph.uid(hotkey) is not None:
         return
     if settings.chain == "bittensor":
@@ -161,6 +161,16 @@ async def registered(chain: Chain, hotkey: str, settings: NeuronSettings) -> Non
         fix = f"register it on the fake chain first (see {DOCS}), or check --hotkey"
         where = f"the fake chain at {settings.chain_path}"
     raise SetupError("hotkey", f"hotkey {hotkey} is not registered on {where}", fix)
+
+
+async def release(chain: Chain, opener: StoreOpener | None) -> None:
+    """Close what the checks opened, so a failed start leaves no connection to warn about."""
+    close = getattr(chain, "close", None)
+    if close is not None:
+        await close()
+    close = getattr(opener, "close", None)
+    if close is not None:
+        close()
 
 
 def _buckets_to_probe(buckets: NeuronBuckets) -> list[tuple[str, str, Bucket]]:
@@ -190,7 +200,7 @@ async def r2_reachable(
             raise SetupError(
                 f"R2_{role}_{access}_*", f"the {access.lower()} key was refused: {exc}",
                 f"check {keys}",
-            ) from None  # fmt: skip
+            ) from exc  # fmt: skip
         except TransientStorageError as exc:
             if settings.s3_endpoint:
                 fix = "check --s3-endpoint and that the S3 service there is up"
@@ -203,12 +213,12 @@ async def r2_reachable(
                 f"R2_{role}_*",
                 f"cannot reach the bucket's endpoint {bucket.endpoint_url}: {exc}",
                 fix,
-            ) from None
+            ) from exc
         except (NotFound, StorageError) as exc:
             raise SetupError(
                 f"R2_{role}_*",
                 f"bucket {bucket.name} at {bucket.endpoint_url}: {exc}",
                 f"check R2_{role}_BUCKET_NAME and R2_{role}_ACCOUNT_ID",
-            ) from None
+            ) from exc
         finally:
             await store.close()

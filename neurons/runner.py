@@ -67,9 +67,14 @@ async def build_neuron(
     hotkey = settings.hotkey or chain.hotkey  # type: ignore[attr-defined]
     if not settings.hotkey:
         container.config.hotkey.from_value(hotkey)
-    await preflight.registered(chain, hotkey, settings)
-    opener, buckets = container.storage(), container.buckets()
-    await preflight.r2_reachable(opener, buckets, settings)
+    opener = None
+    try:
+        await preflight.registered(chain, hotkey, settings)
+        opener, buckets = container.storage(), container.buckets()
+        await preflight.r2_reachable(opener, buckets, settings)
+    except preflight.SetupError:
+        await preflight.release(chain, opener)
+        raise
     return ROLES[role](
         hparams,
         settings,
