@@ -55,7 +55,11 @@ async def build_neuron(
     disk before that (`explicit`: names of the settings the operator set)."""
     validator = role == "validator"
     if settings.chain != "bittensor" and not settings.hotkey:
-        raise ConfigError("hotkey", f"required with the {settings.chain} chain")
+        raise ConfigError(
+            "hotkey",
+            f"required with the {settings.chain} chain: pass --hotkey, the name it is "
+            "registered under",
+        )
     container = build_container(
         hparams, settings, hotkey=settings.hotkey, validator=validator, env=env
     )

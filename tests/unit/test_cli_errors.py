@@ -287,3 +287,9 @@ def _bittensor_on(node, wallet):
             clock=node.clock,
         )
     )
+
+
+def test_a_fake_chain_needs_a_hotkey(workdir: Path) -> None:
+    result = run("miner", "--chain", "fake", "--storage", "local")
+    one_line(result, "hotkey: required with the fake chain", "pass --hotkey")
+    assert files(workdir) == set()
