@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
+import sys
+import traceback
+import typing
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from typer.models import OptionInfo
 
-from neurons.config import ConfigError, load_hparams, load_settings, parse_assignment
+from neurons.config import (
+    ENV_PREFIX,
+    SETTINGS_FIELDS,
+    ConfigError,
+    load_hparams,
+    load_settings,
+    parse_assignment,
+)
 from neurons.local_tools import local_app
 from neurons.logs import setup_logging
 
@@ -40,6 +53,21 @@ def _setup_logging(level: str, fmt: str = "text", vendor_level: str = "WARNING")
         raise typer.Exit(2) from None
 
 
+def _config_error(exc: ConfigError, log_level: str) -> NoReturn:
+    """One line on stderr, exit 2: what is wrong and what to do (neurons/preflight.py). The
+    traceback is for whoever asked for DEBUG; an operator needs the line."""
+    if log_level.upper() == "DEBUG":
+        traceback.print_exception(exc, file=sys.stderr)
+    # Plain print: a rich console wraps at its width, and the line must stay one line.
+    print(f"error: {exc}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def _count(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"--{name}", f"must be at least 1, got {value}")
+
+
 def _neuron(
     role: str,
     hparams_file: Path | None,
@@ -47,17 +75,26 @@ def _neuron(
     flags: dict,
     max_windows: int | None,
     threads: int | None,
+    log_level: str = "WARNING",
 ) -> None:
     from neurons.runner import run_neuron  # torch loads here, not for `version`
 
     try:
+        _count("windows", max_windows)
+        _count("threads", threads)
         overrides = dict(parse_assignment(a) for a in assignments or [])
         hparams = load_hparams(hparams_file, overrides)
         settings = load_settings(os.environ, flags)
-        done = run_neuron(role, hparams, settings, max_windows=max_windows, threads=threads)
+        done = run_neuron(
+            role,
+            hparams,
+            settings,
+            max_windows=max_windows,
+            threads=threads,
+            explicit=set(flags),
+        )
     except ConfigError as exc:
-        err_console.print(f"[red]configuration error[/red] {exc}")
-        raise typer.Exit(2) from None
+        _config_error(exc, log_level)
     err_console.print(f"{role}: stopped after {done} windows")
 
 
@@ -69,6 +106,81 @@ def _flags(**values) -> dict:
 def version() -> None:
     """Print the installed version."""
     console.print(metadata.version("templar-comms"))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(metadata.version("templar-comms"))
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        Opt(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="print the installed version and exit",
+        ),
+    ] = False,
+) -> None:
+    """templar-comms: gradients, peers and checkpoints for decentralised training."""
+
+
+# What --help shows as the default of a setting whose default is empty.
+_EMPTY_DEFAULTS = {
+    "hotkey": "the wallet's",
+    "s3_endpoint": "R2's",
+    "events": "none",
+    "faulty": "honest",
+}
+# Options that are not settings, with what their default means.
+_OTHER_DEFAULTS = {
+    "hparams": "built-in",
+    "set": "none",
+    "windows": "no limit",
+    "threads": "torch's",
+}
+# Options that only one role has.
+_ROLE_ONLY = {"faulty": "miner"}
+
+
+def _conventions(command, role: str):
+    """`command` with the options its role has, each showing its default and TEMPLAR_* name.
+
+    The options are declared once for both roles; this drops the ones the other role has
+    alone and fills in the help from the settings' own defaults, so the help cannot drift
+    from `NeuronSettings`. A TEMPLAR_* variable is read by the option itself, so a value set
+    there counts as given (the fake chain's block-time check needs to know).
+    """
+    signature = inspect.signature(command, eval_str=True)
+    params = []
+    for param in signature.parameters.values():
+        if _ROLE_ONLY.get(param.name, role) != role:
+            continue
+        base, *extras = typing.get_args(param.annotation)
+        infos = [copy.copy(e) if isinstance(e, OptionInfo) else e for e in extras]
+        for info in infos:
+            if not isinstance(info, OptionInfo):
+                continue
+            # Named after the flag (--set: TEMPLAR_SET), as the settings' variables are. In
+            # Annotated, typer takes Option's first positional (its `default`) as the flag.
+            decls = [d for d in (info.default, *(info.param_decls or ())) if isinstance(d, str)]
+            flag = next((d for d in decls if d.startswith("--")), param.name).lstrip("-")
+            name = flag.replace("-", "_")
+            info.envvar = info.envvar or ENV_PREFIX + name.upper()
+            info.show_envvar = True
+            field = SETTINGS_FIELDS.get(param.name)
+            if field is not None:
+                shown = field.default if field.default != "" else _EMPTY_DEFAULTS.get(param.name)
+                info.show_default = str(shown)
+            elif name in _OTHER_DEFAULTS:
+                info.show_default = _OTHER_DEFAULTS[name]
+        params.append(param.replace(annotation=Annotated[(base, *infos)]))
+    command.__signature__ = signature.replace(parameters=params)
+    return command
 
 
 def _neuron_command(role: str):
@@ -98,6 +210,7 @@ def _neuron_command(role: str):
         network: Annotated[str | None, Opt(help="bittensor network")] = None,
         wallet_name: Annotated[str | None, Opt(help="bittensor wallet name")] = None,
         wallet_hotkey: Annotated[str | None, Opt(help="bittensor wallet hotkey")] = None,
+        wallet_path: Annotated[str | None, Opt(help="where bittensor wallets live")] = None,
         hotkey: Annotated[str | None, Opt(help="hotkey (required on fake chains)")] = None,
         device: Annotated[str | None, Opt(help="torch device")] = None,
         state_dir: Annotated[str | None, Opt(help="where to keep resume state")] = None,
@@ -139,6 +252,7 @@ def _neuron_command(role: str):
             network=network,
             wallet_name=wallet_name,
             wallet_hotkey=wallet_hotkey,
+            wallet_path=wallet_path,
             hotkey=hotkey,
             device=device,
             state_dir=state_dir,
@@ -148,10 +262,10 @@ def _neuron_command(role: str):
             faulty=faulty,
             metrics_port=metrics_port,
         )
-        _neuron(role, hparams_file, assignments, flags, windows, threads)
+        _neuron(role, hparams_file, assignments, flags, windows, threads, log_level)
 
     command.__doc__ = f"Run a {role} (settings: flags > TEMPLAR_* env > defaults)."
-    return command
+    return _conventions(command, role)
 
 
 app.command("miner")(_neuron_command("miner"))

@@ -423,6 +423,8 @@ class NeuronSettings:
     network: str = "finney"
     wallet_name: str = "default"
     wallet_hotkey: str = "default"
+    # Where bittensor wallets live (btcli's --wallet.path).
+    wallet_path: str = "~/.bittensor/wallets"
     # Hotkey (SS58 or any name on the fake chain); empty: the wallet's.
     hotkey: str = ""
     device: str = "cpu"
@@ -480,12 +482,23 @@ def _safe_message(exc: Exception) -> str:
     return str(exc.args[0]) if exc.args else str(exc)
 
 
-def r2_buckets(env: Mapping[str, str], roles: tuple[str, ...]) -> dict[str, RoleBuckets]:
-    """The R2 buckets for `roles` from the environment, as a ConfigError naming what is missing."""
+def r2_buckets(
+    env: Mapping[str, str],
+    roles: tuple[str, ...],
+    *,
+    writable: tuple[str, ...] = (),
+    neuron: str = "neuron",
+) -> dict[str, RoleBuckets]:
+    """The R2 buckets for `roles` (with write keys for `writable`) from the environment, as a
+    ConfigError naming every missing variable at once, so one run tells the whole list."""
     try:
-        return buckets_from_env(env, roles)
+        return buckets_from_env(env, roles, writable=writable)
     except MissingEnv as exc:
-        raise ConfigError("environment", str(exc)) from None
+        raise ConfigError(
+            "environment",
+            f"a {neuron} on R2 needs {', '.join(exc.names)}: export them (docs/configuration.md, "
+            '"R2 variables") or run on --storage local',
+        ) from None
 
 
 def describe(hparams: HParams, settings: NeuronSettings) -> dict[str, Any]:

@@ -65,17 +65,18 @@ def _s3_opener(
     return EndpointOpener(opener, endpoint) if endpoint else opener
 
 
-def _wallet(wallet_name: str, wallet_hotkey: str) -> Any:
+def _wallet(wallet_name: str, wallet_hotkey: str, wallet_path: str) -> Any:
     # bittensor is an optional extra: imported only when a real chain is asked for.
     import bittensor as bt
 
-    return bt.Wallet(name=wallet_name, hotkey=wallet_hotkey)
+    return bt.Wallet(name=wallet_name, hotkey=wallet_hotkey, path=os.path.expanduser(wallet_path))
 
 
-def _bittensor_chain(netuid: int, network: str, wallet: Any) -> Chain:
+def _bittensor_chain(netuid: int, network: str, wallet: Any, clock: Clock) -> Chain:
     from adapters.chain.bittensor import BittensorChain
 
-    return BittensorChain(netuid=netuid, wallet=wallet, network=network)
+    # Retries back off on the injected clock, so tests of an unreachable chain never wait.
+    return BittensorChain(netuid=netuid, wallet=wallet, network=network, clock=clock)
 
 
 def _memory_chain(network: FakeNetwork, hotkey: str) -> Chain:
@@ -89,7 +90,11 @@ def _buckets(
         # Miners read the aggregator bucket (for catch-up) when it is configured.
         wanted = validator or bool(env.get("R2_AGGREGATOR_ACCOUNT_ID"))
         roles = ("gradients", "aggregator") if wanted else ("gradients",)
-        return r2_neuron_buckets(r2_buckets(env, roles), endpoint)
+        # A validator publishes aggregates, so it needs the aggregator's write key too.
+        writable = roles if validator else ("gradients",)
+        neuron = "validator" if validator else "miner"
+        found = r2_buckets(env, roles, writable=writable, neuron=neuron)
+        return r2_neuron_buckets(found, endpoint)
     return local_buckets(hotkey, with_aggregator=validator)
 
 
@@ -133,10 +138,14 @@ class Container(containers.DeclarativeContainer):
         block_time=config.block_time,
         finality_lag=config.finality_lag,
     )
-    wallet = providers.Singleton(_wallet, config.wallet_name, config.wallet_hotkey)
+    wallet = providers.Singleton(
+        _wallet, config.wallet_name, config.wallet_hotkey, config.wallet_path
+    )
     chain: providers.Provider[Chain] = providers.Selector(
         config.chain,
-        bittensor=providers.Singleton(_bittensor_chain, config.netuid, config.network, wallet),
+        bittensor=providers.Singleton(
+            _bittensor_chain, config.netuid, config.network, wallet, clock
+        ),
         fake=providers.Singleton(
             FileChain,
             config.chain_path,

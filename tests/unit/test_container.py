@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -86,12 +87,12 @@ def test_bittensor_chain_branch(tmp_path, monkeypatch):
     made = {}
 
     class FakeWallet:
-        def __init__(self, name, hotkey):
-            made["wallet"] = (name, hotkey)
+        def __init__(self, name, hotkey, path):
+            made["wallet"] = (name, hotkey, path)
             self.hotkey = object()  # the hotkey keypair
 
     class FakeBittensorChain:
-        def __init__(self, *, netuid, wallet, network):
+        def __init__(self, *, netuid, wallet, network, clock):
             made["chain"] = (netuid, network)
 
     import bittensor
@@ -102,7 +103,8 @@ def test_bittensor_chain_branch(tmp_path, monkeypatch):
     monkeypatch.setattr(bt_adapter, "BittensorChain", FakeBittensorChain)
     c = container(tmp_path, storage="memory", chain="bittensor", netuid=9, wallet_hotkey="h1")
     assert isinstance(c.chain(), FakeBittensorChain)
-    assert made == {"wallet": ("default", "h1"), "chain": (9, "finney")}
+    wallets = os.path.expanduser("~/.bittensor/wallets")
+    assert made == {"wallet": ("default", "h1", wallets), "chain": (9, "finney")}
     assert "bittensor" in sys.modules
     # payloads are signed with the same wallet's hotkey, and checked as sr25519
     assert c.signer().scheme == c.verifier().scheme == "sr25519"
@@ -139,7 +141,7 @@ def test_a_bittensor_wallets_hotkey_signs_what_the_sr25519_verifier_accepts(tmp_
 
     real = bittensor.Wallet
 
-    def wallet(name, hotkey):
+    def wallet(name, hotkey, path):
         made = real(name=name, hotkey=hotkey, path=str(tmp_path / "wallets"))
         made.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
         return made
