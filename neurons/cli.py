@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import os
 import sys
 import traceback
@@ -95,7 +96,7 @@ def _neuron(
         )
     except ConfigError as exc:
         _config_error(exc, log_level)
-    err_console.print(f"{role}: stopped after {done} windows")
+    logging.getLogger("neurons.cli").info("%s: stopped after %d windows", role, done)
 
 
 def _flags(**values) -> dict:
@@ -226,7 +227,9 @@ def _neuron_command(role: str):
         ] = None,
         windows: Annotated[int | None, Opt(help="stop after this many windows")] = None,
         threads: Annotated[int | None, Opt(help="torch CPU threads")] = None,
-        log_level: Annotated[str, Opt(help="logging level")] = "WARNING",
+        log_level: Annotated[
+            str, Opt(help="this project's logging level (INFO: a line per window)")
+        ] = "INFO",
         log_format: Annotated[str, Opt(help="text | json (one object per line)")] = "text",
         vendor_log_level: Annotated[
             str, Opt(help="level of boto3, botocore, bittensor... (whatever --log-level)")
