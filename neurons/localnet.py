@@ -43,7 +43,8 @@ from neurons.localnet_storage import (
     neuron_environment,
 )
 from neurons.localnet_view import COLUMNS, line, render, summary, table_row
-from neurons.plot import loss_curve_png
+from neurons.plot import neuron_series, save_loss_png
+from neurons.warmup import warm
 
 VALIDATOR_HOTKEY = "validator-0"
 
@@ -58,6 +59,8 @@ class LocalnetOptions:
     storage: str = attrs.field(default="local", validator=attrs.validators.in_(STORAGE_CHOICES))
     directory: Path | None = None
     json_out: Path | None = None
+    # The loss chart; a relative path is taken from the current directory.
+    plot: Path = Path("loss.png")
     hparams_file: Path | None = None
     overrides: Mapping[str, Any] = attrs.Factory(dict)
     # Give up if the network has not finished this long after the planned end.
@@ -211,6 +214,9 @@ class Network:
         self.first_window: dict[str, int] = {}
         self.last_window: dict[str, int] = {}
         self.validator_rows: list[dict[str, Any]] = []
+        self.uids: dict[str, int] = {}
+        # Per neuron, window -> loss: the validator's held-out loss, a miner's training loss.
+        self.losses: dict[str, dict[int, float]] = {s.name: {} for s in specs}
 
     def start(self) -> None:
         (self.root / "logs").mkdir(exist_ok=True)
@@ -228,10 +234,15 @@ class Network:
     def poll(self) -> None:
         for name, tail in self.tails.items():
             for event in tail.read():
+                if event.get("event") == "ready":
+                    self.uids[name] = event["uid"]
                 if event.get("event") != "window":
                     continue
                 self.first_window.setdefault(name, event["window"])
                 self.last_window[name] = event["window"]
+                loss = event.get("loss", event.get("train_loss"))
+                if isinstance(loss, int | float):
+                    self.losses[name][event["window"]] = float(loss)
                 if event["role"] == "validator":
                     self.validator_rows.append(event)
 
@@ -243,6 +254,32 @@ class Network:
             return []
         start = max(self.first_window[m] for m in miners)
         return [table_row(r) for r in self.validator_rows if r["window"] >= start]
+
+    def uid(self, spec: Spec) -> int:
+        """A neuron's uid: as it reported it, else its registration order (prepare's)."""
+        return self.uids.get(spec.name, self.specs.index(spec))
+
+    def faulty(self) -> dict[str, str]:
+        """{uid: mode} of the miners that misbehave on purpose."""
+        return {str(self.uid(s)): s.faulty for s in self.specs if s.faulty}
+
+    def chart(self, rows: list[dict[str, Any]], path: Path) -> Path:
+        labels = {}
+        for spec in self.specs:
+            role = "eval loss" if spec.role == "validator" else "training loss"
+            tag = f", faulty: {spec.faulty}" if spec.faulty else ""
+            labels[spec.name] = f"{spec.name} (uid {self.uid(spec)}, {role}{tag})"
+        series = neuron_series(
+            self.losses,
+            [r["window"] for r in rows],
+            labels,
+            primary=VALIDATOR_HOTKEY,
+            dashed={s.name for s in self.specs if s.faulty},
+        )
+        miners = sum(s.role == "miner" and not s.faulty for s in self.specs)
+        faulty = [s.faulty for s in self.specs if s.faulty]
+        title = f"localnet: 1 validator, {miners} miners" + "".join(f" + {mode}" for mode in faulty)
+        return save_loss_png(series, f"{title}; loss per window", path)
 
     def dead(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
@@ -303,6 +340,10 @@ def run_localnet(options: LocalnetOptions, console: Console) -> int:
     window_s = hparams.blocks_per_window * options.block_time
     with _sigterm_as_interrupt():
         try:
+            # Here once, so that the neurons load the kernels from numba's cache instead of
+            # each compiling them inside its first gathers (core/warmup.py).
+            console.print("warming up the gather's CPU kernels ...", highlight=False)
+            console.print(warm([hparams.topk_params()]).describe(), highlight=False)
             with localnet_storage(options.storage, root, specs) as storage:
                 console.print(
                     f"[bold]localnet[/bold] in {root}: 1 validator, {options.miners} miners"
@@ -359,11 +400,10 @@ def _run(net: Network, options: LocalnetOptions, window_s: float, console: Conso
         codes = net.stop()
     rows = net.counted_rows()[: options.windows]
     console.print(render(rows))
-    console.print(summary(rows))
+    console.print(summary(rows, net.faulty()), highlight=False, soft_wrap=True)
     if rows:
-        png = root / "loss.png"
-        loss_curve_png([r["loss"] for r in rows], png)
-        console.print(f"loss curve: {png}")
+        png = net.chart(rows, options.plot.absolute())
+        console.print(f"loss chart: {png}", highlight=False, soft_wrap=True)
     out = {
         "columns": list(COLUMNS),
         "rows": rows,

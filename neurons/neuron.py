@@ -24,6 +24,7 @@ from core.compression import Compressed, TopKCompressor
 from core.exchange import Exchange, Fetched
 from core.gather import stream
 from core.janitor import sweep
+from core.warmup import warm_up
 from core.windows import TimeWindow, first_block, window_of
 from neurons import resume, sync
 from neurons.buckets import NeuronBuckets
@@ -133,6 +134,9 @@ class Neuron:
         self.uid = metagraph.uid(self.hotkey)
         if self.uid is None:
             raise NotRegistered(f"hotkey {self.hotkey} is not registered on this subnet")
+        # Compiling a kernel inside the first gathers would miss their deadlines; once
+        # compiled (make's install, the localnet) this is a load from numba's cache.
+        await asyncio.to_thread(warm_up, [self.compressor.params])
         if not self._committed:
             await self.chain.commit_bucket(self.buckets.gradients_read)
             self._committed = True
