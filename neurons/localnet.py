@@ -43,7 +43,7 @@ from neurons.localnet_storage import (
     neuron_environment,
 )
 from neurons.localnet_view import COLUMNS, line, render, summary, table_row
-from neurons.plot import neuron_series, save_loss_png
+from neurons.plot import Series, neuron_series, save_loss_png
 from neurons.warmup import warm
 
 VALIDATOR_HOTKEY = "validator-0"
@@ -263,7 +263,8 @@ class Network:
         """{uid: mode} of the miners that misbehave on purpose."""
         return {str(self.uid(s)): s.faulty for s in self.specs if s.faulty}
 
-    def chart(self, rows: list[dict[str, Any]], path: Path) -> Path:
+    def chart_lines(self, rows: list[dict[str, Any]]) -> tuple[list[Series], str]:
+        """The loss chart's lines over the counted windows (`rows`), and its title."""
         labels = {}
         for spec in self.specs:
             role = "eval loss" if spec.role == "validator" else "training loss"
@@ -277,9 +278,11 @@ class Network:
             dashed={s.name for s in self.specs if s.faulty},
         )
         miners = sum(s.role == "miner" and not s.faulty for s in self.specs)
-        faulty = [s.faulty for s in self.specs if s.faulty]
-        title = f"localnet: 1 validator, {miners} miners" + "".join(f" + {mode}" for mode in faulty)
-        return save_loss_png(series, f"{title}; loss per window", path)
+        faulty = "".join(f" + {s.faulty}" for s in self.specs if s.faulty)
+        return series, f"localnet: 1 validator, {miners} miners{faulty}; loss per window"
+
+    def chart(self, rows: list[dict[str, Any]], path: Path) -> Path:
+        return save_loss_png(*self.chart_lines(rows), path)
 
     def dead(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
