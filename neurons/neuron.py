@@ -104,6 +104,9 @@ class Neuron:
         self.task = TinyTask(hparams.seed, hparams.batch_size, settings.device)
         self.model = self.task.model()
         self.compressor = TopKCompressor(hparams.topk_params())
+        # Compiling a kernel inside the first gathers would miss their deadlines: done here,
+        # before any window, and once compiled (make's install, the localnet) a cache load.
+        warm_up([self.compressor.params])
         self.shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
         self.expected = Expected(
             version=hparams.version,
@@ -134,9 +137,6 @@ class Neuron:
         self.uid = metagraph.uid(self.hotkey)
         if self.uid is None:
             raise NotRegistered(f"hotkey {self.hotkey} is not registered on this subnet")
-        # Compiling a kernel inside the first gathers would miss their deadlines; once
-        # compiled (make's install, the localnet) this is a load from numba's cache.
-        await asyncio.to_thread(warm_up, [self.compressor.params])
         if not self._committed:
             await self.chain.commit_bucket(self.buckets.gradients_read)
             self._committed = True

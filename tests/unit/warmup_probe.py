@@ -1,5 +1,5 @@
 """Run in a fresh process by test_warmup.py: which kernel signatures do neurons compile that
-the warm-up did not? Prints a JSON object {"setup": ..., "windows": ..., "formats": ...},
+the warm-up did not? Prints a JSON object {"made": ..., "windows": ..., "formats": ...},
 each {kernel: [signatures compiled after the warm-up]} (empty when the warm-up covered all).
 
     python -m tests.unit.warmup_probe
@@ -91,14 +91,12 @@ async def run(neurons, windows: int = 3) -> None:
 async def main() -> dict[str, dict[str, list[str]]]:
     report = {}
     with tempfile.TemporaryDirectory() as state:
-        # A neuron's own setup warms its format: a warm-up after it compiles nothing more,
-        # and neither do its windows.
+        # A neuron warms its format as it is made: a warm-up after that compiles nothing
+        # more, and neither do its windows.
         hparams, neurons = network(hparams_from_mapping({}).quantization_bins, True, state)
-        for neuron in neurons:
-            await neuron.setup()
         before = signatures()
         warm_up([hparams.topk_params()])
-        report["setup"] = grown(before)
+        report["made"] = grown(before)
         await run(neurons)
         report["windows"] = grown(before)
         # The full warm-up (make's install) covers every format, decoded in worker threads
