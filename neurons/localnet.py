@@ -405,8 +405,11 @@ def _run(net: Network, options: LocalnetOptions, window_s: float, console: Conso
     console.print(render(rows))
     console.print(summary(rows, net.faulty()), highlight=False, soft_wrap=True)
     if rows:
-        png = net.chart(rows, options.plot.absolute())
-        console.print(f"loss chart: {png}", highlight=False, soft_wrap=True)
+        try:
+            png = net.chart(rows, options.plot.absolute())
+            console.print(f"loss chart: {png}", highlight=False, soft_wrap=True)
+        except OSError as exc:  # the run's results are still worth keeping below
+            console.print(f"[red]loss chart not written[/red]: {exc}")
     out = {
         "columns": list(COLUMNS),
         "rows": rows,
