@@ -277,6 +277,15 @@ app.add_typer(local_app, name="local")
 
 
 @app.command()
+def warmup() -> None:
+    """Compile the gather's CPU kernels into numba's cache (make's install runs this)."""
+    from neurons.warmup import warm  # torch and numba load here, not for `version`
+
+    console.print("compiling the gather's CPU kernels (numba; once, then cached) ...")
+    console.print(warm().describe(), highlight=False, soft_wrap=True)
+
+
+@app.command()
 def localnet(
     miners: Annotated[int, Opt(help="honest miners")] = 3,
     windows: Annotated[int, Opt(help="stop after this many validator windows")] = 30,
@@ -295,6 +304,9 @@ def localnet(
         Path | None, Opt("--dir", help="run directory (default: a new temp directory)")
     ] = None,
     json_out: Annotated[Path | None, Opt("--json", help="write the table as JSON here")] = None,
+    plot: Annotated[
+        Path, Opt("--plot", help="the loss chart (PNG): one line per neuron, by window")
+    ] = Path("loss.png"),
     hparams_file: HParamsFile = None,
     assignments: SetOption = None,
 ) -> None:
@@ -311,6 +323,7 @@ def localnet(
             storage=storage,
             directory=directory,
             json_out=json_out,
+            plot=plot,
             hparams_file=hparams_file,
             overrides=overrides,
         )

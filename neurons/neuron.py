@@ -25,6 +25,7 @@ from core.exchange import Exchange, Fetched
 from core.gather import stream
 from core.janitor import sweep
 from core.peers import get_start_window
+from core.warmup import warm_up
 from core.windows import TimeWindow, first_block, window_of
 from neurons import resume, sync
 from neurons.buckets import NeuronBuckets
@@ -104,6 +105,9 @@ class Neuron:
         self.task = TinyTask(hparams.seed, hparams.batch_size, settings.device)
         self.model = self.task.model()
         self.compressor = TopKCompressor(hparams.topk_params())
+        # Compiling a kernel inside the first gathers would miss their deadlines: done here,
+        # before any window, and once compiled (make's install, the localnet) a cache load.
+        warm_up([self.compressor.params])
         self.shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
         self.expected = Expected(
             version=hparams.version,
