@@ -9,12 +9,19 @@ parameter model at default hparams, ~0.7 MB each), it times:
   read back per peer with torch.load(weights_only=True), decompressed to dense, normalised
   and averaged - Templar's path (b).
 
-    python -m bench.gather [--quick] [--cold-only] [--out bench/results]
+    python -m bench.gather [--quick] [--cold-only | --clients] [--out bench/results]
 
 Peers are spread over 8 buckets (one client each), all with the same credentials. The cold-
 window case gives each of 256 peers a bucket and keys of its own, as on R2, and times a fresh
 opener's first window (a client built per bucket) against its second (clients cached), and
 against a cache of 0 (`--cold-only` runs that case alone, writing cold_window.json and .md).
+
+The clients case (`--clients` alone, writing clients.json and .md) compares the two S3
+clients, boto3 and obstore, as the network is: one bucket and key pair per peer, keys from
+`core.keys`. For N of 20, 64 and 256 peers it times, on fresh openers, the first (cold)
+window and the second (warm) one of: a raw GET of every payload with each client (nothing
+but the client's own calls, CONCURRENCY in flight) and the gather through each adapter; then
+a 64 MiB put_file and get_file through each adapter. Runs alternate and rotate their order.
 """
 
 from __future__ import annotations
@@ -27,22 +34,28 @@ import json
 import multiprocessing
 import secrets
 import statistics
+import tempfile
+import threading
 import time
 import tracemalloc
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 import boto3
+import obstore
 import psutil
 import torch
 
 from adapters.clock import SystemClock
+from adapters.storage import obstore_store
+from adapters.storage.obstore_store import ObstoreSettings, ObstoreStoreOpener
 from adapters.storage.s3 import S3Settings, S3StoreOpener, build_client
 from adapters.storage.seaweedfs import Identity, SeaweedServer, bucket_actions, weed_binary
 from bench.common import PeakRss, machine, stats
 from bench.compression import gradient, model_shapes
-from core import codec
+from core import codec, keys
 from core.codec import Expected, PayloadMeta
 from core.compression import Compressed, default_compressor
 from core.compression.buffers import BUFFERS
@@ -51,7 +64,7 @@ from core.fetch import FetchSettings
 from core.gather import GatherSettings, gather
 from core.keys import KeyKind
 from core.windows import TimeWindow
-from ports import Bucket
+from ports import Bucket, StoreOpener
 
 VERSION = "bench"
 WINDOW = 1
@@ -228,7 +241,7 @@ class Bench:
         }
 
 
-async def _gather(opener: S3StoreOpener, buckets: dict[int, Bucket], expected: Expected) -> None:
+async def _gather(opener: StoreOpener, buckets: dict[int, Bucket], expected: Expected) -> None:
     """One window's gather of every peer in `buckets` (peer 0's bucket is the neuron's own)."""
     clock = SystemClock()
     me = Exchange(opener.open(buckets[0]), opener, clock, VERSION)
@@ -323,10 +336,8 @@ async def _window_pair(
     return out
 
 
-async def cold_window_case(binary: str, peers: int, runs: int) -> dict[str, object]:
-    """A gather over `peers` buckets, each with keys of its own (every miner has its own R2
-    account): a fresh opener's first window (cold: a client per bucket) against its second
-    (warm: the cached clients), and the same with a cache of 0 (every window cold)."""
+def _peer_server(binary: str, peers: int) -> tuple[SeaweedServer, dict[int, Bucket]]:
+    """A started server with a bucket and a key pair of its own for each of `peers`."""
     names = [f"peer-{uid:03d}-{secrets.token_hex(4)}" for uid in range(peers)]
     identities = [
         Identity(
@@ -339,17 +350,25 @@ async def cold_window_case(binary: str, peers: int, runs: int) -> dict[str, obje
     ]
     server = SeaweedServer(binary, identities=identities, volumes=4 * peers)
     server.start()
+    buckets = {}
+    for uid, (name, ident) in enumerate(zip(names, identities, strict=True)):
+        server.create_bucket(name=name)
+        buckets[uid] = Bucket(
+            name,
+            "seaweedfs",
+            ident.access_key_id,
+            ident.secret_access_key,
+            endpoint=server.endpoint,
+        )
+    return server, buckets
+
+
+async def cold_window_case(binary: str, peers: int, runs: int) -> dict[str, object]:
+    """A gather over `peers` buckets, each with keys of its own (every miner has its own R2
+    account): a fresh opener's first window (cold: a client per bucket) against its second
+    (warm: the cached clients), and the same with a cache of 0 (every window cold)."""
+    server, buckets = _peer_server(binary, peers)
     try:
-        buckets = {}
-        for uid, (name, ident) in enumerate(zip(names, identities, strict=True)):
-            server.create_bucket(name=name)
-            buckets[uid] = Bucket(
-                name,
-                "seaweedfs",
-                ident.access_key_id,
-                ident.secret_access_key,
-                endpoint=server.endpoint,
-            )
         comp, shapes = default_compressor(), model_shapes()
         compressed = [comp.encode(gradient(shapes, "cpu", seed)) for seed in range(DISTINCT)]
         writer = S3StoreOpener(S3Settings(max_pool_connections=CONCURRENCY))
@@ -413,6 +432,240 @@ async def put_case(bench: Bench, repeats: int) -> dict[str, object]:
         "ratio_vs_raw": statistics.median(e) / statistics.median(r),
         "encode_and_put_ratio_vs_raw": statistics.median(c) / statistics.median(r),
     }
+
+
+# -- the two S3 clients ------------------------------------------------------------------------
+
+CLIENT_SIZES = (20, 64, 256)
+CLIENT_ROUNDS = 5
+LARGE_BYTES = 64 << 20
+
+
+class Boto3Raw:
+    """boto3 alone: a client per bucket, built on first use (one session, under a lock, as
+    boto3 wants), GETs on CONCURRENCY threads."""
+
+    def __init__(self) -> None:
+        self._session = boto3.session.Session()
+        self._settings = S3Settings(max_pool_connections=CONCURRENCY)
+        self._lock = threading.Lock()
+        self._clients: dict[str, object] = {}
+        self._pool = ThreadPoolExecutor(CONCURRENCY)
+
+    def _get(self, bucket: Bucket, key: str) -> int:
+        with self._lock:
+            client = self._clients.get(bucket.name)
+            if client is None:
+                client = build_client(self._session, bucket, self._settings)
+                self._clients[bucket.name] = client
+        return len(client.get_object(Bucket=bucket.name, Key=key)["Body"].read())
+
+    async def window(self, buckets: dict[int, Bucket]) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(
+                loop.run_in_executor(self._pool, self._get, b, keys.gradient(WINDOW, uid, VERSION))
+                for uid, b in buckets.items()
+            )
+        )
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._pool.shutdown()
+
+
+class ObstoreRaw:
+    """obstore alone: a client per bucket (built as the adapter builds it), GETs awaited on
+    the loop, CONCURRENCY in flight."""
+
+    def __init__(self) -> None:
+        self._settings = ObstoreSettings()
+        self._clients: dict[str, object] = {}
+
+    async def window(self, buckets: dict[int, Bucket]) -> None:
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(uid: int, bucket: Bucket) -> int:
+            async with gate:
+                client = self._clients.get(bucket.name)
+                if client is None:
+                    client = obstore_store.build_client(bucket, self._settings)
+                    self._clients[bucket.name] = client
+                resp = await obstore.get_async(client, keys.gradient(WINDOW, uid, VERSION))
+                return len(await resp.bytes_async())
+
+        await asyncio.gather(*(one(u, b) for u, b in buckets.items()))
+
+    def close(self) -> None:
+        self._clients.clear()
+
+
+class GatherRun:
+    """The gather through an adapter's opener."""
+
+    def __init__(self, make: Callable[[], StoreOpener], expected: Expected) -> None:
+        self._opener = make()
+        self._expected = expected
+
+    async def window(self, buckets: dict[int, Bucket]) -> None:
+        await _gather(self._opener, buckets, self._expected)
+
+    def close(self) -> None:
+        self._opener.close()  # type: ignore[attr-defined]
+
+
+async def _two_windows(make: Callable[[], object], buckets: dict[int, Bucket]) -> list[float]:
+    """A fresh client's first (cold) and second (warm) window over `buckets`, in seconds."""
+    runner = make()
+    try:
+        out = []
+        for _ in range(2):
+            start = time.perf_counter()
+            await runner.window(buckets)  # type: ignore[attr-defined]
+            out.append(time.perf_counter() - start)
+        return out
+    finally:
+        runner.close()  # type: ignore[attr-defined]
+
+
+async def _large_case(bucket: Bucket, rounds: int, workdir: Path) -> dict[str, object]:
+    """A 64 MiB put_file and get_file through each adapter, alternating."""
+    src = workdir / "large.bin"
+    src.write_bytes(secrets.token_bytes(LARGE_BYTES))
+    openers = {
+        "boto3": S3StoreOpener(S3Settings(max_pool_connections=CONCURRENCY)),
+        "obstore": ObstoreStoreOpener(),
+    }
+    times: dict[str, list[float]] = {f"{c}_{op}": [] for c in openers for op in ("put", "get")}
+    try:
+        for r in range(rounds + 1):  # the first round warms connections, untimed
+            for name in sorted(openers, reverse=bool(r % 2)):
+                store = openers[name].open(bucket)
+                start = time.perf_counter()
+                await store.put_file(f"large-{name}.bin", str(src))
+                put = time.perf_counter() - start
+                start = time.perf_counter()
+                await store.get_file(f"large-{name}.bin", str(workdir / f"out-{name}.bin"))
+                get = time.perf_counter() - start
+                if r:
+                    times[f"{name}_put"].append(put)
+                    times[f"{name}_get"].append(get)
+    finally:
+        for opener in openers.values():
+            opener.close()
+    return {"bytes": LARGE_BYTES, **{k: stats(v) for k, v in times.items()}}
+
+
+async def clients_case(binary: str, quick: bool) -> dict[str, object]:
+    """Raw GET and gather with each client, cold and warm, one bucket and key pair per peer."""
+    sizes = CLIENT_SIZES[:2] if quick else CLIENT_SIZES
+    rounds = 3 if quick else CLIENT_ROUNDS
+    server, buckets = _peer_server(binary, max(sizes))
+    try:
+        comp, shapes = default_compressor(), model_shapes()
+        compressed = [comp.encode(gradient(shapes, "cpu", seed)) for seed in range(DISTINCT)]
+        writer = ObstoreStoreOpener()
+        payload = b""
+        for uid, bucket in buckets.items():
+            payload = _payload(compressed[uid % DISTINCT], uid)
+            await writer.open(bucket).put(keys.gradient(WINDOW, uid, VERSION), payload)
+        writer.close()
+        expected = Expected(version=VERSION, codec=comp, shapes=shapes)
+        kinds: dict[str, Callable[[], object]] = {
+            "raw_boto3": Boto3Raw,
+            "raw_obstore": ObstoreRaw,
+            "gather_boto3": lambda: GatherRun(
+                lambda: S3StoreOpener(S3Settings(max_pool_connections=CONCURRENCY)), expected
+            ),
+            "gather_obstore": lambda: GatherRun(ObstoreStoreOpener, expected),
+        }
+        # Untimed: the sum buffers and per-model caches a neuron builds once per process.
+        await _two_windows(kinds["gather_obstore"], buckets)
+        await _two_windows(kinds["gather_boto3"], buckets)
+        times = {(k, n, w): [] for k in kinds for n in sizes for w in ("cold", "warm")}
+        rss: dict[tuple[str, int], list[int]] = {(k, n): [] for k in kinds for n in sizes}
+        order = list(kinds)
+        for r in range(rounds):
+            for n in sizes:
+                peers = {uid: buckets[uid] for uid in range(n)}
+                for kind in order[r % 4 :] + order[: r % 4]:  # rotate against drift
+                    with PeakRss() as peak:
+                        cold, warm = await _two_windows(kinds[kind], peers)
+                    times[(kind, n, "cold")].append(cold)
+                    times[(kind, n, "warm")].append(warm)
+                    rss[(kind, n)].append(peak.growth)
+        with tempfile.TemporaryDirectory() as tmp:
+            large_bucket = server.bucket(server.create_bucket("large"))
+            large = await _large_case(large_bucket, rounds, Path(tmp))
+    finally:
+        server.destroy()
+    rows = []
+    for n in sizes:
+        for w in ("cold", "warm"):
+            row: dict[str, object] = {"peers": n, "window": w}
+            for k in kinds:
+                row[k] = stats(times[(k, n, w)])
+            med = {k: row[k]["median_s"] for k in kinds}  # type: ignore[index]
+            row["gather_obstore_vs_raw_boto3"] = med["gather_obstore"] / med["raw_boto3"]
+            row["gather_obstore_vs_raw_obstore"] = med["gather_obstore"] / med["raw_obstore"]
+            row["gather_boto3_vs_raw_boto3"] = med["gather_boto3"] / med["raw_boto3"]
+            row["gather_obstore_vs_gather_boto3"] = med["gather_obstore"] / med["gather_boto3"]
+            row["raw_obstore_vs_raw_boto3"] = med["raw_obstore"] / med["raw_boto3"]
+            rows.append(row)
+    return {
+        "benchmark": "clients",
+        "machine": machine("cpu"),
+        "quick": quick,
+        "concurrency": CONCURRENCY,
+        "rounds": rounds,
+        "payload_bytes": len(payload),
+        "distinct_credentials": True,
+        "rows": rows,
+        "peak_rss_growth_bytes": {f"{k}_{n}": max(v) for (k, n), v in rss.items()},
+        "large": large,
+    }
+
+
+KINDS = ("raw_boto3", "raw_obstore", "gather_boto3", "gather_obstore")
+RATIOS = (
+    "gather_obstore_vs_raw_boto3",
+    "gather_obstore_vs_raw_obstore",
+    "gather_boto3_vs_raw_boto3",
+    "raw_obstore_vs_raw_boto3",
+)
+
+
+def clients_markdown(c: dict) -> str:
+    lines = [
+        f"S3 clients: boto3 against obstore, {c['payload_bytes']:,}-byte payloads, each peer "
+        f"with a bucket and key pair of its own, concurrency {c['concurrency']}; medians of "
+        f"{c['rounds']} rounds in rotating order (min in brackets), seconds. Cold: a fresh "
+        "client's first window (a client built per bucket); warm: its second.",
+        "",
+        "| peers | window | raw GET boto3 | raw GET obstore | gather boto3 | gather obstore "
+        "| gather obstore / raw boto3 | gather obstore / raw obstore | gather boto3 / raw boto3 "
+        "| raw obstore / raw boto3 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(s: dict) -> str:
+        return f"{s['median_s']:.3f} ({s['min_s']:.3f})"
+
+    for r in c["rows"]:
+        times = " | ".join(cell(r[k]) for k in KINDS)
+        ratios = " | ".join(f"{r[k]:.2f}x" for k in RATIOS)
+        lines.append(f"| {r['peers']} | {r['window']} | {times} | {ratios} |")
+    big = c["large"]
+    mib = big["bytes"] >> 20
+    lines += [
+        "",
+        f"{mib} MiB through each adapter (median of {big['boto3_put']['runs']}, seconds): "
+        f"put_file boto3 {big['boto3_put']['median_s']:.3f}, obstore "
+        f"{big['obstore_put']['median_s']:.3f}; get_file boto3 "
+        f"{big['boto3_get']['median_s']:.3f}, obstore {big['obstore_get']['median_s']:.3f}.",
+    ]
+    return "\n".join(lines)
 
 
 def _cold_size(quick: bool) -> tuple[int, int]:
@@ -553,9 +806,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--cold-only", action="store_true", help="only the cold-window case (cold_window.*)"
     )
+    parser.add_argument(
+        "--clients", action="store_true", help="only boto3 against obstore (clients.*)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.clients:
+        both = asyncio.run(clients_case(_weed(), args.quick))
+        (out / "clients.json").write_text(json.dumps(both, indent=2) + "\n")
+        (out / "clients.md").write_text(clients_markdown(both) + "\n")
+        print(clients_markdown(both))
+        return both
     if args.cold_only:
         cold = asyncio.run(cold_window_case(_weed(), *_cold_size(args.quick)))
         cold["machine"] = machine("cpu")

@@ -113,7 +113,8 @@ async def sweep(
         await store.delete(files)
     deleted = tuple(manifests + files)
     if deleted:
-        log.info("janitor: deleted %d stale objects from %s", len(deleted), store.name)
+        # DEBUG: a neuron's per-window INFO line carries the count (`cleaned`).
+        log.debug("janitor: deleted %d stale objects from %s", len(deleted), store.name)
     return Sweep(store.name, deleted, tuple(sorted(kept)), more)
 
 

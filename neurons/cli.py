@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 import os
+import sys
+import traceback
+import typing
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
+from typer.models import OptionInfo
 
-from neurons.config import ConfigError, load_hparams, load_settings, parse_assignment
+from neurons.config import (
+    ENV_PREFIX,
+    SETTINGS_FIELDS,
+    ConfigError,
+    load_hparams,
+    load_settings,
+    parse_assignment,
+)
+from neurons.local_tools import local_app
+from neurons.logs import setup_logging
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -32,12 +46,27 @@ SetOption = Annotated[
 Opt = typer.Option
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
+def _setup_logging(level: str, fmt: str = "text", vendor_level: str = "WARNING") -> None:
+    try:
+        setup_logging(level, fmt=fmt, vendor_level=vendor_level)
+    except ValueError as exc:
+        err_console.print(f"[red]configuration error[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _config_error(exc: ConfigError, log_level: str) -> NoReturn:
+    """One line on stderr, exit 2: what is wrong and what to do (neurons/preflight.py). The
+    traceback is for whoever asked for DEBUG; an operator needs the line."""
+    if log_level.upper() == "DEBUG":
+        traceback.print_exception(exc, file=sys.stderr)
+    # Plain print: a rich console wraps at its width, and the line must stay one line.
+    print(f"error: {exc}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+def _count(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"--{name}", f"must be at least 1, got {value}")
 
 
 def _neuron(
@@ -47,18 +76,27 @@ def _neuron(
     flags: dict,
     max_windows: int | None,
     threads: int | None,
+    log_level: str = "WARNING",
 ) -> None:
     from neurons.runner import run_neuron  # torch loads here, not for `version`
 
     try:
+        _count("windows", max_windows)
+        _count("threads", threads)
         overrides = dict(parse_assignment(a) for a in assignments or [])
         hparams = load_hparams(hparams_file, overrides)
         settings = load_settings(os.environ, flags)
-        done = run_neuron(role, hparams, settings, max_windows=max_windows, threads=threads)
+        done = run_neuron(
+            role,
+            hparams,
+            settings,
+            max_windows=max_windows,
+            threads=threads,
+            explicit=set(flags),
+        )
     except ConfigError as exc:
-        err_console.print(f"[red]configuration error[/red] {exc}")
-        raise typer.Exit(2) from None
-    err_console.print(f"{role}: stopped after {done} windows")
+        _config_error(exc, log_level)
+    logging.getLogger("neurons.cli").info("%s: stopped after %d windows", role, done)
 
 
 def _flags(**values) -> dict:
@@ -69,6 +107,81 @@ def _flags(**values) -> dict:
 def version() -> None:
     """Print the installed version."""
     console.print(metadata.version("templar-comms"))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(metadata.version("templar-comms"))
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        Opt(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="print the installed version and exit",
+        ),
+    ] = False,
+) -> None:
+    """templar-comms: gradients, peers and checkpoints for decentralised training."""
+
+
+# What --help shows as the default of a setting whose default is empty.
+_EMPTY_DEFAULTS = {
+    "hotkey": "the wallet's",
+    "s3_endpoint": "R2's",
+    "events": "none",
+    "faulty": "honest",
+}
+# Options that are not settings, with what their default means.
+_OTHER_DEFAULTS = {
+    "hparams": "built-in",
+    "set": "none",
+    "windows": "no limit",
+    "threads": "torch's",
+}
+# Options that only one role has.
+_ROLE_ONLY = {"faulty": "miner"}
+
+
+def _conventions(command, role: str):
+    """`command` with the options its role has, each showing its default and TEMPLAR_* name.
+
+    The options are declared once for both roles; this drops the ones the other role has
+    alone and fills in the help from the settings' own defaults, so the help cannot drift
+    from `NeuronSettings`. A TEMPLAR_* variable is read by the option itself, so a value set
+    there counts as given (the fake chain's block-time check needs to know).
+    """
+    signature = inspect.signature(command, eval_str=True)
+    params = []
+    for param in signature.parameters.values():
+        if _ROLE_ONLY.get(param.name, role) != role:
+            continue
+        base, *extras = typing.get_args(param.annotation)
+        infos = [copy.copy(e) if isinstance(e, OptionInfo) else e for e in extras]
+        for info in infos:
+            if not isinstance(info, OptionInfo):
+                continue
+            # Named after the flag (--set: TEMPLAR_SET), as the settings' variables are. In
+            # Annotated, typer takes Option's first positional (its `default`) as the flag.
+            decls = [d for d in (info.default, *(info.param_decls or ())) if isinstance(d, str)]
+            flag = next((d for d in decls if d.startswith("--")), param.name).lstrip("-")
+            name = flag.replace("-", "_")
+            info.envvar = info.envvar or ENV_PREFIX + name.upper()
+            info.show_envvar = True
+            field = SETTINGS_FIELDS.get(param.name)
+            if field is not None:
+                shown = field.default if field.default != "" else _EMPTY_DEFAULTS.get(param.name)
+                info.show_default = str(shown)
+            elif name in _OTHER_DEFAULTS:
+                info.show_default = _OTHER_DEFAULTS[name]
+        params.append(param.replace(annotation=Annotated[(base, *infos)]))
+    command.__signature__ = signature.replace(parameters=params)
+    return command
 
 
 def _neuron_command(role: str):
@@ -87,6 +200,7 @@ def _neuron_command(role: str):
         s3_client_cache_size: Annotated[
             int | None, Opt(help="idle S3 clients kept for the next window")
         ] = None,
+        storage_client: Annotated[str | None, Opt(help="S3 client: boto3 | obstore")] = None,
         chain: Annotated[str | None, Opt(help="bittensor | fake | memory")] = None,
         chain_path: Annotated[str | None, Opt(help="the fake chain's file")] = None,
         block_time: Annotated[float | None, Opt(help="fake chain block time (s)")] = None,
@@ -97,6 +211,7 @@ def _neuron_command(role: str):
         network: Annotated[str | None, Opt(help="bittensor network")] = None,
         wallet_name: Annotated[str | None, Opt(help="bittensor wallet name")] = None,
         wallet_hotkey: Annotated[str | None, Opt(help="bittensor wallet hotkey")] = None,
+        wallet_path: Annotated[str | None, Opt(help="where bittensor wallets live")] = None,
         hotkey: Annotated[str | None, Opt(help="hotkey (required on fake chains)")] = None,
         device: Annotated[str | None, Opt(help="torch device")] = None,
         state_dir: Annotated[str | None, Opt(help="where to keep resume state")] = None,
@@ -112,9 +227,18 @@ def _neuron_command(role: str):
         ] = None,
         windows: Annotated[int | None, Opt(help="stop after this many windows")] = None,
         threads: Annotated[int | None, Opt(help="torch CPU threads")] = None,
-        log_level: Annotated[str, Opt(help="logging level")] = "WARNING",
+        log_level: Annotated[
+            str, Opt(help="this project's logging level (INFO: a line per window)")
+        ] = "INFO",
+        log_format: Annotated[str, Opt(help="text | json (one object per line)")] = "text",
+        vendor_log_level: Annotated[
+            str, Opt(help="level of boto3, botocore, bittensor... (whatever --log-level)")
+        ] = "WARNING",
+        metrics_port: Annotated[
+            int | None, Opt(help="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
+        ] = None,
     ) -> None:
-        _setup_logging(log_level)
+        _setup_logging(log_level, log_format, vendor_log_level)
         flags = _flags(
             storage=storage,
             storage_root=storage_root,
@@ -122,6 +246,7 @@ def _neuron_command(role: str):
             s3_endpoint=s3_endpoint,
             s3_request_checksum_calculation=s3_request_checksum_calculation,
             s3_client_cache_size=s3_client_cache_size,
+            storage_client=storage_client,
             chain=chain,
             chain_path=chain_path,
             block_time=block_time,
@@ -130,6 +255,7 @@ def _neuron_command(role: str):
             network=network,
             wallet_name=wallet_name,
             wallet_hotkey=wallet_hotkey,
+            wallet_path=wallet_path,
             hotkey=hotkey,
             device=device,
             state_dir=state_dir,
@@ -137,15 +263,26 @@ def _neuron_command(role: str):
             block_poll_interval=block_poll_interval,
             clock_check_windows=clock_check_windows,
             faulty=faulty,
+            metrics_port=metrics_port,
         )
-        _neuron(role, hparams_file, assignments, flags, windows, threads)
+        _neuron(role, hparams_file, assignments, flags, windows, threads, log_level)
 
     command.__doc__ = f"Run a {role} (settings: flags > TEMPLAR_* env > defaults)."
-    return command
+    return _conventions(command, role)
 
 
 app.command("miner")(_neuron_command("miner"))
 app.command("validator")(_neuron_command("validator"))
+app.add_typer(local_app, name="local")
+
+
+@app.command()
+def warmup() -> None:
+    """Compile the gather's CPU kernels into numba's cache (make's install runs this)."""
+    from neurons.warmup import warm  # torch and numba load here, not for `version`
+
+    console.print("compiling the gather's CPU kernels (numba; once, then cached) ...")
+    console.print(warm().describe(), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -167,6 +304,9 @@ def localnet(
         Path | None, Opt("--dir", help="run directory (default: a new temp directory)")
     ] = None,
     json_out: Annotated[Path | None, Opt("--json", help="write the table as JSON here")] = None,
+    plot: Annotated[
+        Path, Opt("--plot", help="the loss chart (PNG): one line per neuron, by window")
+    ] = Path("loss.png"),
     hparams_file: HParamsFile = None,
     assignments: SetOption = None,
 ) -> None:
@@ -183,6 +323,7 @@ def localnet(
             storage=storage,
             directory=directory,
             json_out=json_out,
+            plot=plot,
             hparams_file=hparams_file,
             overrides=overrides,
         )

@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from adapters.storage.obstore_store import check_endpoint
 from adapters.storage.r2_env import MissingEnv, RoleBuckets, buckets_from_env
 from core.aggregate import Normalisation
 from core.compression import TopKParams
@@ -382,6 +383,19 @@ def _direct_bytes(_inst: object, _attr: object, value: int) -> None:
         raise ValueError(f"storage_direct_bytes must be 0 or a multiple of 4096, not {value}")
 
 
+STORAGE_CLIENTS = ("boto3", "obstore")
+
+
+def _storage_client(inst: NeuronSettings, _attr: object, value: str) -> None:
+    if value not in STORAGE_CLIENTS:
+        raise ValueError(f"'storage_client' must be one of {STORAGE_CLIENTS}, not {value!r}")
+    if value == "obstore" and inst.s3_endpoint:
+        try:
+            check_endpoint(inst.s3_endpoint)
+        except ValueError as exc:
+            raise ValueError(f"'s3_endpoint' cannot be used by obstore: {exc}") from None
+
+
 CHAIN_CHOICES = ("bittensor", "fake", "memory")
 # late: uploads after the time window; garbage: random bytes; silent: uploads nothing;
 # copier: re-uploads another miner's gradient of the window as its own (neurons/copier.py).
@@ -407,6 +421,8 @@ class NeuronSettings:
     )
     # Idle S3 clients (one per peer bucket and credentials) kept for the next window.
     s3_client_cache_size: int = attrs.field(default=256, validator=attrs.validators.ge(0))
+    # The S3 client under the r2 storage: boto3 or obstore (docs/storage.md#the-obstore-client).
+    storage_client: str = attrs.field(default="obstore", validator=_storage_client)
     chain: str = attrs.field(default="bittensor", validator=attrs.validators.in_(CHAIN_CHOICES))
     # The fake chain's shared file.
     chain_path: str = "./templar-chain.json"
@@ -418,6 +434,8 @@ class NeuronSettings:
     network: str = "finney"
     wallet_name: str = "default"
     wallet_hotkey: str = "default"
+    # Where bittensor wallets live (btcli's --wallet.path).
+    wallet_path: str = "~/.bittensor/wallets"
     # Hotkey (SS58 or any name on the fake chain); empty: the wallet's.
     hotkey: str = ""
     device: str = "cpu"
@@ -432,6 +450,11 @@ class NeuronSettings:
     clock_check_windows: int = attrs.field(default=50, validator=attrs.validators.gt(0))
     # Test and demo behaviour of a miner: one of FAULTY_MODES (empty: honest).
     faulty: str = attrs.field(default="", validator=attrs.validators.in_(("", *FAULTY_MODES)))
+    # Prometheus metrics on 127.0.0.1:<port> (neurons/metrics.py); 0: none.
+    metrics_port: int = attrs.field(
+        default=0,
+        validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535)),
+    )
 
 
 SETTINGS_FIELDS: dict[str, attrs.Attribute] = {f.name: f for f in attrs.fields(NeuronSettings)}
@@ -470,12 +493,23 @@ def _safe_message(exc: Exception) -> str:
     return str(exc.args[0]) if exc.args else str(exc)
 
 
-def r2_buckets(env: Mapping[str, str], roles: tuple[str, ...]) -> dict[str, RoleBuckets]:
-    """The R2 buckets for `roles` from the environment, as a ConfigError naming what is missing."""
+def r2_buckets(
+    env: Mapping[str, str],
+    roles: tuple[str, ...],
+    *,
+    writable: tuple[str, ...] = (),
+    neuron: str = "neuron",
+) -> dict[str, RoleBuckets]:
+    """The R2 buckets for `roles` (with write keys for `writable`) from the environment, as a
+    ConfigError naming every missing variable at once, so one run tells the whole list."""
     try:
-        return buckets_from_env(env, roles)
+        return buckets_from_env(env, roles, writable=writable)
     except MissingEnv as exc:
-        raise ConfigError("environment", str(exc)) from None
+        raise ConfigError(
+            "environment",
+            f"a {neuron} on R2 needs {', '.join(exc.names)}: export them (docs/configuration.md, "
+            '"R2 variables") or run on --storage local',
+        ) from None
 
 
 def describe(hparams: HParams, settings: NeuronSettings) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from adapters.scratch import TempScratch
 from adapters.signing import DevKeyVerifier, Sr25519Signer, Sr25519Verifier, dev_signer
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
+from adapters.storage.obstore_store import ObstoreSettings, ObstoreStoreOpener
 from adapters.storage.s3 import S3StoreOpener
 from adapters.storage.s3_client import S3Settings
 from neurons.buckets import NeuronBuckets, local_buckets, r2_neuron_buckets
@@ -48,27 +49,34 @@ class EndpointOpener:
             close()
 
 
-def _s3_opener(endpoint: str, concurrency: int, checksums: str, cache_size: int) -> StoreOpener:
-    settings = S3Settings(
-        max_pool_connections=max(concurrency, 10),
-        request_checksum_calculation=checksums,
-        client_cache_size=cache_size,
-    )
-    opener = S3StoreOpener(settings)
+def _s3_opener(
+    endpoint: str, concurrency: int, checksums: str, cache_size: int, client: str = "boto3"
+) -> StoreOpener:
+    opener: StoreOpener
+    if client == "obstore":
+        opener = ObstoreStoreOpener(ObstoreSettings(client_cache_size=cache_size))
+    else:
+        settings = S3Settings(
+            max_pool_connections=max(concurrency, 10),
+            request_checksum_calculation=checksums,
+            client_cache_size=cache_size,
+        )
+        opener = S3StoreOpener(settings)
     return EndpointOpener(opener, endpoint) if endpoint else opener
 
 
-def _wallet(wallet_name: str, wallet_hotkey: str) -> Any:
+def _wallet(wallet_name: str, wallet_hotkey: str, wallet_path: str) -> Any:
     # bittensor is an optional extra: imported only when a real chain is asked for.
     import bittensor as bt
 
-    return bt.Wallet(name=wallet_name, hotkey=wallet_hotkey)
+    return bt.Wallet(name=wallet_name, hotkey=wallet_hotkey, path=os.path.expanduser(wallet_path))
 
 
-def _bittensor_chain(netuid: int, network: str, wallet: Any) -> Chain:
+def _bittensor_chain(netuid: int, network: str, wallet: Any, clock: Clock) -> Chain:
     from adapters.chain.bittensor import BittensorChain
 
-    return BittensorChain(netuid=netuid, wallet=wallet, network=network)
+    # Retries back off on the injected clock, so tests of an unreachable chain never wait.
+    return BittensorChain(netuid=netuid, wallet=wallet, network=network, clock=clock)
 
 
 def _memory_chain(network: FakeNetwork, hotkey: str) -> Chain:
@@ -82,7 +90,11 @@ def _buckets(
         # Miners read the aggregator bucket (for catch-up) when it is configured.
         wanted = validator or bool(env.get("R2_AGGREGATOR_ACCOUNT_ID"))
         roles = ("gradients", "aggregator") if wanted else ("gradients",)
-        return r2_neuron_buckets(r2_buckets(env, roles), endpoint)
+        # A validator publishes aggregates, so it needs the aggregator's write key too.
+        writable = roles if validator else ("gradients",)
+        neuron = "validator" if validator else "miner"
+        found = r2_buckets(env, roles, writable=writable, neuron=neuron)
+        return r2_neuron_buckets(found, endpoint)
     return local_buckets(hotkey, with_aggregator=validator)
 
 
@@ -100,6 +112,7 @@ class Container(containers.DeclarativeContainer):
             config.gather_concurrency,
             config.s3_request_checksum_calculation,
             config.s3_client_cache_size,
+            config.storage_client,
         ),
         local=providers.Singleton(
             LocalStoreOpener,
@@ -125,10 +138,14 @@ class Container(containers.DeclarativeContainer):
         block_time=config.block_time,
         finality_lag=config.finality_lag,
     )
-    wallet = providers.Singleton(_wallet, config.wallet_name, config.wallet_hotkey)
+    wallet = providers.Singleton(
+        _wallet, config.wallet_name, config.wallet_hotkey, config.wallet_path
+    )
     chain: providers.Provider[Chain] = providers.Selector(
         config.chain,
-        bittensor=providers.Singleton(_bittensor_chain, config.netuid, config.network, wallet),
+        bittensor=providers.Singleton(
+            _bittensor_chain, config.netuid, config.network, wallet, clock
+        ),
         fake=providers.Singleton(
             FileChain,
             config.chain_path,

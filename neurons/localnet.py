@@ -43,7 +43,8 @@ from neurons.localnet_storage import (
     neuron_environment,
 )
 from neurons.localnet_view import COLUMNS, line, render, summary, table_row
-from neurons.plot import loss_curve_png
+from neurons.plot import Series, neuron_series, save_loss_png
+from neurons.warmup import warm
 
 VALIDATOR_HOTKEY = "validator-0"
 
@@ -58,6 +59,8 @@ class LocalnetOptions:
     storage: str = attrs.field(default="local", validator=attrs.validators.in_(STORAGE_CHOICES))
     directory: Path | None = None
     json_out: Path | None = None
+    # The loss chart; a relative path is taken from the current directory.
+    plot: Path = Path("loss.png")
     hparams_file: Path | None = None
     overrides: Mapping[str, Any] = attrs.Factory(dict)
     # Give up if the network has not finished this long after the planned end.
@@ -172,6 +175,7 @@ def command(root: Path, spec: Spec, block_time: float, storage: LocalnetStorage)
         "--events", str(root / "events" / f"{spec.name}.jsonl"),
         "--block-poll-interval", "0.05",
         "--threads", "1",
+        "--log-level", "INFO",  # logs/<name>.log: a line per window
     ]  # fmt: skip
     if spec.faulty:
         args += ["--faulty", spec.faulty]
@@ -211,6 +215,9 @@ class Network:
         self.first_window: dict[str, int] = {}
         self.last_window: dict[str, int] = {}
         self.validator_rows: list[dict[str, Any]] = []
+        self.uids: dict[str, int] = {}
+        # Per neuron, window -> loss: the validator's held-out loss, a miner's training loss.
+        self.losses: dict[str, dict[int, float]] = {s.name: {} for s in specs}
 
     def start(self) -> None:
         (self.root / "logs").mkdir(exist_ok=True)
@@ -228,10 +235,15 @@ class Network:
     def poll(self) -> None:
         for name, tail in self.tails.items():
             for event in tail.read():
+                if event.get("event") == "ready":
+                    self.uids[name] = event["uid"]
                 if event.get("event") != "window":
                     continue
                 self.first_window.setdefault(name, event["window"])
                 self.last_window[name] = event["window"]
+                loss = event.get("loss", event.get("train_loss"))
+                if isinstance(loss, int | float):
+                    self.losses[name][event["window"]] = float(loss)
                 if event["role"] == "validator":
                     self.validator_rows.append(event)
 
@@ -243,6 +255,35 @@ class Network:
             return []
         start = max(self.first_window[m] for m in miners)
         return [table_row(r) for r in self.validator_rows if r["window"] >= start]
+
+    def uid(self, spec: Spec) -> int:
+        """A neuron's uid: as it reported it, else its registration order (prepare's)."""
+        return self.uids.get(spec.name, self.specs.index(spec))
+
+    def faulty(self) -> dict[str, str]:
+        """{uid: mode} of the miners that misbehave on purpose."""
+        return {str(self.uid(s)): s.faulty for s in self.specs if s.faulty}
+
+    def chart_lines(self, rows: list[dict[str, Any]]) -> tuple[list[Series], str]:
+        """The loss chart's lines over the counted windows (`rows`), and its title."""
+        labels = {}
+        for spec in self.specs:
+            role = "eval loss" if spec.role == "validator" else "training loss"
+            tag = f", faulty: {spec.faulty}" if spec.faulty else ""
+            labels[spec.name] = f"{spec.name} (uid {self.uid(spec)}, {role}{tag})"
+        series = neuron_series(
+            self.losses,
+            [r["window"] for r in rows],
+            labels,
+            primary=VALIDATOR_HOTKEY,
+            dashed={s.name for s in self.specs if s.faulty},
+        )
+        miners = sum(s.role == "miner" and not s.faulty for s in self.specs)
+        faulty = "".join(f" + {s.faulty}" for s in self.specs if s.faulty)
+        return series, f"localnet: 1 validator, {miners} miners{faulty}; loss per window"
+
+    def chart(self, rows: list[dict[str, Any]], path: Path) -> Path:
+        return save_loss_png(*self.chart_lines(rows), path)
 
     def dead(self) -> list[str]:
         return [n for n, p in self.procs.items() if p.poll() is not None]
@@ -303,6 +344,10 @@ def run_localnet(options: LocalnetOptions, console: Console) -> int:
     window_s = hparams.blocks_per_window * options.block_time
     with _sigterm_as_interrupt():
         try:
+            # Here once, so that the neurons load the kernels from numba's cache instead of
+            # each compiling them inside its first gathers (core/warmup.py).
+            console.print("warming up the gather's CPU kernels ...", highlight=False)
+            console.print(warm([hparams.topk_params()]).describe(), highlight=False)
             with localnet_storage(options.storage, root, specs) as storage:
                 console.print(
                     f"[bold]localnet[/bold] in {root}: 1 validator, {options.miners} miners"
@@ -359,11 +404,13 @@ def _run(net: Network, options: LocalnetOptions, window_s: float, console: Conso
         codes = net.stop()
     rows = net.counted_rows()[: options.windows]
     console.print(render(rows))
-    console.print(summary(rows))
+    console.print(summary(rows, net.faulty()), highlight=False, soft_wrap=True)
     if rows:
-        png = root / "loss.png"
-        loss_curve_png([r["loss"] for r in rows], png)
-        console.print(f"loss curve: {png}")
+        try:
+            png = net.chart(rows, options.plot.absolute())
+            console.print(f"loss chart: {png}", highlight=False, soft_wrap=True)
+        except OSError as exc:  # the run's results are still worth keeping below
+            console.print(f"[red]loss chart not written[/red]: {exc}")
     out = {
         "columns": list(COLUMNS),
         "rows": rows,

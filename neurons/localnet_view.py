@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,6 +33,7 @@ def table_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "success_rate": row["success_rate"],
         "skipped": dict(row["skipped"]),
         "scores": dict(row.get("scores", {})),
+        "aggregated": list(row.get("aggregated", [])),
     }
 
 
@@ -64,15 +67,40 @@ def line(r: Mapping[str, Any]) -> str:
     )
 
 
-def summary(rows: Sequence[Mapping[str, Any]]) -> str:
+def summary(rows: Sequence[Mapping[str, Any]], faulty: Mapping[str, str] | None = None) -> str:
+    """The run in a line; with `faulty` ({uid: mode} of the miners that misbehave on
+    purpose) a second one says how each was treated, and how often honest ones were used."""
     if not rows:
         return "no windows completed"
+    faulty = faulty or {}
     first, last = rows[0]["loss"], rows[-1]["loss"]
     change = (last - first) / first if first else 0.0
     scores = rows[-1].get("scores", {})
-    ranked = ", ".join(f"{u}={s:+.3f}" for u, s in sorted(scores.items(), key=lambda kv: -kv[1]))
-    return (
+    ranked = ", ".join(
+        f"{u}={s:+.3f}" + (f" (faulty: {faulty[u]})" if u in faulty else "")
+        for u, s in sorted(scores.items(), key=lambda kv: -kv[1])
+    )
+    text = (
         f"{len(rows)} windows: loss {first:.4f} -> {last:.4f} ({change:+.0%}); "
         f"mean gather {sum(r['gather_s'] for r in rows) / len(rows):.2f} s; "
         f"scores {ranked or '-'}"
     )
+    if not faulty:
+        return text
+    n = len(rows)
+    parts = []
+    for uid, mode in sorted(faulty.items(), key=lambda kv: int(kv[0])):
+        reasons = Counter(_reason_kind(r["skipped"][uid]) for r in rows if uid in r["skipped"])
+        skipped = sum(reasons.values())
+        why = ", ".join(f"{reason} x{count}" for reason, count in reasons.most_common())
+        parts.append(f"uid {uid} ({mode}) skipped in {skipped}/{n} windows ({why or '-'})")
+    honest = sorted({u for r in rows for u in r.get("scores", {})} - set(faulty), key=int)
+    used = ", ".join(
+        f"{u} in {sum(int(u) in r.get('aggregated', ()) for r in rows)}/{n}" for u in honest
+    )
+    return f"{text}\nfaulty miners: {'; '.join(parts)}; honest miners aggregated: {used or '-'}"
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip reason's status and slug, the uid a copy copied left out ("copy: copy_of_<uid>")."""
+    return re.sub(r"copy_of_\d+", "copy_of_<uid>", short_reason(reason))

@@ -64,7 +64,9 @@ class Miner(Neuron):
         fed = compress_with_feedback(self.compressor, grads, self.error, decay=hp.momentum_decay)
         self.error = fed.residual
         data = self.encode(fed.compressed, window)
+        upload_started = self.clock.monotonic()
         upload = await self._upload(data, window)
+        upload_seconds = self.clock.monotonic() - upload_started
 
         metagraph, commitments = await self.peers_view()
         peer_list = await get_peer_list(
@@ -102,6 +104,7 @@ class Miner(Neuron):
             "train_loss": loss,
             "upload": upload,
             "upload_bytes": len(data),
+            "upload_seconds": upload_seconds,
             "peers": peers,
             "peer_list": peer_list is not None,
             "gathered": list(result.uids),

@@ -24,6 +24,8 @@ from core.compression import Compressed, TopKCompressor
 from core.exchange import Exchange, Fetched
 from core.gather import stream
 from core.janitor import sweep
+from core.peers import get_start_window
+from core.warmup import warm_up
 from core.windows import TimeWindow, first_block, window_of
 from neurons import resume, sync
 from neurons.buckets import NeuronBuckets
@@ -105,6 +107,11 @@ class Neuron:
         self.compressor = TopKCompressor(
             hparams.topk_params(), transition_until=hparams.index_code_transition_until
         )
+        # Compiling a kernel inside the first gathers would miss their deadlines: done here,
+        # before any window, and once compiled (make's install, the localnet) a cache load.
+        # During an index-code transition the other code's payloads are gathered too.
+        older = self.compressor.transition()
+        warm_up([self.compressor.params] + ([older[0].params] if older else []))
         self.shapes = {n: tuple(p.shape) for n, p in self.model.named_parameters()}
         self.expected = Expected(
             version=hparams.version,
@@ -120,6 +127,8 @@ class Neuron:
         self.finality_lag = 0
         self.failed_windows = 0
         self._time_window: tuple[int, TimeWindow] | None = None
+        # The network's first window, as the highest-stake validator published it.
+        self.start_window: int | None = None
         self._windows_since_clock_check = 0
 
     # Identity and chain --------------------------------------------------------------
@@ -227,6 +236,37 @@ class Neuron:
                 self.hparams.time_window_delta_seconds,
             )
 
+    async def wait_for_start_window(self, stop: asyncio.Event) -> int | None:
+        """The network's start window, once a validator has published it (None if stopped).
+
+        Read, never set, by miners; the highest-stake validator posts it (`Validator`).
+        """
+        logged = False
+        while not stop.is_set():
+            found = await self._read_start_window()
+            if found is not None:
+                self.start_window = found
+                return found
+            if not logged:
+                log.info("%s: waiting for a validator to publish the start window", self.role)
+                logged = True
+            await self._sleep(self.settings.block_poll_interval, stop)
+        return None
+
+    async def _read_start_window(self) -> int | None:
+        try:
+            metagraph, commitments = await self.peers_view()
+        except ChainError as exc:
+            log.warning("%s: cannot read the metagraph: %s", self.role, exc)
+            return None
+        return await get_start_window(
+            self.opener,
+            metagraph,
+            commitments,
+            self.hparams.version,
+            not_after=await self.current_window() + 1,
+        )
+
     async def current_window(self) -> int:
         return window_of(await self.chain.current_block(), self.hparams.blocks_per_window)
 
@@ -281,6 +321,8 @@ class Neuron:
         way through would upload too late for its time window.
         """
         target = None if self.last_window is None else self.last_window + 1
+        if self.start_window is not None and target is not None:
+            target = max(target, self.start_window)
         while not stop.is_set():
             try:
                 now = await self.current_window()
@@ -289,7 +331,7 @@ class Neuron:
                 await self._sleep(self.settings.block_poll_interval, stop)
                 continue
             if target is None:
-                target = now + 1
+                target = max(now + 1, self.start_window or 0)
             if now >= target:
                 return now
             await self._sleep(self.settings.block_poll_interval, stop)
@@ -339,6 +381,9 @@ class Neuron:
         kill tears nothing either; it only loses the window in progress).
         """
         await self.setup()
+        if await self.wait_for_start_window(stop) is None:
+            await self.close()
+            return 0
         if self.on_row is not None:
             self.on_row({"event": "ready", "role": self.role, "uid": self.uid})
         done = 0
@@ -356,7 +401,8 @@ class Neuron:
                 self.last_window = window
                 self.save_resume(window)
                 if self.on_row is not None:
-                    self.on_row({"event": "window", **row})
+                    lag = await self._window_lag(window)
+                    self.on_row({"event": "window", **row, "window_lag": lag})
                 done += 1
                 await self._recheck_time()
         finally:
@@ -383,6 +429,14 @@ class Neuron:
                     "failed_windows": self.failed_windows,
                 }
             )
+
+    async def _window_lag(self, window: int) -> int | None:
+        """How many windows the chain is past the one just finished (0: on time); None when
+        the chain cannot say. Reported, never fatal: the window's work is done."""
+        try:
+            return await self.current_window() - window
+        except ChainError:
+            return None
 
     async def _recheck_time(self) -> None:
         self._windows_since_clock_check += 1

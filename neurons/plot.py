@@ -1,70 +1,89 @@
-"""A loss curve as a PNG, without a plotting library: a small raster and zlib.
+"""The localnet's loss chart: one line per neuron over the windows, as a PNG (matplotlib).
 
-Good enough to see a curve go down; the numbers are in the table and the JSON.
+The figure is drawn on matplotlib's Agg canvas directly, never through pyplot, so that no
+global backend is chosen and nothing needs a display.
 """
 
 from __future__ import annotations
 
 import math
-import struct
-import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-_W, _H, _PAD = 480, 270, 24
-_BG, _AXIS, _GRID, _LINE = (255, 255, 255), (60, 60, 60), (225, 225, 225), (200, 40, 40)
+import attrs
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _png(pixels: list[bytearray]) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + bytes(row) for row in pixels)
-    header = struct.pack(">IIBBBBB", _W, _H, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
+WIDTH_IN, HEIGHT_IN, DPI = 10.0, 5.6, 120  # 1200 x 672 pixels
 
 
-def loss_curve_png(values: Sequence[float], path: Path) -> None:
-    """Plot `values` (one per window) left to right, scaled to fill the frame."""
-    pixels = [bytearray(_BG * _W) for _ in range(_H)]
+@attrs.frozen
+class Series:
+    """One neuron's line: its label and (window, loss) points."""
 
-    def put(x: int, y: int, colour: tuple[int, int, int]) -> None:
-        if 0 <= x < _W and 0 <= y < _H:
-            pixels[y][3 * x : 3 * x + 3] = bytes(colour)
+    label: str
+    points: Sequence[tuple[int, float]]
+    # The validator's loss is the network's result; the miners' are their own batches'.
+    primary: bool = False
+    dashed: bool = False  # a miner that misbehaves on purpose
 
-    for i in range(5):  # horizontal grid lines
-        y = _PAD + i * (_H - 2 * _PAD) // 4
-        for x in range(_PAD, _W - _PAD):
-            put(x, y, _GRID)
-    for x in range(_PAD, _W - _PAD):
-        put(x, _H - _PAD, _AXIS)
-    for y in range(_PAD, _H - _PAD + 1):
-        put(_PAD, y, _AXIS)
 
-    finite = [v for v in values if math.isfinite(v)]
-    if len(finite) >= 2:
-        low, high = min(finite), max(finite)
-        span = (high - low) or 1.0
+def loss_figure(series: Sequence[Series], title: str) -> Figure:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-        def at(i: int, v: float) -> tuple[float, float]:
-            x = _PAD + i * (_W - 2 * _PAD) / (len(values) - 1)
-            y = _H - _PAD - (v - low) / span * (_H - 2 * _PAD)
-            return x, y
+    fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for s in series:
+        points = [(w, v) for w, v in s.points if math.isfinite(v)]
+        ax.plot(
+            [w for w, _ in points],
+            [v for _, v in points],
+            label=s.label,
+            linewidth=2.4 if s.primary else 1.2,
+            marker="o" if s.primary else ".",
+            markersize=4 if s.primary else 3,
+            alpha=1.0 if s.primary else 0.75,
+            zorder=3 if s.primary else 2,
+            linestyle="--" if s.dashed else "-",
+        )
+    ax.set_title(title)
+    ax.set_xlabel("window")
+    ax.set_ylabel("loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    if series:
+        ax.legend(loc="upper right", fontsize="small")
+    return fig
 
-        for i in range(len(values) - 1):
-            if not (math.isfinite(values[i]) and math.isfinite(values[i + 1])):
-                continue
-            (x0, y0), (x1, y1) = at(i, values[i]), at(i + 1, values[i + 1])
-            steps = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-            for s in range(steps + 1):
-                t = s / steps
-                x, y = round(x0 + (x1 - x0) * t), round(y0 + (y1 - y0) * t)
-                for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
-                    put(x + dx, y + dy, _LINE)
-    path.write_bytes(_png(pixels))
+
+def save_loss_png(series: Sequence[Series], title: str, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = loss_figure(series, title)
+    FigureCanvasAgg(fig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def neuron_series(
+    losses: Mapping[str, Mapping[int, float]],
+    windows: Sequence[int],
+    labels: Mapping[str, str],
+    primary: str,
+    dashed: Collection[str] = (),
+) -> list[Series]:
+    """Each neuron's losses over `windows` (those without a loss there are left out), the
+    `primary` neuron first; `dashed`: the names drawn dashed."""
+    shown = set(windows)
+    order = sorted(losses, key=lambda name: (name != primary, name))
+    out = []
+    for name in order:
+        points = sorted((w, v) for w, v in losses[name].items() if w in shown)
+        if points:
+            label = labels.get(name, name)
+            out.append(Series(label, points, primary=name == primary, dashed=name in dashed))
+    return out

@@ -7,13 +7,15 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
 
+from neurons import preflight
 from neurons.config import ConfigError, HParams, NeuronSettings
 from neurons.container import build_container
+from neurons.metrics import observing
 from neurons.miner import Miner
 from neurons.neuron import Neuron, Row
 from neurons.validator import Validator
@@ -42,20 +44,42 @@ class EventLog:
             os.close(fd)
 
 
-def build_neuron(
-    role: str, hparams: HParams, settings: NeuronSettings, env: Mapping[str, str] | None = None
+async def build_neuron(
+    role: str,
+    hparams: HParams,
+    settings: NeuronSettings,
+    env: Mapping[str, str] | None = None,
+    *,
+    explicit: Collection[str] = (),
 ) -> Neuron:
+    """The neuron, once `neurons/preflight.py` has checked its setup; nothing is created on
+    disk before that (`explicit`: names of the settings the operator set)."""
     validator = role == "validator"
     if settings.chain != "bittensor" and not settings.hotkey:
-        raise ConfigError("hotkey", f"required with the {settings.chain} chain")
+        raise ConfigError(
+            "hotkey",
+            f"required with the {settings.chain} chain: pass --hotkey, the name it is "
+            "registered under",
+        )
     container = build_container(
         hparams, settings, hotkey=settings.hotkey, validator=validator, env=env
     )
-    chain = container.chain()
+    if settings.storage == "r2":  # R2's buckets need no hotkey: check them before the chain
+        preflight.r2_commitment(container.buckets())
+    settings = preflight.fake_chain_settings(settings, explicit)
+    container.config.block_time.from_value(settings.block_time)
+    chain = preflight.open_chain(container, settings)
     hotkey = settings.hotkey or chain.hotkey  # type: ignore[attr-defined]
     if not settings.hotkey:
         container.config.hotkey.from_value(hotkey)
-    opener, buckets = container.storage(), container.buckets()
+    opener = None
+    try:
+        await preflight.registered(chain, hotkey, settings)
+        opener, buckets = container.storage(), container.buckets()
+        await preflight.r2_reachable(opener, buckets, settings)
+    except preflight.SetupError:
+        await preflight.release(chain, opener)
+        raise
     return ROLES[role](
         hparams,
         settings,
@@ -106,8 +130,15 @@ def run_neuron(
     *,
     max_windows: int | None = None,
     threads: int | None = None,
+    explicit: Collection[str] = (),
 ) -> int:
     if threads:
         torch.set_num_threads(threads)
-    neuron = build_neuron(role, hparams, settings)
-    return asyncio.run(_run(neuron, max_windows))
+
+    async def main() -> int:
+        # One loop for the checks and the run: the chain's connection belongs to it.
+        neuron = await build_neuron(role, hparams, settings, explicit=explicit)
+        with observing(neuron, settings.metrics_port):
+            return await _run(neuron, max_windows)
+
+    return asyncio.run(main())

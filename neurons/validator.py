@@ -53,7 +53,6 @@ class Validator(Neuron):
         # first effective window -> peers, for the lists we published
         self.lists: dict[int, tuple[int, ...]] = {}
         self._last_activity_check: float | None = None
-        self._started = False
         self.saver = (
             CheckpointSaver(self.store, self.scratch, self.clock, self.checkpoints)
             if self.scratch is not None
@@ -64,6 +63,21 @@ class Validator(Neuron):
             if self.buckets.aggregator_write is not None
             else None
         )
+
+    async def _read_start_window(self) -> int | None:
+        """The published start window; the highest-stake validator publishes it when there is
+        none yet (the next window), once: a restart finds it and never moves it."""
+        found = await super()._read_start_window()
+        if found is not None:
+            return found
+        metagraph = await self.chain.metagraph()
+        validators = metagraph.validators()
+        if not validators or validators[0] != self.uid:
+            return None  # only the highest-stake validator publishes it; we wait like a miner
+        start = await self.current_window() + 1
+        await post_start_window(self.store, start, self.hotkey, self.hparams.version)
+        log.info("validator uid %s published start window %d", self.uid, start)
+        return start
 
     def own_stores(self) -> list[ObjectStore]:
         # Peer lists and the start window live in our gradient bucket, aggregates in the
@@ -121,9 +135,6 @@ class Validator(Neuron):
         assert self.uid is not None
         started = self.clock.monotonic()
         hp = self.hparams
-        if not self._started:
-            await post_start_window(self.store, window, self.hotkey, hp.version)
-            self._started = True
         metagraph, commitments = await self.peers_view()
         miners = self.miners_of(metagraph, commitments)
         listed = self.peers_for(window)
@@ -175,9 +186,11 @@ class Validator(Neuron):
         gather_seconds = self.clock.monotonic() - gather_started
 
         aggregate = aggregator.finish() if len(used) >= hp.minimum_peers else None
-        published = 0
+        published, upload_seconds = 0, None
         if aggregate is not None:
+            upload_started = self.clock.monotonic()
             published = await self._publish_aggregate(window, aggregate)
+            upload_seconds = self.clock.monotonic() - upload_started
             outer_step(self.model, aggregate, hp.learning_rate)
             self.global_step += 1
         loss = mean_loss(self.task, self.model, batches)
@@ -211,6 +224,7 @@ class Validator(Neuron):
             "evaluations": evaluations,
             "aggregated": used,
             "published_bytes": published,
+            "upload_seconds": upload_seconds,
             "scores": {str(u): s for u, s in sorted(self.scores.values.items())},
             "weights": {str(u): w for u, w in sorted(weights.items())},
             "next_peers": list(next_peers),

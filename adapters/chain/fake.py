@@ -12,6 +12,7 @@ process sharing it agrees on block numbers (given clocks that agree on the time)
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -40,6 +41,22 @@ def _registered(state: State, hotkey: str) -> int:
     if uid is None:
         raise ChainError(f"hotkey {hotkey} is not registered on this subnet")
     return uid
+
+
+def stored_block_time(path: str | os.PathLike[str]) -> float | None:
+    """The block time kept in the chain file at `path`, or None when there is no file yet.
+
+    Reads without the lock and creates nothing (not even the lock file): a neuron checks its
+    settings against the file before anything of its own exists. Writes replace the file
+    whole (adapters/chain/ledger.py), so an unlocked read never sees half of one.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return float(json.load(handle)["block_time"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{os.fspath(path)} is not a fake chain file: {exc}") from None
 
 
 class FakeNetwork:

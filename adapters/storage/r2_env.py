@@ -33,17 +33,19 @@ class RoleBuckets:
 
 
 def buckets_from_env(
-    env: Mapping[str, str], roles: Iterable[str] = ROLES
+    env: Mapping[str, str], roles: Iterable[str] = ROLES, *, writable: Iterable[str] = ()
 ) -> dict[str, RoleBuckets]:
     """Read and write Buckets for each role.
 
     For role `gradients` the variables are `R2_GRADIENTS_ACCOUNT_ID`, `..._BUCKET_NAME`,
     `..._READ_ACCESS_KEY_ID`, `..._READ_SECRET_ACCESS_KEY` (required) and
     `..._WRITE_ACCESS_KEY_ID`, `..._WRITE_SECRET_ACCESS_KEY` (optional as a pair: Templar's
-    dataset bucket has none). `..._ENDPOINT` (ours, not Templar's) overrides R2's endpoint,
-    for S3-compatible stores. Raises `MissingEnv` listing every missing name at once.
+    dataset bucket has none; required for the roles in `writable`). `..._ENDPOINT` (ours, not
+    Templar's) overrides R2's endpoint, for S3-compatible stores. Raises `MissingEnv` listing
+    every missing name at once.
     """
     missing: list[str] = []
+    writable = frozenset(writable)
     found: dict[str, RoleBuckets] = {}
 
     def need(name: str) -> str:
@@ -61,6 +63,8 @@ def buckets_from_env(
         write_id, write_secret = (env.get(n, "").strip() for n in write_names)
         if bool(write_id) != bool(write_secret):
             missing.append(write_names[0] if not write_id else write_names[1])
+        elif role in writable and not write_id:
+            missing.extend(write_names)
         if missing:
             continue
 

@@ -208,8 +208,12 @@ async def get_start_window(
     version: str,
     *,
     max_bytes: int = 4096,
+    not_after: int | None = None,
 ) -> int | None:
-    """The start window published by the highest-stake validator that has a valid one."""
+    """The start window published by the highest-stake validator that has a valid one.
+
+    `not_after` (the reader's next window): a start window beyond it is not valid, so a
+    validator cannot make the network wait for a far future."""
     for vuid, bucket in _validators_with_buckets(metagraph, commitments):
         try:
             blob = await opener.open(bucket).get(keys.start_window(version), max_bytes=max_bytes)
@@ -218,7 +222,10 @@ async def get_start_window(
                 raise InvalidPeerList("wrong version or shape")
             if body.get("hotkey") != metagraph.hotkey(vuid):
                 raise InvalidPeerList("hotkey does not match the validator")
-            return _uint(body, "start_window")
+            found = _uint(body, "start_window")
+            if not_after is not None and found > not_after:
+                raise InvalidPeerList(f"start window {found} is after window {not_after}")
+            return found
         except (StorageError, ValueError, UnicodeDecodeError, RecursionError) as exc:
             log.info("no usable start window from validator %s: %s", vuid, exc)
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -17,6 +18,7 @@ from adapters.clock import FakeClock
 from adapters.storage.chaos import ChaosStore
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
+from adapters.storage.obstore_store import ObstoreStoreOpener
 from adapters.storage.s3 import S3StoreOpener
 from ports import Bucket, ObjectStore
 from tests.s3.server import ServerUnavailable, shared_server
@@ -93,8 +95,21 @@ async def chaos_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
     await store.close()
 
 
+def s3_case(
+    make_opener: Callable[[], Any],
+) -> Callable[[Path], contextlib.AbstractAsyncContextManager[StoreCase]]:
+    """A fresh bucket on the session's SeaweedFS, through the opener `make_opener` builds."""
+
+    @contextlib.asynccontextmanager
+    async def make(tmp_path: Path) -> AsyncIterator[StoreCase]:
+        async with _s3_store(make_opener()) as made:
+            yield made
+
+    return make
+
+
 @contextlib.asynccontextmanager
-async def s3_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
+async def _s3_store(opener: Any) -> AsyncIterator[StoreCase]:
     import asyncio
 
     try:
@@ -107,7 +122,6 @@ async def s3_case(tmp_path: Path) -> AsyncIterator[StoreCase]:
         await asyncio.sleep(1.05)
 
     name = await asyncio.to_thread(server.create_bucket, "contract")
-    opener = S3StoreOpener()
     store = opener.open(server.bucket(name))
     try:
         yield StoreCase(store=store, tick=tick)
@@ -124,7 +138,8 @@ STORE_FACTORIES: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManag
     # Direct I/O from 8 KiB, so objects of every size the suite writes cross the switch.
     "local-small-direct": local_fake_clock_case(8192),
     "chaos": chaos_case,
-    "s3": s3_case,
+    "s3": s3_case(S3StoreOpener),
+    "obstore": s3_case(ObstoreStoreOpener),
 }
 
 

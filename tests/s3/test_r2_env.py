@@ -57,3 +57,15 @@ def test_missing_variables_are_all_named_and_no_value_is_echoed() -> None:
         "R2_DATASET_READ_SECRET_ACCESS_KEY",
     ]
     assert "sekrit" not in str(info.value)
+
+
+def test_write_keys_required_for_writable_roles_are_named_with_the_rest() -> None:
+    env = role_env("gradients", write=False) | role_env("aggregator", write=False)
+    with pytest.raises(MissingEnv) as info:
+        buckets_from_env(env, roles=["gradients", "aggregator"], writable=["gradients"])
+    assert info.value.names == [
+        "R2_GRADIENTS_WRITE_ACCESS_KEY_ID",
+        "R2_GRADIENTS_WRITE_SECRET_ACCESS_KEY",
+    ]
+    # without `writable`, a bucket without write keys is a read-only one
+    assert buckets_from_env(env, roles=["gradients"])["gradients"].write is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ from adapters.clock import FakeClock, SystemClock
 from adapters.signing import Sr25519Signer
 from adapters.storage.local import LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
+from adapters.storage.obstore_store import ObstoreStoreOpener
 from adapters.storage.s3 import S3StoreOpener
 from neurons.config import ConfigError, HParams, load_settings
 from neurons.container import EndpointOpener, build_container
@@ -45,7 +47,7 @@ def test_timestamp_resolution_follows_the_storage(tmp_path, storage, resolution)
 
 def test_r2_storage_and_endpoint(tmp_path):
     c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), validator=True)
-    assert isinstance(c.storage(), S3StoreOpener)
+    assert isinstance(c.storage(), ObstoreStoreOpener)  # the default client
     assert c.buckets().aggregator_write is not None
     c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), s3_endpoint="http://x:1")
     assert isinstance(c.storage(), EndpointOpener)
@@ -58,12 +60,13 @@ def test_r2_storage_and_endpoint(tmp_path):
 
 
 def test_s3_settings_reach_the_opener(tmp_path):
-    c = container(tmp_path, storage="r2", chain="memory", env=r2_env())
+    c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), storage_client="boto3")
     assert c.storage().settings.request_checksum_calculation == "when_required"  # R2-safe
     assert c.storage().settings.client_cache_size == 256
     env = {
         "TEMPLAR_S3_REQUEST_CHECKSUM_CALCULATION": "when_supported",
         "TEMPLAR_S3_CLIENT_CACHE_SIZE": "16",
+        "TEMPLAR_STORAGE_CLIENT": "boto3",
     }
     settings = load_settings(env, {"chain": "memory", "state_dir": str(tmp_path / "state")})
     c = build_container(HParams(), settings, hotkey="hk", validator=False, env=r2_env())
@@ -84,12 +87,12 @@ def test_bittensor_chain_branch(tmp_path, monkeypatch):
     made = {}
 
     class FakeWallet:
-        def __init__(self, name, hotkey):
-            made["wallet"] = (name, hotkey)
+        def __init__(self, name, hotkey, path):
+            made["wallet"] = (name, hotkey, path)
             self.hotkey = object()  # the hotkey keypair
 
     class FakeBittensorChain:
-        def __init__(self, *, netuid, wallet, network):
+        def __init__(self, *, netuid, wallet, network, clock):
             made["chain"] = (netuid, network)
 
     import bittensor
@@ -100,7 +103,8 @@ def test_bittensor_chain_branch(tmp_path, monkeypatch):
     monkeypatch.setattr(bt_adapter, "BittensorChain", FakeBittensorChain)
     c = container(tmp_path, storage="memory", chain="bittensor", netuid=9, wallet_hotkey="h1")
     assert isinstance(c.chain(), FakeBittensorChain)
-    assert made == {"wallet": ("default", "h1"), "chain": (9, "finney")}
+    wallets = os.path.expanduser("~/.bittensor/wallets")
+    assert made == {"wallet": ("default", "h1", wallets), "chain": (9, "finney")}
     assert "bittensor" in sys.modules
     # payloads are signed with the same wallet's hotkey, and checked as sr25519
     assert c.signer().scheme == c.verifier().scheme == "sr25519"
@@ -137,7 +141,7 @@ def test_a_bittensor_wallets_hotkey_signs_what_the_sr25519_verifier_accepts(tmp_
 
     real = bittensor.Wallet
 
-    def wallet(name, hotkey):
+    def wallet(name, hotkey, path):
         made = real(name=name, hotkey=hotkey, path=str(tmp_path / "wallets"))
         made.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
         return made
@@ -149,3 +153,33 @@ def test_a_bittensor_wallets_hotkey_signs_what_the_sr25519_verifier_accepts(tmp_
     assert c.verifier().verify(digest, c.signer().sign(digest), hotkey)
     bob = Sr25519Signer.from_uri("//Bob").hotkey
     assert not c.verifier().verify(digest, c.signer().sign(digest), bob)
+
+
+def test_storage_client_selects_the_s3_opener(tmp_path):
+    c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), storage_client="obstore")
+    assert isinstance(c.storage(), ObstoreStoreOpener)
+    assert c.storage().settings.client_cache_size == 256
+    env = {"TEMPLAR_S3_CLIENT_CACHE_SIZE": "16", "TEMPLAR_S3_ENDPOINT": "http://127.0.0.1:8333"}
+    settings = load_settings(env, {"chain": "memory", "state_dir": str(tmp_path / "state")})
+    c = build_container(HParams(), settings, hotkey="hk", validator=False, env=r2_env())
+    assert isinstance(c.storage(), EndpointOpener)
+    assert isinstance(c.storage()._inner, ObstoreStoreOpener)
+    assert c.storage()._inner.settings.client_cache_size == 16
+    c = container(tmp_path, storage="r2", chain="memory", env=r2_env(), storage_client="boto3")
+    assert isinstance(c.storage(), S3StoreOpener)
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "named"),
+    [
+        ({"TEMPLAR_STORAGE_CLIENT": "aiobotocore"}, {}, "storage_client"),
+        ({}, {"storage_client": "boto"}, "storage_client"),
+        ({}, {"storage_client": "obstore", "s3_endpoint": "localhost:8333"}, "s3_endpoint"),
+        ({"TEMPLAR_S3_ENDPOINT": "ftp://host"}, {"storage_client": "obstore"}, "s3_endpoint"),
+        ({"TEMPLAR_S3_ENDPOINT": "localhost:8333"}, {}, "s3_endpoint"),  # obstore, the default
+    ],
+)
+def test_a_misconfigured_storage_client_is_one_clear_error_at_start(env, flags, named):
+    with pytest.raises(ConfigError, match=named) as info:
+        load_settings(env, flags)
+    assert info.value.key == named

@@ -270,6 +270,8 @@ async def test_a_miner_survives_a_failing_upload_and_an_unreachable_chain(tmp_pa
     from ports import ChainError, TransientStorageError
 
     net = Net(tmp_path, miners=1)
+    await net.validator.setup()  # the validator publishes the start window the miner waits for
+    assert await net.validator.wait_for_start_window(asyncio.Event()) is not None
     miner = net.miners[0]
     real_put, real_block = miner.exchange.put, miner.chain.current_block
     failures = {"put": 2, "block": 3}
@@ -296,3 +298,31 @@ async def test_a_miner_survives_a_failing_upload_and_an_unreachable_chain(tmp_pa
     assert all("503" in r["reason"] for r in failed)
     assert [r["upload"] for r in net.rows if r.get("event") == "window"] == ["ok", "ok"]
     assert "window" in caplog.text and "cannot read the chain" in caplog.text
+
+
+async def test_the_start_window_is_published_once_and_a_restart_never_moves_it(tmp_path):
+    net = Net(tmp_path, miners=1)
+    await net.run(2)
+    first = await net.miners[0]._read_start_window()
+    assert first is not None and net.miners[0].start_window == first
+    rows = [r for r in net.rows if r.get("event") == "window"]
+    assert min(r["window"] for r in rows) >= first  # nobody worked before the start window
+    net.clock.advance(60)  # a restart, many windows later
+    again = net.make(Validator, "val", aggregator=True)
+    await again.setup()
+    assert await again.wait_for_start_window(asyncio.Event()) == first
+
+
+async def test_miners_and_lower_stake_validators_wait_for_the_start_window(tmp_path):
+    net = Net(tmp_path, miners=1)
+    net.network.register("val2", stake=1.0, validator_permit=True)
+    small = net.make(Validator, "val2")
+    stop = asyncio.Event()
+    waiting = [asyncio.ensure_future(n.run(stop, max_windows=1)) for n in (net.miners[0], small)]
+    await net.clock.sleep(30)  # long enough for many windows: none may start
+    assert not [r for r in net.rows if r.get("event") == "window"]
+    assert await small._read_start_window() is None  # it does not publish it itself
+    await net.validator.setup()
+    start = await net.validator.wait_for_start_window(asyncio.Event())
+    assert await asyncio.gather(*waiting) == [1, 1]
+    assert {r["window"] for r in net.rows if r.get("event") == "window"} == {start}

@@ -247,6 +247,8 @@ async def test_a_start_window_of_4000_digits_or_with_a_repeated_key_is_not_used(
     repeated = repeated[:-1] + ', "start_window": 6}'
     await store.put(keys.start_window(V), repeated.encode())
     assert await get_start_window(opener, mg, commitments, V) == 42
+    await post_start_window(store, 10**9, "hk0", V)  # far ahead of the reader's window
+    assert await get_start_window(opener, mg, commitments, V, not_after=100) == 42
 
 
 async def test_start_window_round_trip() -> None:
