@@ -6,7 +6,8 @@ STAMP   = $(VENV)/.installed
 # numba's cache of the compiled gather kernels is keyed on their source files: compiled
 # again when they change.
 WARM    = $(VENV)/.kernels-warm
-KERNELS = core/compression/kernels.py core/compression/cpu_fold.py core/warmup.py
+KERNELS = core/compression/kernels.py core/compression/cpu_fold.py core/compression/elias_fano.py \
+          core/compression/select.py core/warmup.py
 
 .PHONY: test lint demo bench clean
 
