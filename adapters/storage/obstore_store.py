@@ -40,6 +40,7 @@ from obstore.exceptions import PreconditionError
 from obstore.store import S3Store as RustS3Store
 
 from adapters.storage.files import fsync_dir
+from adapters.storage.s3_client import DELETE_BATCH, MiB
 from adapters.storage.s3_errors import Context, denied, map_error
 from adapters.storage.streams import BoundedReader, ChunkReader
 from ports import (
@@ -56,8 +57,6 @@ from ports import (
 
 __all__ = ["ObstoreSettings", "ObstoreStore", "ObstoreStoreOpener", "check_endpoint"]
 
-MiB = 1 << 20
-DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
 # A key nobody writes: server_time's signed HEAD of it is answered 404 (or 403), with a Date.
 CLOCK_PROBE_KEY = ".templar-clock-probe"
 T = TypeVar("T")

@@ -33,6 +33,7 @@ from botocore.exceptions import ClientError
 
 from adapters.storage.files import fsync_dir
 from adapters.storage.s3_client import (
+    DELETE_BATCH,
     ClientCache,
     Ident,
     MiB,
@@ -62,7 +63,6 @@ from ports import (
 
 __all__ = ["DELETE_BATCH", "MiB", "Progress", "S3Settings", "S3Store", "S3StoreOpener"]
 
-DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
 T = TypeVar("T")
 
 

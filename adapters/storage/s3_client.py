@@ -17,6 +17,7 @@ from botocore.config import Config
 from ports import TransientStorageError
 
 MiB = 1 << 20
+DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
 Progress = Callable[[str, int], None]
 """Called as `progress(key, bytes_done_since_last_call)` from worker threads."""
 _pos = attrs.validators.gt(0)
