@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from core import keys
+from core.peers.evaluation import after_evaluation, choose_for_evaluation
 from core.peers.settings import PeerSettings
 from ports import Bucket, Chain, ChainError, Clock, StorageError, StoreOpener
 
@@ -28,7 +29,8 @@ class ActivityTracker:
         self._settings = settings
         self._version = keys.check_version(version)
         self.active_peers: frozenset[int] = frozenset()
-        # uid -> how many times it was evaluated; survives while the peer stays eligible.
+        # uid -> windows waited since its last evaluation (see core/peers/evaluation.py);
+        # a peer that stops being eligible leaves, and starts again at zero when it returns.
         self.eval_peers: dict[int, int] = {}
         # uid -> the window in which it dropped out of eval_peers.
         self.inactive_peers: dict[int, int] = {}
@@ -84,6 +86,14 @@ class ActivityTracker:
         for uid in expired:
             del self.inactive_peers[uid]
         return expired
+
+    def for_evaluation(self, per_window: int, window: int, seed: int = 0) -> tuple[int, ...]:
+        """The eval peers to score in `window`: the longest-waiting `per_window` of them."""
+        return choose_for_evaluation(self.eval_peers, per_window, window, seed)
+
+    def evaluated(self, uids: Iterable[int]) -> None:
+        """Record one window's evaluations (a penalised peer counts as evaluated)."""
+        self.eval_peers = after_evaluation(self.eval_peers, uids)
 
     async def run(
         self,
