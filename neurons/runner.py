@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from adapters.scratch import sweep_abandoned
 from neurons import preflight
 from neurons.config import ConfigError, HParams, NeuronSettings
 from neurons.container import build_container
@@ -80,6 +81,9 @@ async def build_neuron(
     except preflight.SetupError:
         await preflight.release(chain, opener)
         raise
+    # Local stale data: a neuron killed mid-checkpoint left its scratch files behind.
+    for left in sweep_abandoned(container.config.scratch_dir()):
+        log.info("removed the scratch files of a process that died: %s", left)
     return ROLES[role](
         hparams,
         settings,
