@@ -125,7 +125,7 @@ class Validator(Neuron):
         )
         if selection is None:
             return ()
-        self.selection = selection
+        initial, self.selection = self.selection is None, selection
         effective = window + hp.peer_list_window_margin
         peer_list = PeerList(
             window=window,
@@ -134,6 +134,7 @@ class Validator(Neuron):
             reserves=selection.reserves,
             validator_uid=self.uid,
             hotkey=self.hotkey,
+            initial_selection=initial,
         )
         await post_peer_list(
             self.store,

@@ -43,11 +43,15 @@ async def test_a_templar_profile_network_trains_on_templars_names_and_time_windo
     vstore = net.opener.open(net.validator.buckets.gradients_write)
     names = [m.key async for m in vstore.list("")]
     assert f"start_window_v{version}.json" in names
-    lists = [n for n in names if n.startswith("peers_")]
+    lists = sorted((TEMPLAR.keys.parse(n).window, n) for n in names if n.startswith("peers_"))
     assert lists and not any(n.startswith("peers-") for n in names)  # no pointer, no native
-    body = (await vstore.get(sorted(lists)[-1])).data
-    decoded = TEMPLAR_BODIES.decode_peer_list(body, version, net.validator.uid, "val")
-    assert set(decoded.peers) == {m.uid for m in net.miners}
+    decoded = [
+        TEMPLAR_BODIES.decode_peer_list((await vstore.get(n)).data, version, 0, "val")
+        for _, n in lists
+    ]
+    assert set(decoded[-1].peers) == {m.uid for m in net.miners}
+    # Templar's flag: the validator's first selection, and only that one, says so.
+    assert [d.initial_selection for d in decoded] == [True] + [False] * (len(decoded) - 1)
 
 
 async def test_the_templar_time_window_opens_at_the_next_windows_first_block(tmp_path):
