@@ -113,8 +113,10 @@ class Exchange:
         version: str,
         settings: ExchangeSettings | None = None,
         local: ObjectStore | None = None,
+        scheme: keys.KeyScheme = keys.NATIVE,
     ) -> None:
         self.store = store
+        self.scheme = scheme  # the profile's object names (core/profiles.py)
         self.opener = opener
         self.clock = clock
         self.version = keys.check_version(version)
@@ -162,7 +164,7 @@ class Exchange:
             self._workers = None
 
     def key(self, kind: keys.KeyKind, window: int, uid: int | None) -> str:
-        return keys.for_kind(kind, window, self.version, uid)
+        return self.scheme.for_kind(kind, window, self.version, uid)
 
     async def put(
         self, data: bytes, window: int, kind: keys.KeyKind, uid: int | None = None

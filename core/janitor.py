@@ -8,8 +8,8 @@ Rules (docs/checkpoints.md, "Retention"):
   any other checkpoint directory (complete or not) goes once it is older than
   `current_window - stale_retention`, so a save in progress (always near the current window)
   is never touched;
-- only names `core.keys.parse` recognises are ever deleted: the latest pointers and anything
-  another tool wrote stay;
+- only names the profile's key scheme recognises (`core.keys.parse` for ours) are ever
+  deleted: the latest pointers and anything another tool wrote stay;
 - at most `max_deletes` keys per call, oldest first; a checkpoint's manifest is deleted in an
   earlier request than its files, so a half-deleted checkpoint is never complete.
 
@@ -55,13 +55,15 @@ async def sweep(
     policy: RetentionPolicy,
     *,
     settings: CheckpointSettings | None = None,
+    scheme: keys.KeyScheme = keys.NATIVE,
 ) -> Sweep:
-    """Delete what `policy` says is stale from `store` (at most `policy.max_deletes` keys)."""
+    """Delete what `policy` says is stale from `store` (at most `policy.max_deletes` keys);
+    only names `scheme` writes are candidates."""
     cutoff = current_window - policy.stale_retention
     named: list[tuple[str, ParsedKey]] = []
     dirs: dict[tuple[str, int, int], dict[str, int]] = {}
     async for meta in store.list(""):
-        parsed = keys.parse(meta.key)
+        parsed = scheme.parse(meta.key)
         if parsed is None:
             continue
         named.append((meta.key, parsed))
@@ -124,6 +126,9 @@ async def sweep_all(
     policy: RetentionPolicy,
     *,
     settings: CheckpointSettings | None = None,
+    scheme: keys.KeyScheme = keys.NATIVE,
 ) -> list[Sweep]:
     """`sweep` each of our stores (the local one and our remote bucket)."""
-    return [await sweep(s, current_window, policy, settings=settings) for s in stores]
+    return [
+        await sweep(s, current_window, policy, settings=settings, scheme=scheme) for s in stores
+    ]

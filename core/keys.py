@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
+from typing import Protocol
 
 import attrs
 
@@ -170,3 +171,60 @@ def for_kind(kind: KeyKind, window: int, version: str, uid: int | None = None) -
     if kind is KeyKind.PEERS:
         return peers(window, version)
     raise ValueError(f"{kind} is not a per-window payload")
+
+
+class KeyScheme(Protocol):
+    """How one protocol profile names its objects (core/profiles.py picks one).
+
+    Every name carries the protocol version. `peers_latest` is None for a scheme without a
+    peer-list pointer; `peers_prefix` is what a listing of a validator's peer lists starts
+    with. Checkpoints are ours in every profile, so every scheme names them as `checkpoint_*`
+    here do. `parse` recognises exactly the names the scheme writes and never raises.
+    """
+
+    name: str
+    peers_prefix: str
+
+    def gradient(self, window: int, uid: int, version: str) -> str: ...
+    def aggregator(self, window: int, version: str) -> str: ...
+    def peers(self, window: int, version: str) -> str: ...
+    def peers_latest(self, version: str) -> str | None: ...
+    def start_window(self, version: str) -> str: ...
+    def debug(self, window: int, uid: int, version: str) -> str: ...
+    def parse(self, key: str) -> ParsedKey | None: ...
+    def for_kind(self, kind: KeyKind, window: int, version: str, uid: int | None = None) -> str: ...
+
+
+@attrs.frozen
+class NativeKeys:
+    """This project's names (the module's functions above)."""
+
+    name: str = "native"
+    peers_prefix: str = "peers-"
+
+    def gradient(self, window: int, uid: int, version: str) -> str:
+        return gradient(window, uid, version)
+
+    def aggregator(self, window: int, version: str) -> str:
+        return aggregator(window, version)
+
+    def peers(self, window: int, version: str) -> str:
+        return peers(window, version)
+
+    def peers_latest(self, version: str) -> str | None:
+        return peers_latest(version)
+
+    def start_window(self, version: str) -> str:
+        return start_window(version)
+
+    def debug(self, window: int, uid: int, version: str) -> str:
+        return debug(window, uid, version)
+
+    def parse(self, key: str) -> ParsedKey | None:
+        return parse(key)
+
+    def for_kind(self, kind: KeyKind, window: int, version: str, uid: int | None = None) -> str:
+        return for_kind(kind, window, version, uid)
+
+
+NATIVE = NativeKeys()

@@ -3,7 +3,8 @@
 A window is `blocks_per_window` consecutive blocks: window = block // blocks_per_window. A
 payload for window w counts when its object's last_modified lies in the time window
 [t0, t0 + time_window_delta_seconds], t0 being the timestamp of w's first block. Both bounds
-are inclusive, as in Templar.
+are inclusive, as in Templar. (The templar protocol profile takes t0 from the first block of
+w + 1 instead, as Templar's validators do: `core/profiles.py`.)
 """
 
 from __future__ import annotations

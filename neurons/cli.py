@@ -43,6 +43,14 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="override one hparam: name=value (repeatable; beats --hparams)"),
 ]
+ProtocolOption = Annotated[
+    str | None,
+    typer.Option(
+        "--protocol",
+        help="native | templar: whose keys, bodies, time windows and hparams file to speak "
+        "(docs/templar.md)",
+    ),
+]
 Opt = typer.Option
 
 
@@ -69,6 +77,17 @@ def _count(name: str, value: int | None) -> None:
         raise ConfigError(f"--{name}", f"must be at least 1, got {value}")
 
 
+def _overrides(assignments: list[str] | None, protocol: str | None) -> dict:
+    """--set's assignments, and --protocol as the `protocol` hparam (it decides how the
+    --hparams file is read, so it must be known before: config.load_hparams)."""
+    overrides = dict(parse_assignment(a) for a in assignments or [])
+    if protocol is not None:
+        if overrides.get("protocol", protocol) != protocol:
+            raise ConfigError("--protocol", "differs from --set protocol=...")
+        overrides["protocol"] = protocol
+    return overrides
+
+
 def _neuron(
     role: str,
     hparams_file: Path | None,
@@ -77,13 +96,14 @@ def _neuron(
     max_windows: int | None,
     threads: int | None,
     log_level: str = "WARNING",
+    protocol: str | None = None,
 ) -> None:
     from neurons.runner import run_neuron  # torch loads here, not for `version`
 
     try:
         _count("windows", max_windows)
         _count("threads", threads)
-        overrides = dict(parse_assignment(a) for a in assignments or [])
+        overrides = _overrides(assignments, protocol)
         hparams = load_hparams(hparams_file, overrides)
         settings = load_settings(os.environ, flags)
         done = run_neuron(
@@ -143,6 +163,7 @@ _OTHER_DEFAULTS = {
     "set": "none",
     "windows": "no limit",
     "threads": "torch's",
+    "protocol": "the hparams' (native)",
 }
 # Options that only one role has.
 _ROLE_ONLY = {"faulty": "miner"}
@@ -188,6 +209,7 @@ def _neuron_command(role: str):
     def command(
         hparams_file: HParamsFile = None,
         assignments: SetOption = None,
+        protocol: ProtocolOption = None,
         storage: Annotated[str | None, Opt(help="r2 | local | memory")] = None,
         storage_root: Annotated[str | None, Opt(help="local storage root")] = None,
         storage_direct_bytes: Annotated[
@@ -265,7 +287,7 @@ def _neuron_command(role: str):
             faulty=faulty,
             metrics_port=metrics_port,
         )
-        _neuron(role, hparams_file, assignments, flags, windows, threads, log_level)
+        _neuron(role, hparams_file, assignments, flags, windows, threads, log_level, protocol)
 
     command.__doc__ = f"Run a {role} (settings: flags > TEMPLAR_* env > defaults)."
     return _conventions(command, role)
@@ -309,12 +331,13 @@ def localnet(
     ] = Path("loss.png"),
     hparams_file: HParamsFile = None,
     assignments: SetOption = None,
+    protocol: ProtocolOption = None,
 ) -> None:
     """Run one validator and several miners on this machine (separate processes)."""
     from neurons.localnet import LocalnetOptions, run_localnet
 
     try:
-        overrides = dict(parse_assignment(a) for a in assignments or [])
+        overrides = _overrides(assignments, protocol)
         options = LocalnetOptions(
             miners=miners,
             windows=windows,

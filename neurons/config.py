@@ -14,6 +14,7 @@ ever formats a secret: `Bucket` hides it from repr, and errors name variables, n
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -30,7 +31,10 @@ from core.exchange import ExchangeSettings
 from core.fetch import FetchSettings
 from core.gather import GatherSettings
 from core.peers import PeerSettings
+from core.profiles import PROFILES
 from core.retention import ALL_KINDS, RetentionPolicy
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -192,10 +196,22 @@ class HParams:
     janitor_max_deletes: int = _hp(
         1000, "most objects the janitor deletes from one bucket per window", positive=True
     )
+    # Protocol profile (docs/templar.md) --------------------------------------------------
+    protocol: str = _hp(
+        "native",
+        "protocol profile: 'native' (this project's names, bodies and time windows) or "
+        "'templar' (a live Templar subnet's); also --protocol / TEMPLAR_PROTOCOL",
+    )
+    # Keys of a Templar hparams file with no meaning here, kept as they were read (only the
+    # templar profile accepts such keys; see TEMPLAR_RENAMES for the ones that are mapped).
+    unmapped: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    # End of the protocol profile's fields ------------------------------------------------
 
     def __attrs_post_init__(self) -> None:
         for field in attrs.fields(type(self)):
             _check_range(field, getattr(self, field.name))
+        if self.protocol not in PROFILES:
+            raise ConfigError("protocol", f"must be one of {', '.join(PROFILES)}")
         try:
             Normalisation(self.normalisation)
         except ValueError:
@@ -317,23 +333,67 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     raise ConfigError(key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
 
 
-HPARAM_FIELDS: dict[str, attrs.Attribute] = {f.name: f for f in attrs.fields(HParams)}
+HPARAM_FIELDS: dict[str, attrs.Attribute] = {
+    f.name: f for f in attrs.fields(HParams) if f.name != "unmapped"
+}
+# Templar's hparams.json names for ours (docs/templar.md, "hparams mapping"); its keys that
+# have our name already map as they are.
+TEMPLAR_RENAMES = {"outer_learning_rate": "learning_rate"}
+_UNKNOWN = "unknown hparam (see docs/configuration.md for the names"
+
+
+def _templar_names(values: Mapping[str, Any]) -> dict[str, Any]:
+    renamed: dict[str, Any] = {}
+    for key, value in values.items():
+        ours = TEMPLAR_RENAMES.get(key, key)
+        if ours in renamed:
+            raise ConfigError(key, f"given twice: as {key} and as {ours}")
+        renamed[ours] = value
+    return renamed
 
 
 def hparams_from_mapping(values: Mapping[str, Any], base: HParams | None = None) -> HParams:
-    """`base` (default: the defaults) with `values` applied; unknown keys are refused."""
+    """`base` (default: the defaults) with `values` applied.
+
+    The protocol is `values`' own `protocol`, else `base`'s. The native profile refuses an
+    unknown key; the templar profile maps Templar's names (TEMPLAR_RENAMES), keeps the keys
+    that mean nothing here in `unmapped` and lists them once at INFO.
+    """
+    base = base or HParams()
+    protocol = values.get("protocol", base.protocol)
+    if protocol not in PROFILES:
+        raise ConfigError("protocol", f"must be one of {', '.join(PROFILES)}, got {protocol!r}")
+    if protocol == "templar":
+        values = _templar_names(values)
     changes: dict[str, Any] = {}
+    unmapped: dict[str, Any] = {}
     for key, value in values.items():
         field = HPARAM_FIELDS.get(key)
+        if field is None and protocol == "templar":
+            unmapped[key] = value
+            continue
         if field is None:
-            raise ConfigError(key, "unknown hparam (see docs/configuration.md for the names)")
+            hint = "; a Templar hparams.json loads with --protocol templar)"
+            raise ConfigError(key, _UNKNOWN + hint)
         changes[key] = _coerce(key, value, _expected_type(field))
+    if unmapped:
+        log.info(
+            "templar hparams with no meaning here, kept unused: %s", ", ".join(sorted(unmapped))
+        )
+        changes["unmapped"] = {**base.unmapped, **unmapped}
     try:
-        return attrs.evolve(base or HParams(), **changes)
+        return attrs.evolve(base, **changes)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:  # a core settings validator refused a value
         raise ConfigError("hparams", str(exc)) from None
+
+
+def hparams_as_mapping(hparams: HParams) -> dict[str, Any]:
+    """What `hparams_from_mapping` reads back into `hparams`: the fields by name, and the
+    unmapped Templar keys beside them (as the file they came from had them)."""
+    values = attrs.asdict(hparams, filter=lambda a, _v: a.name != "unmapped")
+    return {**dict(hparams.unmapped), **values}
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -344,7 +404,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ConfigError(text, "expected name=value")
     field = HPARAM_FIELDS.get(key)
     if field is None:
-        raise ConfigError(key, "unknown hparam (see docs/configuration.md for the names)")
+        raise ConfigError(key, _UNKNOWN + ")")
     if _expected_type(field) is str:
         return key, raw
     try:
@@ -358,8 +418,14 @@ def load_hparams(
     overrides: Mapping[str, Any] | None = None,
     base: HParams | None = None,
 ) -> HParams:
-    """`base` (default: the defaults), then the JSON object in `path`, then `overrides`."""
+    """`base` (default: the defaults), then the JSON object in `path`, then `overrides`.
+
+    The protocol is chosen first (overrides', else the file's, else `base`'s), since it
+    decides how the file is read: a Templar hparams.json loads only in the templar profile.
+    """
     hparams = base or HParams()
+    overrides = dict(overrides or {})
+    body: dict[str, Any] = {}
     if path is not None:
         try:
             body = json.loads(Path(path).read_text())
@@ -369,8 +435,10 @@ def load_hparams(
             raise ConfigError(str(path), f"not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise ConfigError(str(path), "hparams file must hold a JSON object")
-        hparams = hparams_from_mapping(body, hparams)
-    return hparams_from_mapping(overrides or {}, hparams)
+    if "protocol" in overrides:
+        body = {**body, "protocol": overrides["protocol"]}
+    hparams = hparams_from_mapping(body, hparams)
+    return hparams_from_mapping(overrides, hparams)
 
 
 # Neuron settings: this machine, this wallet ------------------------------------------------

@@ -1,8 +1,9 @@
 """The composition root: the only module that knows which adapter implements which port.
 
 `Container` is a dependency-injector container. `storage` (r2 | local | memory) and `chain`
-(bittensor | fake | memory) are `providers.Selector`s keyed by the neuron settings; tests
-override `clock` with a `FakeClock` and may override anything else.
+(bittensor | fake | memory) are `providers.Selector`s keyed by the neuron settings, and
+`protocol` (native | templar: core/profiles.py) by the `protocol` hparam; tests override
+`clock` with a `FakeClock` and may override anything else.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from adapters.storage.memory import MemoryStoreOpener
 from adapters.storage.obstore_store import ObstoreSettings, ObstoreStoreOpener
 from adapters.storage.s3 import S3StoreOpener
 from adapters.storage.s3_client import S3Settings
+from core.profiles import ProtocolProfile, profile
 from neurons.buckets import NeuronBuckets, local_buckets, r2_neuron_buckets
 from neurons.config import HParams, NeuronSettings, r2_buckets
 from ports import Bucket, Chain, Clock, ObjectStore, StoreOpener
@@ -123,13 +125,23 @@ class Container(containers.DeclarativeContainer):
         memory=providers.Singleton(MemoryStoreOpener, clock),
     )
 
+    # The protocol profile: object names, peer-list and start-window bodies, time windows.
+    protocol: providers.Provider[ProtocolProfile] = providers.Singleton(profile, config.protocol)
+
     # Seconds a store rounds last_modified down to (core/windows.py): S3 and R2 keep whole
     # seconds; files and memory keep exact times.
-    timestamp_resolution: providers.Provider[float] = providers.Selector(
+    store_timestamp_resolution: providers.Provider[float] = providers.Selector(
         config.storage,
         r2=providers.Object(1.0),
         local=providers.Object(0.0),
         memory=providers.Object(0.0),
+    )
+    # What the time-window check counts of it: the templar profile judges the stamp the store
+    # reports, as Templar's validators do.
+    timestamp_resolution: providers.Provider[float] = providers.Callable(
+        lambda protocol, resolution: protocol.timestamp_resolution(resolution),
+        protocol,
+        store_timestamp_resolution,
     )
 
     memory_network = providers.Singleton(
@@ -198,6 +210,7 @@ def build_container(
         hotkey=hotkey,
         validator=validator,
         gather_concurrency=hparams.gather_concurrency,
+        protocol=hparams.protocol,
         scratch_dir=os.path.join(settings.state_dir, "scratch"),
     )
     container.config.from_dict(values)

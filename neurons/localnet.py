@@ -32,6 +32,7 @@ from neurons.config import (
     FAULTY_MODES,
     ConfigError,
     HParams,
+    hparams_as_mapping,
     hparams_from_mapping,
     load_hparams,
 )
@@ -147,7 +148,7 @@ def prepare(root: Path, options: LocalnetOptions) -> tuple[HParams, list[Spec]]:
             f"with --storage s3 a window must last whole seconds (S3 times have 1 s resolution); "
             f"{hparams.blocks_per_window} blocks of {options.block_time} s last {seconds:g} s",
         )
-    (root / "hparams.json").write_text(json.dumps(attrs.asdict(hparams), indent=2))
+    (root / "hparams.json").write_text(json.dumps(hparams_as_mapping(hparams), indent=2))
 
     network = FakeNetwork.at_path(
         root / "chain.json", SystemClock(), block_time=options.block_time, genesis_time=genesis

@@ -33,15 +33,16 @@ class Miner(Neuron):
             if copied is None:
                 return "nothing_to_copy"
             data, faulty = copied[0], f"copy_of_{copied[1]}"
+        # Not before the time window opens: in the templar profile that is the next window's
+        # first block, which this waits for (neurons/neuron.py, `time_window`).
+        tw = await self.time_window(window)
         if faulty == "late":
-            tw = await self.time_window(window)
             wait = (tw.end - self.clock.now()).total_seconds() + self.hparams.grace_seconds + 0.2
             await self.clock.sleep(wait)
         stamp = await self.exchange.put(data, window, KeyKind.GRADIENT, self.uid)
         if faulty:
             return faulty
         # Judged as every peer will judge it: an operator sees at once why peers skip us.
-        tw = await self.time_window(window)
         timing = tw.classify(stamp, self.exchange.settings.timestamp_resolution)
         if timing is not Timing.ON_TIME:
             log.warning(
@@ -76,6 +77,8 @@ class Miner(Neuron):
             window,
             hp.version,
             max_bytes=hp.peer_settings().max_peer_list_bytes,
+            scheme=self.profile.keys,
+            codec=self.profile.coordination,
         )
         if peer_list is not None:
             peers, reserves = list(peer_list.peers), list(peer_list.reserves)

@@ -25,8 +25,9 @@ from core.exchange import Exchange, Fetched
 from core.gather import stream
 from core.janitor import sweep
 from core.peers import get_start_window
+from core.profiles import NATIVE, ProtocolProfile
 from core.warmup import warm_up
-from core.windows import TimeWindow, first_block, window_of
+from core.windows import TimeWindow, window_of
 from neurons import resume, sync
 from neurons.buckets import NeuronBuckets
 from neurons.config import HParams, NeuronSettings
@@ -72,8 +73,11 @@ class Neuron:
         timestamp_resolution: float = 1.0,
         scratch: Scratch | None = None,
         aggregates: ObjectStore | None = None,
+        profile: ProtocolProfile = NATIVE,
     ) -> None:
         self.hparams = hparams
+        # Whose names, coordination bodies and time windows we speak (core/profiles.py).
+        self.profile = profile
         self.settings = settings
         self.chain = chain
         self.opener = opener
@@ -101,6 +105,7 @@ class Neuron:
             hparams.exchange_settings(
                 decode_in_thread=decode_in_thread, timestamp_resolution=timestamp_resolution
             ),
+            scheme=profile.keys,
         )
         self.task = TinyTask(hparams.seed, hparams.batch_size, settings.device)
         self.model = self.task.model()
@@ -183,6 +188,7 @@ class Neuron:
                 target_window=target,
                 max_behind=hp.sync_max_steps_behind,
                 learning_rate=hp.learning_rate,
+                scheme=self.profile.keys,
             )
             self.global_step += self.last_window - start
 
@@ -265,17 +271,22 @@ class Neuron:
             commitments,
             self.hparams.version,
             not_after=await self.current_window() + 1,
+            scheme=self.profile.keys,
+            codec=self.profile.coordination,
         )
 
     async def current_window(self) -> int:
         return window_of(await self.chain.current_block(), self.hparams.blocks_per_window)
 
     async def time_window(self, window: int) -> TimeWindow:
+        """The time window of `window`'s gradients, once the block that opens it exists
+        (in the templar profile, the first block of the next window: waited for here)."""
         if self._time_window is None or self._time_window[0] != window:
-            start = await self.chain.block_timestamp(
-                first_block(window, self.hparams.blocks_per_window)
-            )
-            tw = TimeWindow.after(start, self.hparams.time_window_delta_seconds)
+            anchor = self.profile.anchor_block(window, self.hparams.blocks_per_window)
+            while await self.chain.current_block() < anchor:
+                await self.clock.sleep(self.settings.block_poll_interval)
+            start = await self.chain.block_timestamp(anchor)
+            tw = self.profile.time_window(start, self.hparams.time_window_delta_seconds)
             self._time_window = (window, tw)
         return self._time_window[1]
 
@@ -356,7 +367,10 @@ class Neuron:
         cleaned = 0
         for store in self.own_stores():
             try:
-                cleaned += (await sweep(store, window, policy, settings=self.checkpoints)).count
+                swept = await sweep(
+                    store, window, policy, settings=self.checkpoints, scheme=self.profile.keys
+                )
+                cleaned += swept.count
             except StorageError as exc:
                 log.warning("stale cleanup of %s failed: %s", store.name, exc)
         return cleaned

@@ -97,6 +97,7 @@ async def build_neuron(
         on_row=EventLog(settings.events),
         scratch=container.scratch(),
         timestamp_resolution=container.timestamp_resolution(),
+        profile=container.protocol(),
         aggregates=opener.open(buckets.aggregator_read) if buckets.aggregator_read else None,
     )
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from core import keys
 from core.checkpoints import (
     BackgroundSaver,
     Checkpointer,
@@ -86,6 +87,7 @@ async def replay_aggregates(
     target_window: int,
     max_behind: int,
     learning_rate: float,
+    scheme: keys.KeyScheme = keys.NATIVE,
 ) -> int:
     """Apply the published aggregates of start_window+1 .. target_window; the last applied."""
     from neurons.training import outer_step
@@ -96,7 +98,11 @@ async def replay_aggregates(
         target_window=target_window,
         sync_max_steps_behind=max_behind,
         fetch=aggregator_updates(
-            aggregator, version=version, compressor=DenseCompressor(), shapes=shapes
+            aggregator,
+            version=version,
+            compressor=DenseCompressor(),
+            shapes=shapes,
+            scheme=scheme,
         ),
         apply=lambda _window, update: outer_step(model, update, learning_rate),
     )

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 
-from core import keys
 from core.aggregate import Aggregator, Normalisation
 from core.compression import Compressed, DenseCompressor
 from core.peers import (
@@ -48,7 +47,9 @@ class Validator(Neuron):
         super().__init__(*args, **kwargs)
         hp = self.hparams
         self.scores = Scores(hp.gradient_score_ma_alpha, hp.missing_gradient_penalty_score)
-        self.tracker = ActivityTracker(self.opener, self.clock, hp.peer_settings(), hp.version)
+        self.tracker = ActivityTracker(
+            self.opener, self.clock, hp.peer_settings(), hp.version, scheme=self.profile.keys
+        )
         self.selection: Selection | None = None
         # first effective window -> peers, for the lists we published
         self.lists: dict[int, tuple[int, ...]] = {}
@@ -75,7 +76,14 @@ class Validator(Neuron):
         if not validators or validators[0] != self.uid:
             return None  # only the highest-stake validator publishes it; we wait like a miner
         start = await self.current_window() + 1
-        await post_start_window(self.store, start, self.hotkey, self.hparams.version)
+        await post_start_window(
+            self.store,
+            start,
+            self.hotkey,
+            self.hparams.version,
+            scheme=self.profile.keys,
+            codec=self.profile.coordination,
+        )
         log.info("validator uid %s published start window %d", self.uid, start)
         return start
 
@@ -93,7 +101,9 @@ class Validator(Neuron):
         if self.aggregator_store is None:
             return 0
         data = self.encode(DenseCompressor().encode(aggregate), window)
-        await self.aggregator_store.put(keys.aggregator(window, self.hparams.version), data)
+        await self.aggregator_store.put(
+            self.profile.keys.aggregator(window, self.hparams.version), data
+        )
         return len(data)
 
     async def _track_activity(self, window: int, commitments: dict) -> None:
@@ -115,7 +125,7 @@ class Validator(Neuron):
         )
         if selection is None:
             return ()
-        self.selection = selection
+        initial, self.selection = self.selection is None, selection
         effective = window + hp.peer_list_window_margin
         peer_list = PeerList(
             window=window,
@@ -124,8 +134,15 @@ class Validator(Neuron):
             reserves=selection.reserves,
             validator_uid=self.uid,
             hotkey=self.hotkey,
+            initial_selection=initial,
         )
-        await post_peer_list(self.store, peer_list, hp.version)
+        await post_peer_list(
+            self.store,
+            peer_list,
+            hp.version,
+            scheme=self.profile.keys,
+            codec=self.profile.coordination,
+        )
         self.lists[effective] = selection.peers
         for old in [w for w in self.lists if w < window - hp.peer_list_window_margin]:
             del self.lists[old]

@@ -65,15 +65,17 @@ def aggregator_updates(
     shapes: Mapping[str, tuple[int, ...]],
     device: torch.device | str = "cpu",
     max_bytes: int | None = None,
+    scheme: keys.KeyScheme = keys.NATIVE,
 ) -> Fetch:
-    """A `fetch` reading `aggregator-{window}-v{version}.safetensors` from `store`, decoded and
-    validated by `core.codec`; a missing or invalid object is None (with a log line)."""
+    """A `fetch` reading the aggregate of a window (`aggregator-{window}-v{version}.safetensors`
+    in `scheme`, ours) from `store`, decoded and validated by `core.codec`; a missing or
+    invalid object is None (with a log line)."""
 
     async def fetch(window: int) -> Update | None:
         expected = codec.Expected(
             version=version, codec=compressor, shapes=shapes, window=window, max_bytes=max_bytes
         )
-        key = keys.aggregator(window, version)
+        key = scheme.aggregator(window, version)
         try:
             blob = await store.get(key, max_bytes=expected.size_limit())
             payload = codec.decode(blob.data, expected)

@@ -22,9 +22,16 @@ class ActivityTracker:
     """Keeps `active_peers`, `eval_peers` and `inactive_peers` current."""
 
     def __init__(
-        self, opener: StoreOpener, clock: Clock, settings: PeerSettings, version: str
+        self,
+        opener: StoreOpener,
+        clock: Clock,
+        settings: PeerSettings,
+        version: str,
+        *,
+        scheme: keys.KeyScheme = keys.NATIVE,
     ) -> None:
         self._opener = opener
+        self._scheme = scheme
         self._clock = clock
         self._settings = settings
         self._version = keys.check_version(version)
@@ -44,7 +51,7 @@ class ActivityTracker:
         oldest = max(window - self._settings.recent_windows + 1, 0)
         for w in range(window, oldest - 1, -1):
             try:
-                if await store.head(keys.gradient(w, uid, self._version)) is not None:
+                if await store.head(self._scheme.gradient(w, uid, self._version)) is not None:
                     return True
             except StorageError as exc:
                 log.info("activity check of uid %s window %s failed: %s", uid, w, exc)

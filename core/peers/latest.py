@@ -72,13 +72,19 @@ async def read(store: ObjectStore, version: str) -> tuple[int, ...] | None:
     return parse(blob.data, version)
 
 
-async def listed(store: ObjectStore, version: str, window: int | None = None) -> list[int]:
+async def listed(
+    store: ObjectStore,
+    version: str,
+    window: int | None = None,
+    *,
+    scheme: keys.KeyScheme = keys.NATIVE,
+) -> list[int]:
     """Effective windows of the lists in `store` (at most `window`), newest first, by listing
-    every `peers-` key: the fallback for buckets without a pointer, whose cost grows with
-    the number of lists."""
+    every peer-list key: the fallback for buckets without a pointer (and the only way for a
+    scheme without one, Templar's), whose cost grows with the number of lists."""
     windows = []
-    async for meta in store.list("peers-"):
-        parsed = keys.parse(meta.key)
+    async for meta in store.list(scheme.peers_prefix):
+        parsed = scheme.parse(meta.key)
         if (
             parsed is not None
             and parsed.kind is keys.KeyKind.PEERS

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from typing import Protocol
 
 import attrs
 
@@ -48,6 +49,8 @@ class PeerList:
     reserves: tuple[int, ...] = attrs.field(converter=tuple, default=())
     validator_uid: int = 0
     hotkey: str = ""
+    # Templar's flag: the first list of a run (no scores behind it yet).
+    initial_selection: bool = False
 
     def restricted_to(self, uids: frozenset[int] | set[int]) -> PeerList:
         """The same list without the uids not in `uids` (e.g. not on the metagraph)."""
@@ -71,7 +74,7 @@ class PeerList:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _uint(body: Mapping, name: str, limit: int = MAX_WINDOW) -> int:
+def uint_field(body: Mapping, name: str, limit: int = MAX_WINDOW) -> int:
     value = body.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidPeerList(f"{name} must be a non-negative integer")
@@ -80,7 +83,7 @@ def _uint(body: Mapping, name: str, limit: int = MAX_WINDOW) -> int:
     return value
 
 
-def _body(data: bytes) -> Mapping:
+def json_object(data: bytes) -> Mapping:
     """A JSON object read from a peer's bucket: strict (a repeated key is refused)."""
     try:
         body = strict_json.loads(bytes(data).decode("utf-8"))
@@ -91,11 +94,11 @@ def _body(data: bytes) -> Mapping:
     return body
 
 
-def _uids(body: Mapping, name: str) -> tuple[int, ...]:
+def uid_list(body: Mapping, name: str) -> tuple[int, ...]:
     value = body.get(name)
     if not isinstance(value, list) or len(value) > MAX_UIDS:
         raise InvalidPeerList(f"{name} must be a list of at most {MAX_UIDS} uids")
-    uids = tuple(_uint({"uid": v}, "uid", MAX_UID) for v in value)
+    uids = tuple(uint_field({"uid": v}, "uid", MAX_UID) for v in value)
     if len(set(uids)) != len(uids):
         raise InvalidPeerList(f"{name} has duplicate uids")
     return uids
@@ -103,15 +106,15 @@ def _uids(body: Mapping, name: str) -> tuple[int, ...]:
 
 def parse_peer_list(data: bytes, version: str) -> PeerList:
     """Decode and validate a published peer list; raises `InvalidPeerList`."""
-    body = _body(data)
+    body = json_object(data)
     if body.get("schema") != SCHEMA:
         raise InvalidPeerList(f"schema {body.get('schema')!r} is not {SCHEMA}")
     if body.get("version") != version:
         raise InvalidPeerList(f"version {body.get('version')!r} is not {version!r}")
-    peers, reserves = _uids(body, "peers"), _uids(body, "reserves")
+    peers, reserves = uid_list(body, "peers"), uid_list(body, "reserves")
     if set(peers) & set(reserves):
         raise InvalidPeerList("a uid is both a peer and a reserve")
-    window, effective = _uint(body, "window"), _uint(body, "first_effective_window")
+    window, effective = uint_field(body, "window"), uint_field(body, "first_effective_window")
     if effective < window:
         raise InvalidPeerList("first_effective_window is before window")
     hotkey = body.get("hotkey")
@@ -122,17 +125,82 @@ def parse_peer_list(data: bytes, version: str) -> PeerList:
         first_effective_window=effective,
         peers=peers,
         reserves=reserves,
-        validator_uid=_uint(body, "validator_uid", MAX_UID),
+        validator_uid=uint_field(body, "validator_uid", MAX_UID),
         hotkey=hotkey,
     )
 
 
-async def post_peer_list(store: ObjectStore, peer_list: PeerList, version: str) -> ObjectMeta:
+class CoordinationCodec(Protocol):
+    """The bodies of a profile's peer lists and start window (core/profiles.py picks one).
+
+    A decoder takes the publisher the reader expects (the validator whose bucket it read) and
+    raises `InvalidPeerList` for anything it would not act on: wrong shape, out-of-range
+    numbers, duplicate uids, or a body that names another publisher.
+    """
+
+    name: str
+
+    def encode_peer_list(self, peer_list: PeerList, version: str) -> bytes: ...
+    def decode_peer_list(
+        self, data: bytes, version: str, validator_uid: int, hotkey: str
+    ) -> PeerList: ...
+    def encode_start_window(self, start_window: int, hotkey: str, version: str) -> bytes: ...
+    def decode_start_window(self, data: bytes, version: str, hotkey: str) -> int: ...
+
+
+@attrs.frozen
+class NativeCoordination:
+    """Our bodies: versioned, and naming the publishing validator's uid and hotkey."""
+
+    name: str = "native"
+
+    def encode_peer_list(self, peer_list: PeerList, version: str) -> bytes:
+        return peer_list.to_json(version)
+
+    def decode_peer_list(
+        self, data: bytes, version: str, validator_uid: int, hotkey: str
+    ) -> PeerList:
+        peer_list = parse_peer_list(data, version)
+        if peer_list.hotkey != hotkey or peer_list.validator_uid != validator_uid:
+            raise InvalidPeerList(f"not signed by validator {validator_uid}")
+        return peer_list
+
+    def encode_start_window(self, start_window: int, hotkey: str, version: str) -> bytes:
+        body = {
+            "schema": SCHEMA,
+            "version": version,
+            "start_window": start_window,
+            "hotkey": hotkey,
+        }
+        return json.dumps(body).encode()
+
+    def decode_start_window(self, data: bytes, version: str, hotkey: str) -> int:
+        body = json_object(data)
+        if body.get("version") != version:
+            raise InvalidPeerList("wrong version or shape")
+        if body.get("hotkey") != hotkey:
+            raise InvalidPeerList("hotkey does not match the validator")
+        return uint_field(body, "start_window")
+
+
+NATIVE = NativeCoordination()
+
+
+async def post_peer_list(
+    store: ObjectStore,
+    peer_list: PeerList,
+    version: str,
+    *,
+    scheme: keys.KeyScheme = keys.NATIVE,
+    codec: CoordinationCodec = NATIVE,
+) -> ObjectMeta:
     """Publish `peer_list` in our (validator) bucket under its effective window, then point
-    the pointer at it (after, so the pointer never names a list not yet written)."""
-    key = keys.peers(peer_list.first_effective_window, version)
-    meta = await store.put(key, peer_list.to_json(version))
-    await latest.advance(store, peer_list.first_effective_window, version)
+    the pointer at it (after, so the pointer never names a list not yet written), for a
+    scheme that has one."""
+    key = scheme.peers(peer_list.first_effective_window, version)
+    meta = await store.put(key, codec.encode_peer_list(peer_list, version))
+    if scheme.peers_latest(version) is not None:
+        await latest.advance(store, peer_list.first_effective_window, version)
     return meta
 
 
@@ -142,8 +210,12 @@ def _validators_with_buckets(
     return [(uid, commitments[uid]) for uid in metagraph.validators() if uid in commitments]
 
 
-async def _lists_in(store: ObjectStore, window: int, version: str) -> list[int]:
+async def _lists_in(
+    store: ObjectStore, window: int, version: str, scheme: keys.KeyScheme
+) -> list[int]:
     """Effective windows of the lists to try, newest first, none after `window`."""
+    if scheme.peers_latest(version) is None:
+        return await latest.listed(store, version, window, scheme=scheme)
     try:
         pointed = await latest.read(store, version)
     except latest.InvalidPointer as exc:
@@ -163,27 +235,25 @@ async def get_peer_list(
     version: str,
     *,
     max_bytes: int = 256 * 1024,
+    scheme: keys.KeyScheme = keys.NATIVE,
+    codec: CoordinationCodec = NATIVE,
 ) -> PeerList | None:
     """The newest valid peer list effective at `window`, uids not on the metagraph removed."""
     registered = frozenset(metagraph.uids)
     for vuid, bucket in _validators_with_buckets(metagraph, commitments):
         store = opener.open(bucket)
         try:
-            candidates = await _lists_in(store, window, version)
+            candidates = await _lists_in(store, window, version, scheme)
         except StorageError as exc:
             log.warning("cannot list peer lists of validator %s: %s", vuid, exc)
             continue
         for effective in candidates[:MAX_LISTS_TRIED]:
-            key = keys.peers(effective, version)
+            key = scheme.peers(effective, version)
             try:
-                peer_list = parse_peer_list(
-                    (await store.get(key, max_bytes=max_bytes)).data, version
-                )
+                blob = await store.get(key, max_bytes=max_bytes)
+                peer_list = codec.decode_peer_list(blob.data, version, vuid, metagraph.hotkey(vuid))
             except (StorageError, InvalidPeerList) as exc:
                 log.warning("skipping peer list %s of validator %s: %s", key, vuid, exc)
-                continue
-            if peer_list.hotkey != metagraph.hotkey(vuid) or peer_list.validator_uid != vuid:
-                log.warning("skipping peer list %s: not signed by validator %s", key, vuid)
                 continue
             unknown = (set(peer_list.peers) | set(peer_list.reserves)) - registered
             if unknown:
@@ -195,10 +265,16 @@ async def get_peer_list(
 
 
 async def post_start_window(
-    store: ObjectStore, start_window: int, hotkey: str, version: str
+    store: ObjectStore,
+    start_window: int,
+    hotkey: str,
+    version: str,
+    *,
+    scheme: keys.KeyScheme = keys.NATIVE,
+    codec: CoordinationCodec = NATIVE,
 ) -> None:
-    body = {"schema": SCHEMA, "version": version, "start_window": start_window, "hotkey": hotkey}
-    await store.put(keys.start_window(version), json.dumps(body).encode())
+    body = codec.encode_start_window(start_window, hotkey, version)
+    await store.put(scheme.start_window(version), body)
 
 
 async def get_start_window(
@@ -209,6 +285,8 @@ async def get_start_window(
     *,
     max_bytes: int = 4096,
     not_after: int | None = None,
+    scheme: keys.KeyScheme = keys.NATIVE,
+    codec: CoordinationCodec = NATIVE,
 ) -> int | None:
     """The start window published by the highest-stake validator that has a valid one.
 
@@ -216,13 +294,8 @@ async def get_start_window(
     validator cannot make the network wait for a far future."""
     for vuid, bucket in _validators_with_buckets(metagraph, commitments):
         try:
-            blob = await opener.open(bucket).get(keys.start_window(version), max_bytes=max_bytes)
-            body = _body(blob.data)
-            if body.get("version") != version:
-                raise InvalidPeerList("wrong version or shape")
-            if body.get("hotkey") != metagraph.hotkey(vuid):
-                raise InvalidPeerList("hotkey does not match the validator")
-            found = _uint(body, "start_window")
+            blob = await opener.open(bucket).get(scheme.start_window(version), max_bytes=max_bytes)
+            found = codec.decode_start_window(blob.data, version, metagraph.hotkey(vuid))
             if not_after is not None and found > not_after:
                 raise InvalidPeerList(f"start window {found} is after window {not_after}")
             return found

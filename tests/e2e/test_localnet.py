@@ -40,3 +40,29 @@ def test_localnet_trains_and_skips_a_garbage_miner_and_catches_a_copier(tmp_path
     assert "windows: loss" in run.stdout
     assert "uid 3 (garbage) skipped in 6/6 windows" in run.stdout
     assert "uid 4 (copier) skipped in 6/6 windows" in run.stdout
+
+
+@pytest.mark.slow
+def test_localnet_in_the_templar_profile_uses_templars_names_and_time_windows(tmp_path):
+    """`--protocol templar`: every bucket holds Templar's names only, and honest miners,
+    uploading once their window is over, are aggregated; a garbage miner is still refused."""
+    out, net = tmp_path / "table.json", tmp_path / "net"
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "neurons.cli", "localnet", "--protocol", "templar",
+            "--miners", "2", "--windows", "5", "--faulty", "garbage",
+            "--block-time", "0.4", "--dir", str(net), "--json", str(out),
+            "--plot", str(tmp_path / "loss.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    check_run(json.loads(out.read_text())["rows"], honest=("1", "2"), faulty={"3": "invalid"})
+    names = {p.name for p in (net / "storage").glob("*/objects/*") if p.is_file()}
+    assert any(n.startswith("gradient-") and n.endswith("-v1.pt") for n in names), names
+    assert any(n.startswith("aggregator-") and n.endswith("-v1.pt") for n in names), names
+    assert any(n.startswith("peers_") for n in names) and "start_window_v1.json" in names
+    assert not any(n.endswith(".safetensors") or n.startswith("peers-") for n in names), names
+    assert json.loads((net / "hparams.json").read_text())["protocol"] == "templar"

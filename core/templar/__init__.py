@@ -1,0 +1,1 @@
+"""Templar's wire facts (docs/templar.md): its object names, coordination bodies and payloads."""
