@@ -6,7 +6,8 @@ globals a `torch.save` of containers, primitives and tensors emits:
 
 - containers: dict, list, tuple (and `collections.OrderedDict()`, read as a dict);
 - primitives: int (at most 64 bits), float, str, bytes (protocol 2 writes them as
-  `_codecs.encode(str, "latin1")`, read as exactly that), bool, None;
+  `_codecs.encode(str, "latin1")`, read as exactly that; `torch.load` refuses the
+  `bytes()` it writes for b"", and so does this), bool, None;
 - `torch.<dtype>` objects (Templar's quantisation parameters carry one);
 - a tensor: `torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
   requires_grad, OrderedDict())`, its storage named by a BINPERSID tuple
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import pickletools
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -182,7 +182,7 @@ def walk(data: bytes, max_depth: int = MAX_DEPTH) -> Any:
     m = _Machine()
     stopped = False
     try:
-        for op, arg, pos in _ops(data):
+        for op, arg, pos in pickletools.genops(data):
             if stopped:
                 raise InvalidPayload("bad_pickle", "bytes after STOP")
             stopped = _step(m, op.name, arg)
@@ -201,11 +201,6 @@ def walk(data: bytes, max_depth: int = MAX_DEPTH) -> Any:
     result = m.stack[0]
     _check_depth(result, max_depth)
     return result
-
-
-def _ops(data: bytes) -> Iterator[tuple[Any, Any, int]]:
-    for op, arg, pos in pickletools.genops(data):
-        yield op, arg, pos
 
 
 def _step(m: _Machine, name: str, arg: Any) -> bool:
