@@ -122,9 +122,10 @@ _KEY_TYPES = (str, int)
 _ATOMS = (str, bytes, int, float, bool, type(None), torch.dtype, TensorRef)
 
 _PUSH_CONST = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
-_INTS = {"BININT", "BININT1", "BININT2"}
-_STRINGS = {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES",
-            "BINBYTES8"}  # fmt: skip
+# opcodes whose argument is the value pushed (ints, floats, strings, bytes)
+_PUSH_ARG = frozenset({"BININT", "BININT1", "BININT2", "BINFLOAT", "BINUNICODE",
+                       "SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES",
+                       "BINBYTES8"})  # fmt: skip
 _PUTS = {"BINPUT", "LONG_BINPUT"}
 _GETS = {"BINGET", "LONG_BINGET"}
 
@@ -205,7 +206,21 @@ def walk(data: bytes, max_depth: int = MAX_DEPTH) -> Any:
 
 def _step(m: _Machine, name: str, arg: Any) -> bool:
     st = m.stack
-    if name == "PROTO":
+    # the commonest opcodes of a torch.save pickle first: the chain is the walk's cost
+    if name in _PUSH_ARG:
+        st.append(arg)
+    elif name in _PUTS:
+        if not st or st[-1] is _MARK:
+            raise InvalidPayload("bad_pickle", "memoize with nothing on the stack")
+        m.memo[arg] = st[-1]
+    elif name in _GETS:
+        if arg not in m.memo:
+            raise InvalidPayload("bad_pickle", f"memo {arg} was never stored")
+        value = m.memo[arg]
+        if isinstance(value, _CONTAINERS):
+            raise InvalidPayload("bad_pickle", "the memo re-fetches a container")
+        st.append(value)
+    elif name == "PROTO":
         if not 2 <= arg <= 5:
             raise InvalidPayload("bad_pickle", f"protocol {arg}")
     elif name == "FRAME":
@@ -219,13 +234,9 @@ def _step(m: _Machine, name: str, arg: Any) -> bool:
         st.append(_MARK)
     elif name in _PUSH_CONST:
         st.append(_PUSH_CONST[name])
-    elif name in _INTS or name == "BINFLOAT":
-        st.append(arg)
     elif name == "LONG1":
         if arg.bit_length() > 8 * _MAX_INT_BYTES:
             raise InvalidPayload("bad_pickle", "integer wider than 64 bits")
-        st.append(arg)
-    elif name in _STRINGS:
         st.append(arg)
     elif name == "EMPTY_DICT":
         st.append({})
@@ -252,18 +263,10 @@ def _step(m: _Machine, name: str, arg: Any) -> bool:
     elif name == "SETITEMS":
         items = m.pop_mark()
         m.setitems(m.top_container(dict), items)
-    elif name in _PUTS or name == "MEMOIZE":
+    elif name == "MEMOIZE":
         if not st or st[-1] is _MARK:
             raise InvalidPayload("bad_pickle", "memoize with nothing on the stack")
-        index = len(m.memo) if name == "MEMOIZE" else arg
-        m.memo[index] = st[-1]
-    elif name in _GETS:
-        if arg not in m.memo:
-            raise InvalidPayload("bad_pickle", f"memo {arg} was never stored")
-        value = m.memo[arg]
-        if isinstance(value, _CONTAINERS):
-            raise InvalidPayload("bad_pickle", "the memo re-fetches a container")
-        st.append(value)
+        m.memo[len(m.memo)] = st[-1]
     elif name == "GLOBAL":
         module, _, attr = arg.partition(" ")
         st.append(_resolve(module, attr))
