@@ -20,6 +20,8 @@ from core.compression.base import Shape
 from core.compression.chunking import Plan
 from core.compression.topk import TopKCompressor, TopKParams
 
+MAX_FOLDER = 128  # characters of the archive's folder name (torch uses the file's stem)
+
 
 @attrs.frozen
 class ParamLayout:
@@ -55,8 +57,10 @@ class Layout:
 
     @staticmethod
     def per_param_overhead(name: str) -> int:
-        # four zip entries (local + central header, 64-byte alignment) and their pickle
-        return 4 * (30 + 46 + 64 + 2 * len(name.encode()) + 64) + 1024 + 4 * len(name.encode())
+        # four zip entries (local and central headers with their names under a folder of up
+        # to MAX_FOLDER characters, 64-byte alignment padding) and the parameter's pickle
+        entry = 30 + 46 + 2 * (MAX_FOLDER + 16) + 64 + 64
+        return 4 * entry + 1024 + 4 * len(name.encode())
 
 
 def layout_for(compressor: TopKCompressor, shapes: Mapping[str, Shape]) -> Layout:

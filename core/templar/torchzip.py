@@ -28,7 +28,7 @@ _EOCD64 = b"PK\x06\x06"
 _EOCD_SIZE = 22
 _MAX_COMMENT = 0xFFFF
 _STORAGE = re.compile(r"^data/(0|[1-9][0-9]{0,8})$")
-_PREFIX = re.compile(r"^[A-Za-z0-9._+-]{1,255}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9._+-]{1,128}$")
 # Small text records torch writes beside the pickle; their content is checked in `read`.
 _RECORDS = ("byteorder", "version", ".format_version", ".storage_alignment",
             ".data/serialization_id", ".data/version")  # fmt: skip
