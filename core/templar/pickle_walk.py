@@ -120,12 +120,15 @@ _MARK = _Mark()
 _CONTAINERS = (dict, list, tuple)
 _KEY_TYPES = (str, int)
 _ATOMS = (str, bytes, int, float, bool, type(None), torch.dtype, TensorRef)
+# values placed without a check: nothing of theirs can be shared or nested
+_PLAIN = frozenset({*_ATOMS, StorageRef, _StorageType})
 
 _PUSH_CONST = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 # opcodes whose argument is the value pushed (ints, floats, strings, bytes)
 _PUSH_ARG = frozenset({"BININT", "BININT1", "BININT2", "BINFLOAT", "BINUNICODE",
                        "SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES",
                        "BINBYTES8"})  # fmt: skip
+_TUPLE_N = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 _PUTS = {"BINPUT", "LONG_BINPUT"}
 _GETS = {"BINGET", "LONG_BINGET"}
 
@@ -153,6 +156,8 @@ class _Machine:
 
     def place(self, value: Any) -> Any:
         """`value` goes inside a container: a container may be placed once."""
+        if type(value) in _PLAIN:
+            return value
         if isinstance(value, _Mark | _Global):  # a storage type only ever sits in a pid
             raise InvalidPayload("bad_pickle", f"a {type(value).__name__} used as a value")
         if isinstance(value, _CONTAINERS) and value != ():  # () is a shared singleton
@@ -220,6 +225,27 @@ def _step(m: _Machine, name: str, arg: Any) -> bool:
         if isinstance(value, _CONTAINERS):
             raise InvalidPayload("bad_pickle", "the memo re-fetches a container")
         st.append(value)
+    elif name == "MARK":
+        if len(m.marks) >= _MAX_MARKS:
+            raise InvalidPayload("too_deep", f"more than {_MAX_MARKS} open marks")
+        m.marks.append(len(st))
+        st.append(_MARK)
+    elif name == "TUPLE":
+        st.append(tuple([m.place(v) for v in m.pop_mark()]))
+    elif name == "REDUCE":
+        args = m.pop()
+        func = m.pop()
+        st.append(_reduce(m, func, args))
+    elif name == "EMPTY_TUPLE":
+        st.append(())
+    elif name in _PUSH_CONST:
+        st.append(_PUSH_CONST[name])
+    elif name == "BINPERSID":
+        st.append(_storage(m.pop()))
+    elif name in _TUPLE_N:
+        n = _TUPLE_N[name]
+        items = [m.pop() for _ in range(n)][::-1]
+        st.append(tuple([m.place(v) for v in items]))
     elif name == "PROTO":
         if not 2 <= arg <= 5:
             raise InvalidPayload("bad_pickle", f"protocol {arg}")
@@ -227,13 +253,6 @@ def _step(m: _Machine, name: str, arg: Any) -> bool:
         pass
     elif name == "STOP":
         return True
-    elif name == "MARK":
-        if len(m.marks) >= _MAX_MARKS:
-            raise InvalidPayload("too_deep", f"more than {_MAX_MARKS} open marks")
-        m.marks.append(len(st))
-        st.append(_MARK)
-    elif name in _PUSH_CONST:
-        st.append(_PUSH_CONST[name])
     elif name == "LONG1":
         if arg.bit_length() > 8 * _MAX_INT_BYTES:
             raise InvalidPayload("bad_pickle", "integer wider than 64 bits")
@@ -242,14 +261,6 @@ def _step(m: _Machine, name: str, arg: Any) -> bool:
         st.append({})
     elif name == "EMPTY_LIST":
         st.append([])
-    elif name == "EMPTY_TUPLE":
-        st.append(())
-    elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-        n = int(name[-1])
-        items = [m.pop() for _ in range(n)][::-1]
-        st.append(tuple(m.place(v) for v in items))
-    elif name == "TUPLE":
-        st.append(tuple(m.place(v) for v in m.pop_mark()))
     elif name == "APPEND":
         value = m.pop()
         m.top_container(list).append(m.place(value))
@@ -276,12 +287,6 @@ def _step(m: _Machine, name: str, arg: Any) -> bool:
         if not isinstance(module, str) or not isinstance(attr, str):
             raise InvalidPayload("bad_pickle", "STACK_GLOBAL of non-strings")
         st.append(_resolve(module, attr))
-    elif name == "BINPERSID":
-        st.append(_storage(m.pop()))
-    elif name == "REDUCE":
-        args = m.pop()
-        func = m.pop()
-        st.append(_reduce(m, func, args))
     else:
         raise InvalidPayload("forbidden_opcode", f"opcode {name} is not allowed")
     return False
