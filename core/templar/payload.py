@@ -34,7 +34,14 @@ from core.invalid import InvalidPayload
 from core.templar import pickle_walk, tensors, torchzip
 from core.templar.layout import Layout, ParamLayout, layout_for
 
-__all__ = ["MAX_SCALE", "MIN_SCALE", "decode", "decode_with_metadata", "expected_layout"]
+__all__ = [
+    "MAX_SCALE",
+    "MIN_SCALE",
+    "decode",
+    "decode_with_metadata",
+    "expected_layout",
+    "size_limit",
+]
 
 # Templar's validators refuse a quantisation scale outside these (comms.gather).
 MIN_SCALE = 1e-12
@@ -51,6 +58,15 @@ def expected_layout(expected: Expected) -> Layout:
     if not isinstance(codec, TopKCompressor):
         raise ValueError("Templar payloads need the top-k compressor")
     return layout_for(codec, expected.shapes)
+
+
+def size_limit(expected: Expected) -> int:
+    """The most bytes a Templar payload for `expected` may have: `expected.max_bytes` when
+    set, else the layout's allowance. Give it to the fetch as its download limit: the
+    native `expected.size_limit()` is that of the (smaller) native format."""
+    if expected.max_bytes is not None:
+        return expected.max_bytes
+    return expected_layout(expected).size_limit()
 
 
 def decode(data: bytes, expected: Expected) -> Payload:
@@ -72,7 +88,7 @@ def decode_with_metadata(data: bytes, expected: Expected) -> tuple[Payload, dict
 def _decode(data: bytes, expected: Expected, layout: Layout) -> tuple[Payload, dict[str, Any]]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidPayload("not_bytes", f"payload is {type(data).__name__}, not bytes")
-    limit = expected.max_bytes if expected.max_bytes is not None else layout.size_limit()
+    limit = size_limit(expected)
     if len(data) > limit:
         raise InvalidPayload("too_large", f"{len(data)} bytes > limit {limit}")
     limits = torchzip.ArchiveLimits(

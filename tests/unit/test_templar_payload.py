@@ -244,7 +244,8 @@ def test_index_checks_come_from_the_native_codec():
 def test_size_limit_is_checked_before_reading():
     small = attrs.evolve(EXPECTED, max_bytes=100)
     assert reason(golden_bytes(), small) == "too_large"
-    assert reason(b"x" * (payload.expected_layout(EXPECTED).size_limit() + 1)) == "too_large"
+    assert reason(b"x" * (payload.size_limit(EXPECTED) + 1)) == "too_large"
+    assert payload.size_limit(small) == 100
 
 
 def test_not_bytes():

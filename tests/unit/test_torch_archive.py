@@ -363,3 +363,23 @@ def test_walk_returns_plain_values_and_tensor_refs():
     tree = pickle_walk.walk(entries(save({"w": torch.ones(2)}))["archive/data.pkl"])
     assert isinstance(tree["w"], pickle_walk.TensorRef)
     assert tree["w"].size == (2,) and tree["w"].storage.dtype == torch.float32
+
+
+def test_two_entries_over_the_same_bytes_are_refused():
+    # a second central-directory record, data/1, pointing at data/0's local header: the
+    # overlapping-entries construction of non-recursive zip bombs
+    data = archive(pkl(b"N"), {"0": bytes(64)})
+    eocd = data.rfind(b"PK\x05\x06")
+    cd_size, cd_start = struct.unpack_from("<II", data, eocd + 12)
+    central = data[cd_start : cd_start + cd_size]
+    name = b"archive/data/0"
+    at = central.find(name) - 46
+    record_len = 46 + len(name) + sum(struct.unpack_from("<HH", central, at + 30))
+    twin = bytearray(central[at : at + record_len])
+    twin[46 : 46 + len(name)] = b"archive/data/1"
+    new_central = central + bytes(twin)
+    count = struct.unpack_from("<H", data, eocd + 10)[0] + 1
+    tail = bytearray(data[eocd:])
+    struct.pack_into("<HHII", tail, 8, count, count, len(new_central), cd_start)
+    forged = data[:cd_start] + new_central + bytes(tail)
+    assert reason(forged) == "bad_archive"
