@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -47,6 +47,8 @@ __all__ = [
 MIN_SCALE = 1e-12
 MAX_SCALE = 1e4
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# top dict > state_dict > quant_params tuple > tensor, with room for metadata values
+_MAX_DEPTH = 6
 _MAX_METADATA_KEYS = 16
 _MAX_METADATA_TEXT = 256
 _SUFFIXES = ("quant_params", "idxs", "vals")  # longest first: "...quant_params" ends in "s"
@@ -97,13 +99,12 @@ def _decode(data: bytes, expected: Expected, layout: Layout) -> tuple[Payload, d
         max_pickle_bytes=layout.max_pickle_bytes(),
     )
     archive = torchzip.read(data, limits)
-    tree = tensors.build(pickle_walk.walk(archive.pickle, max_depth=6), archive.storages)
+    tree = tensors.build(pickle_walk.walk(archive.pickle, max_depth=_MAX_DEPTH), archive.storages)
     state, global_step = _top(tree)
     metadata = _metadata(state.get("metadata"), expected)
     _check_keys(state, layout)
     tensors_ = _to_compressed(state, layout)
-    codec = expected.codec
-    assert isinstance(codec, TopKCompressor)
+    codec = cast(TopKCompressor, expected.codec)  # expected_layout checked it
     spec = dict(codec.spec)
     spec.pop("index_code", None)  # Templar's 12-bit indices: the "packed" index code
     compressed = Compressed(spec=spec, shapes=expected.wire_shapes(), tensors=tensors_)

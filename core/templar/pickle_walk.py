@@ -14,7 +14,7 @@ globals a `torch.save` of containers, primitives and tensors emits:
   `('storage', torch.<X>Storage, key, location, numel)`.
 
 Everything else (BUILD, INST, OBJ, NEWOBJ, EXT, LONG4, text opcodes, any other global, a
-REDUCE of anything but the two callables) is `InvalidPayload`. The result is a tree of plain
+REDUCE of anything but the three callables above) is `InvalidPayload`. The result is a tree of plain
 values and `TensorRef`s, which `core.templar.tensors` turns into tensors: a container may
 sit in one place only (the memo can re-fetch primitives, dtypes and tensors, never a
 container), so there are no cycles and no memo bombs, and nesting is bounded.
