@@ -10,6 +10,8 @@
 
 import io
 import struct
+import warnings
+import zipfile
 
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -190,3 +192,30 @@ def test_write_then_read_gives_the_gradient_back(shapes, topk, chunk, bins, use_
     want, back = codec.decode(comp), codec.decode(got.compressed)
     for name in shapes:
         assert torch.equal(want[name], back[name]), name
+
+
+ENTRY_NAMES = ["archive/data.pkl", "archive/byteorder", "archive/version", "archive/data/0",
+               "archive/data/1", "archive/.data/serialization_id", "archive/data/x",
+               "other/data.pkl", "archive/../x", "archive/data.pkl/"]  # fmt: skip
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(ENTRY_NAMES),
+            st.binary(max_size=64) | st.sampled_from([b"little", b"3\n", GOLDEN_PICKLE]),
+            st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]),
+        ),
+        max_size=8,
+    )
+)
+def test_random_archives(items):
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate names drawn here
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, body, method in items:
+                zf.writestr(name, body, compress_type=method)
+    outcome(tensors.load, buf.getvalue())
+    outcome(lambda d: payload.decode(d, EXPECTED), buf.getvalue())
