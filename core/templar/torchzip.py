@@ -33,6 +33,9 @@ _PREFIX = re.compile(r"^[A-Za-z0-9._+-]{1,128}$")
 _RECORDS = ("byteorder", "version", ".format_version", ".storage_alignment",
             ".data/serialization_id", ".data/version")  # fmt: skip
 _MAX_RECORD = 64
+# one central directory record: 46 bytes, a name under a folder of at most 128 characters,
+# and room for a ZIP64 extra field
+_MAX_DIRECTORY_RECORD = 46 + 160 + 64
 
 
 @attrs.frozen
@@ -53,24 +56,23 @@ class TorchArchive:
     storages: Mapping[str, bytearray] = attrs.field(repr=lambda s: f"<{len(s)} storages>")
 
 
-def entry_count(data: bytes) -> int:
-    """The entry count the archive's end record claims (ZIP64 aware), read without parsing
-    the central directory; `bad_archive` when there is no end record."""
+def directory(data: bytes) -> tuple[int, int]:
+    """(entry count, central directory bytes) as the archive's end record claims them (ZIP64
+    aware), read without parsing the directory; `bad_archive` without an end record."""
     tail_start = max(0, len(data) - _EOCD_SIZE - _MAX_COMMENT)
     at = data.rfind(_EOCD, tail_start)
     if at < 0 or at + _EOCD_SIZE > len(data):
         raise InvalidPayload("bad_archive", "no zip end-of-central-directory record")
-    (total,) = struct.unpack_from("<H", data, at + 10)
-    if total != 0xFFFF:
-        return total
+    total, size = struct.unpack_from("<HI", data, at + 10)
+    if total != 0xFFFF and size != 0xFFFFFFFF:
+        return total, size
     locator = at - 20
     if locator < 0 or data[locator : locator + 4] != _EOCD64_LOCATOR:
-        raise InvalidPayload("bad_archive", "ZIP64 entry count without its locator")
+        raise InvalidPayload("bad_archive", "ZIP64 end record without its locator")
     (record,) = struct.unpack_from("<Q", data, locator + 8)
     if record + 56 > len(data) or data[record : record + 4] != _EOCD64:
         raise InvalidPayload("bad_archive", "ZIP64 locator points outside the archive")
-    (total64,) = struct.unpack_from("<Q", data, record + 32)
-    return total64
+    return struct.unpack_from("<QQ", data, record + 32)
 
 
 def read(data: bytes, limits: ArchiveLimits | None = None) -> TorchArchive:
@@ -80,9 +82,12 @@ def read(data: bytes, limits: ArchiveLimits | None = None) -> TorchArchive:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidPayload("not_bytes", f"archive is {type(data).__name__}, not bytes")
     data = bytes(data)
-    count = entry_count(data)
+    count, size = directory(data)
     if count > limits.max_entries:
         raise InvalidPayload("too_many_entries", f"{count} entries > {limits.max_entries}")
+    # zipfile parses records until the directory's size is used up, whatever the count says
+    if size > limits.max_entries * _MAX_DIRECTORY_RECORD:
+        raise InvalidPayload("too_many_entries", f"a central directory of {size} bytes")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             return _read(zf, len(data), limits)

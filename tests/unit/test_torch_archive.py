@@ -285,7 +285,18 @@ def test_compressed_entries_are_refused_so_no_zip_bomb_expands():
 def test_entry_count_is_bounded_before_the_directory_is_parsed():
     many = archive(pkl(b"N"), extra={f"archive/x{i}": b"" for i in range(50)})
     assert reason(many, torchzip.ArchiveLimits(max_entries=20)) == "too_many_entries"
-    assert torchzip.entry_count(many) == 53
+    assert torchzip.directory(many)[0] == 53
+
+
+def test_central_directory_size_is_bounded_whatever_the_count_says():
+    # zipfile reads records until the directory's byte size is used up: 203 records behind
+    # an end record that claims 3
+    many = bytearray(archive(pkl(b"N"), extra={f"archive/x{i}": b"" for i in range(200)}))
+    eocd = many.rfind(b"PK\x05\x06")
+    struct.pack_into("<HH", many, eocd + 8, 3, 3)
+    with pytest.raises(InvalidPayload, match="central directory of") as err:
+        tensors.load(bytes(many), torchzip.ArchiveLimits(max_entries=20))
+    assert err.value.reason == "too_many_entries"
 
 
 def test_entry_and_pickle_sizes_are_bounded():
