@@ -39,6 +39,17 @@ REASONS = frozenset(
         "value_out_of_range",
         "too_deep",
         "malformed",
+        # torch.save archives (the templar protocol profile, core/templar/)
+        "bad_archive",
+        "too_many_entries",
+        "entry_too_large",
+        "bad_pickle",
+        "forbidden_opcode",
+        "forbidden_global",
+        "bad_storage",
+        "bad_tensor",
+        "bad_structure",
+        "bad_quant_params",
     }
 )
 

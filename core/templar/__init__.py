@@ -1,1 +1,3 @@
-"""Templar's wire facts (docs/templar.md): its object names, coordination bodies and payloads."""
+"""Templar's wire facts (docs/templar.md): its object names, coordination bodies, and its
+gradient payloads (`torch.save` archives), read without unpickling and written for Templar's
+loader."""
