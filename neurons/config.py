@@ -93,7 +93,6 @@ class HParams:
     )
     batch_size: int = _hp(6, "samples per batch", positive=True)
     inner_steps: int = _hp(1, "batches per window whose mean gradient a miner sends", positive=True)
-    model: str = _hp("tiny", "model to train; the localnet's synthetic regression is 'tiny'")
     seed: int = _hp(1234, "seed of the shared initial model and of the synthetic data", minimum=0)
     # Peers -------------------------------------------------------------------------------
     gather_peer_count: int = _hp(15, "peers gathered per window", positive=True)
@@ -192,6 +191,13 @@ class HParams:
     janitor_max_deletes: int = _hp(
         1000, "most objects the janitor deletes from one bucket per window", positive=True
     )
+    # Task (neurons/task.py, docs/tasks.md) -----------------------------------------------
+    task: str = _hp(
+        "tiny",
+        "what the network trains: a built-in task ('tiny': the demo's synthetic regression, "
+        "'lm': a byte-level transformer language model) or 'package.module:factory'",
+    )
+    # ---------------------------------------------------------------------------- end Task
 
     def __attrs_post_init__(self) -> None:
         for field in attrs.fields(type(self)):

@@ -30,7 +30,8 @@ from core.windows import TimeWindow, first_block, window_of
 from neurons import resume, sync
 from neurons.buckets import NeuronBuckets
 from neurons.config import HParams, NeuronSettings
-from neurons.task import TinyTask
+from neurons.task import TaskContext, Training, load_task
+from neurons.training import apply_aggregate, schedule_to
 from ports import (
     Bucket,
     Chain,
@@ -72,6 +73,7 @@ class Neuron:
         timestamp_resolution: float = 1.0,
         scratch: Scratch | None = None,
         aggregates: ObjectStore | None = None,
+        task: Training | None = None,
     ) -> None:
         self.hparams = hparams
         self.settings = settings
@@ -102,8 +104,13 @@ class Neuron:
                 decode_in_thread=decode_in_thread, timestamp_resolution=timestamp_resolution
             ),
         )
-        self.task = TinyTask(hparams.seed, hparams.batch_size, settings.device)
-        self.model = self.task.model()
+        # The runner loads the task before any bucket is touched (neurons/runner.py); a
+        # neuron built without one trains the hparams' task with no dataset bucket.
+        self.training = task or load_task(
+            TaskContext(hparams=hparams, device=settings.device, clock=clock)
+        )
+        self.task = self.training.task
+        self.model = self.training.model
         self.compressor = TopKCompressor(
             hparams.topk_params(), transition_until=hparams.index_code_transition_until
         )
@@ -173,6 +180,7 @@ class Neuron:
             if loaded is not None:
                 self.last_window, self.global_step = loaded
                 self.error = None  # the buffer belonged to another trajectory
+        schedule_to(self.training, self.global_step)
         if self.aggregates is not None and self.last_window is not None:
             start = self.last_window
             self.last_window = await sync.replay_aggregates(
@@ -182,7 +190,7 @@ class Neuron:
                 start_window=start,
                 target_window=target,
                 max_behind=hp.sync_max_steps_behind,
-                learning_rate=hp.learning_rate,
+                apply=lambda update: apply_aggregate(self.training, update),
             )
             self.global_step += self.last_window - start
 
