@@ -43,6 +43,13 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="override one hparam: name=value (repeatable; beats --hparams)"),
 ]
+TaskOption = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        help="what to train: tiny | lm | package.module:factory (the `task` hparam; beats --set)",
+    ),
+]
 Opt = typer.Option
 
 
@@ -77,6 +84,7 @@ def _neuron(
     max_windows: int | None,
     threads: int | None,
     log_level: str = "WARNING",
+    task: str | None = None,
 ) -> None:
     from neurons.runner import run_neuron  # torch loads here, not for `version`
 
@@ -84,6 +92,8 @@ def _neuron(
         _count("windows", max_windows)
         _count("threads", threads)
         overrides = dict(parse_assignment(a) for a in assignments or [])
+        if task:
+            overrides["task"] = task
         hparams = load_hparams(hparams_file, overrides)
         settings = load_settings(os.environ, flags)
         done = run_neuron(
@@ -143,6 +153,7 @@ _OTHER_DEFAULTS = {
     "set": "none",
     "windows": "no limit",
     "threads": "torch's",
+    "task": "the hparams' (tiny)",
 }
 # Options that only one role has.
 _ROLE_ONLY = {"faulty": "miner"}
@@ -188,6 +199,7 @@ def _neuron_command(role: str):
     def command(
         hparams_file: HParamsFile = None,
         assignments: SetOption = None,
+        task: TaskOption = None,
         storage: Annotated[str | None, Opt(help="r2 | local | memory")] = None,
         storage_root: Annotated[str | None, Opt(help="local storage root")] = None,
         storage_direct_bytes: Annotated[
@@ -265,7 +277,7 @@ def _neuron_command(role: str):
             faulty=faulty,
             metrics_port=metrics_port,
         )
-        _neuron(role, hparams_file, assignments, flags, windows, threads, log_level)
+        _neuron(role, hparams_file, assignments, flags, windows, threads, log_level, task)
 
     command.__doc__ = f"Run a {role} (settings: flags > TEMPLAR_* env > defaults)."
     return _conventions(command, role)
@@ -309,12 +321,15 @@ def localnet(
     ] = Path("loss.png"),
     hparams_file: HParamsFile = None,
     assignments: SetOption = None,
+    task: TaskOption = None,
 ) -> None:
     """Run one validator and several miners on this machine (separate processes)."""
     from neurons.localnet import LocalnetOptions, run_localnet
 
     try:
         overrides = dict(parse_assignment(a) for a in assignments or [])
+        if task:
+            overrides["task"] = task
         options = LocalnetOptions(
             miners=miners,
             windows=windows,

@@ -172,9 +172,8 @@ def _built(spec: str, what: str, build: Callable[[], Any], kind: type) -> Any:
     except Exception as exc:
         raise TaskError(spec, f"{what} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(value, kind):
-        raise TaskError(
-            spec, f"{what} returned a {type(value).__name__}, not a {kind.__module__}.{kind.__name__}"
-        )
+        want = f"{kind.__module__}.{kind.__name__}"
+        raise TaskError(spec, f"{what} returned a {type(value).__name__}, not a {want}")
     return value
 
 
@@ -187,6 +186,8 @@ def load_task(context: TaskContext) -> Training:
     model = _built(spec, "model()", task.model, nn.Module)
     if not any(True for _ in model.parameters()):
         raise TaskError(spec, "model() has no parameters to train")
-    optimizer = _built(spec, "optimizer(model)", lambda: task.optimizer(model), torch.optim.Optimizer)
+    optimizer = _built(
+        spec, "optimizer(model)", lambda: task.optimizer(model), torch.optim.Optimizer
+    )
     scheduler = _built(spec, "scheduler(optimizer)", lambda: task.scheduler(optimizer), LRScheduler)
     return Training(task=task, model=model, optimizer=optimizer, scheduler=scheduler)

@@ -18,32 +18,39 @@ PAGE_BYTES = 2048
 PAGES = 192
 PREFIX = "lm-corpus/v1/"
 
-_NAMES = (
+
+def _words(text: str, sep: str | None = None) -> tuple[str, ...]:
+    return tuple(text.split(sep))
+
+
+_NAMES = _words(
     "Ada Alan Bertha Clara Edgar Emma Frank Grace Hugo Iris Jonas Karl Lena Mara Nils Olga "
     "Peter Rosa Simon Tilda Ulf Vera Walter"
-).split()
-_NOUNS = (
-    "river mountain village garden window letter captain farmer teacher horse kettle lantern "
-    "forest bridge market sailor bakery orchard meadow station island harbour carriage "
-    "winter summer morning evening candle doctor soldier shepherd lamp road field stone "
-    "cottage clock sister brother mother father child friend stranger king queen tower"
-).split()
-_ADJECTIVES = (
+)
+_NOUNS = _words(
+    "river mountain village garden window letter captain farmer teacher horse kettle "
+    "lantern forest bridge market sailor bakery orchard meadow station island harbour "
+    "carriage winter summer morning evening candle doctor soldier shepherd lamp road field "
+    "stone cottage clock sister brother mother father child friend stranger king queen "
+    "tower"
+)
+_ADJECTIVES = _words(
     "old young quiet bright dark cold warm small great narrow wide green grey silent gentle "
     "heavy tired happy strange distant golden broken careful patient proud"
-).split()
-_VERBS = (
-    "see find carry watch follow remember answer open close mend paint visit call need "
-    "keep build leave reach"
-).split()
-_INTRANSITIVE = "sleep wait laugh listen travel rest wander sing work".split()
-_ADVERBS = "slowly quietly often never always again soon gladly carefully suddenly".split()
-_PLACES = (
+)
+_VERBS = _words(
+    "see find carry watch follow remember answer open close mend paint visit call need keep "
+    "build leave reach"
+)
+_INTRANSITIVE = _words("sleep wait laugh listen travel rest wander sing work")
+_ADVERBS = _words("slowly quietly often never always again soon gladly carefully suddenly")
+_PLACES = _words(
     "near the river|by the old bridge|in the garden|at the station|under the trees|"
-    "across the field|behind the bakery|on the island|beside the harbour|in the market"
-).split("|")
-_CONNECTIVES = "and|but|because|while|so|although|when".split("|")
-_SAYING = "said|asked|replied|whispered|called".split("|")
+    "across the field|behind the bakery|on the island|beside the harbour|in the market",
+    "|",
+)
+_CONNECTIVES = _words("and but because while so although when")
+_SAYING = _words("said asked replied whispered called")
 
 
 def _third_person(verb: str) -> str:
@@ -69,7 +76,7 @@ class _Writer:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
 
-    def pick(self, words: tuple[str, ...] | list[str]) -> str:
+    def pick(self, words: tuple[str, ...]) -> str:
         return self.rng.choice(words)
 
     def noun_phrase(self) -> tuple[str, bool]:

@@ -15,7 +15,9 @@ def _rng(seed: int, window: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, window, stream])
 
 
-def train_pages(seed: int, window: int, uid: int, count: int, pages: int, held_out: int) -> list[int]:
+def train_pages(
+    seed: int, window: int, uid: int, count: int, pages: int, held_out: int
+) -> list[int]:
     """`count` distinct training pages (with repeats only when count exceeds them)."""
     usable = pages - held_out
     if usable <= 0:

@@ -57,7 +57,8 @@ class ByteTransformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() == 2:
                 # Residual outputs start smaller, so a deep stack starts near the identity.
-                std = 0.02 / (2 * shape.layers) ** 0.5 if name.endswith(("proj.weight", "down.weight")) else 0.02
+                residual = name.endswith(("proj.weight", "down.weight"))
+                std = 0.02 / (2 * shape.layers) ** 0.5 if residual else 0.02
                 nn.init.normal_(p, std=std)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)

@@ -4,7 +4,6 @@ honest peers of the tiny task below it and relabelled, perturbed copies above it
 from __future__ import annotations
 
 import asyncio
-
 import itertools
 from datetime import UTC, datetime, timedelta
 
