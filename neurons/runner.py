@@ -115,11 +115,11 @@ async def _training(
 ) -> Training:
     """The hparams' task, loaded and checked against the network's newest checkpoint; a
     `TaskError` (exit 2) before any bucket is written when it cannot be this network's."""
-    dataset = opener.open(buckets.dataset_read) if buckets.dataset_read is not None else None
+    read = buckets.dataset_read
     context = TaskContext(
         hparams=hparams,
         device=settings.device,
-        dataset=ReadOnlyStore(dataset) if dataset is not None else None,
+        dataset=ReadOnlyStore(opener, read) if read is not None else None,
         clock=clock,
     )
     training = load_task(context)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from neurons.config import ConfigError, HParams
-from ports import Blob, Clock, ObjectMeta, ObjectStore
+from ports import Blob, Bucket, Clock, ObjectMeta, ObjectStore, StoreOpener
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +69,32 @@ class Task(Protocol):
 
 
 class ReadOnlyStore:
-    """The dataset bucket as a task sees it: reads only, whatever the credentials allow."""
+    """The dataset bucket as a task sees it: reads only, whatever the credentials allow.
+    Opened on first use, so a task that reads no data opens (and creates) nothing."""
 
-    def __init__(self, inner: ObjectStore) -> None:
-        self._inner = inner
+    def __init__(self, opener: StoreOpener, bucket: Bucket) -> None:
+        self._opener = opener
+        self._bucket = bucket
+        self._inner: ObjectStore | None = None
 
     @property
     def name(self) -> str:
-        return self._inner.name
+        return self._bucket.name
+
+    def _store(self) -> ObjectStore:
+        if self._inner is None:
+            self._inner = self._opener.open(self._bucket)
+        return self._inner
 
     async def get(self, key: str, *, max_bytes: int | None = None) -> Blob:
-        return await self._inner.get(key, max_bytes=max_bytes)
+        return await self._store().get(key, max_bytes=max_bytes)
 
     async def head(self, key: str) -> ObjectMeta | None:
-        return await self._inner.head(key)
+        return await self._store().head(key)
 
     async def close(self) -> None:
-        await self._inner.close()
+        if self._inner is not None:
+            await self._inner.close()
 
 
 @attrs.frozen(kw_only=True)
