@@ -3,8 +3,10 @@ can rebuild from (window, uid), held-out pages for validators, and missing pages
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 
@@ -84,22 +86,23 @@ asyncio.run(main())
 """
 
 
-async def test_another_process_builds_the_same_batches_and_initial_model():
-    import os
-
-    root = os.getcwd()
+def test_another_process_builds_the_same_batches_and_initial_model():
     out = subprocess.run(
-        [sys.executable, "-c", PROBE.format(root=root)],
+        [sys.executable, "-c", PROBE.format(root=os.getcwd())],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     ).stdout.split()
-    task = await lm()
-    h = hashlib.sha256()
-    for t in task.model().state_dict().values():
-        h.update(t.numpy().tobytes())
-    assert out == [digest(await task.train_batches(3, 7, 2)), h.hexdigest()]
+
+    async def here() -> list[str]:
+        task = await lm()
+        h = hashlib.sha256()
+        for t in task.model().state_dict().values():
+            h.update(t.numpy().tobytes())
+        return [digest(await task.train_batches(3, 7, 2)), h.hexdigest()]
+
+    assert out == asyncio.run(here())
 
 
 @given(
