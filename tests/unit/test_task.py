@@ -3,6 +3,8 @@ factory can be unusable, each a one-line TaskError (the CLI's exit 2)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -12,6 +14,7 @@ from neurons.task import TaskContext, TaskError, load_task
 from neurons.tasks.tiny import TinyTask
 from neurons.training import apply_aggregate, schedule_to
 from tests.unit import task_factories
+from tests.unit.test_cli_errors import chain_file, files, one_line, run
 
 FACTORIES = "tests.unit.task_factories"
 
@@ -80,3 +83,44 @@ def test_a_resumed_neuron_moves_its_schedule_to_its_step():
     assert training.scheduler.last_epoch == 12
     schedule_to(training, 3)  # never backwards
     assert training.scheduler.last_epoch == 12
+
+
+# The command line: one line on stderr, exit 2, nothing created ---------------------------
+
+
+@pytest.fixture
+def clean_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("TEMPLAR_", "R2_")):
+            monkeypatch.delenv(name)
+    return tmp_path
+
+
+def test_an_unimportable_task_stops_the_cli_before_the_chain(clean_dir):
+    result = run(
+        "miner", "--task", "no_such_package_xyz:make",
+        "--chain", "fake", "--hotkey", "m1", "--storage", "local",
+    )  # fmt: skip
+    one_line(result, "task", "cannot import no_such_package_xyz")
+    assert files(clean_dir) == set()
+
+
+@pytest.mark.parametrize("role", ["miner", "validator"])
+def test_a_factory_that_returns_no_task_is_one_line_before_any_bucket(clean_dir, role):
+    chain = chain_file(clean_dir, "n1")
+    result = run(
+        role, "--task", f"{FACTORIES}:not_a_task",
+        "--chain", "fake", "--chain-path", str(chain), "--hotkey", "n1", "--storage", "local",
+    )  # fmt: skip
+    one_line(result, "task", "not a task")
+    assert files(clean_dir) <= {"chain.json", "chain.json.lock"}  # no storage, no state
+
+
+def test_task_on_the_command_line_beats_set(clean_dir):
+    chain = chain_file(clean_dir, "n1")
+    result = run(
+        "miner", "--set", "task=tiny", "--task", f"{FACTORIES}:failing",
+        "--chain", "fake", "--chain-path", str(chain), "--hotkey", "n1", "--storage", "local",
+    )  # fmt: skip
+    one_line(result, "no GPU here")
