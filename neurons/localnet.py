@@ -444,7 +444,8 @@ def _run(net: Network, options: LocalnetOptions, window_s: float, console: Conso
     finally:
         if interactive:
             live.stop()
-        codes = net.stop()
+        # A window in progress finishes before a neuron exits: long windows need longer.
+        codes = net.stop(max(15.0, 2 * window_s + 5))
     rows = net.counted_rows()[: options.windows]
     console.print(render(rows))
     console.print(summary(rows, net.faulty()), highlight=False, soft_wrap=True)
