@@ -61,13 +61,20 @@ class Miner(Neuron):
         started = self.clock.monotonic()
         hp = self.hparams
         batches = await self.task.train_batches(self.uid, window, hp.inner_steps)
-        loss, grads = window_gradient(self.task, self.model, batches)
-        fed = compress_with_feedback(self.compressor, grads, self.error, decay=hp.momentum_decay)
-        self.error = fed.residual
-        data = self.encode(fed.compressed, window)
-        upload_started = self.clock.monotonic()
-        upload = await self._upload(data, window)
-        upload_seconds = self.clock.monotonic() - upload_started
+        loss, data, upload, upload_seconds = float("nan"), b"", "no_batches", 0.0
+        if batches:
+            loss, grads = window_gradient(self.task, self.model, batches)
+            fed = compress_with_feedback(
+                self.compressor, grads, self.error, decay=hp.momentum_decay
+            )
+            self.error = fed.residual
+            data = self.encode(fed.compressed, window)
+            upload_started = self.clock.monotonic()
+            upload = await self._upload(data, window)
+            upload_seconds = self.clock.monotonic() - upload_started
+        else:
+            # Nothing to send, but the network's step is still ours to take (below).
+            log.warning("miner uid %s: no batch of window %d could be read", self.uid, window)
 
         metagraph, commitments = await self.peers_view()
         peer_list = await get_peer_list(

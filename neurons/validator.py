@@ -28,13 +28,7 @@ from neurons.copies import CopyJudge
 from neurons.neuron import Neuron, Row
 from neurons.scoring import Scores
 from neurons.sync import CheckpointSaver
-from neurons.training import (
-    NoBatches,
-    apply_aggregate,
-    loss_after_step,
-    mean_loss,
-    unit_normalised,
-)
+from neurons.training import apply_aggregate, loss_after_step, mean_loss, unit_normalised
 from ports import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -147,7 +141,8 @@ class Validator(Neuron):
         contributors = set(miners if listed is None else listed)
         batches = await self.task.eval_batches(window, hp.eval_batches)
         if not batches:
-            raise NoBatches("no held-out batch could be read this window")
+            # Unscored, but aggregated and stepped: the model must follow the network.
+            log.warning("validator: no held-out batch of window %d; nothing is scored", window)
         before = mean_loss(self.task, self.model, batches)
         aggregator = Aggregator(
             self.compressor, self.shapes, normalisation=Normalisation(hp.normalisation)
@@ -175,13 +170,14 @@ class Validator(Neuron):
                 compressed = fetched.payload.compressed
                 step = unit_normalised(self.compressor.decode(compressed))
                 lr = self.training.learning_rate * hp.eval_lr_factor
-                after = loss_after_step(self.task, self.model, step, lr, batches)
-                evaluations[str(uid)] = relative_improvement(before, after)
+                if batches:
+                    after = loss_after_step(self.task, self.model, step, lr, batches)
+                    evaluations[str(uid)] = relative_improvement(before, after)
                 judged.add(uid, compressed, fetched.meta)
                 if uid in contributors:
                     held[uid] = compressed
         for uid, verdict in judged.verdicts().items():
-            del evaluations[str(uid)]
+            evaluations.pop(str(uid), None)
             held.pop(uid, None)
             skipped[str(uid)] = verdict.reason
             if verdict.penalised:

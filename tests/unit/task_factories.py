@@ -52,3 +52,18 @@ def wider(context: TaskContext) -> TinyTask:
 
 
 NOT_CALLABLE = 3
+
+
+class _Starved(TinyTask):
+    """Miner uid 1 can read no batch in odd windows; the validator none in even ones."""
+
+    async def train_batches(self, uid, window, count):
+        return [] if uid == 1 and window % 2 else await super().train_batches(uid, window, count)
+
+    async def eval_batches(self, window, count):
+        return [] if window % 2 == 0 else await super().eval_batches(window, count)
+
+
+def starved(context: TaskContext) -> TinyTask:
+    hp = context.hparams
+    return _Starved(hp.seed, hp.batch_size, context.device, hp.learning_rate)
