@@ -124,3 +124,23 @@ def test_task_on_the_command_line_beats_set(clean_dir):
         "--chain", "fake", "--chain-path", str(chain), "--hotkey", "n1", "--storage", "local",
     )  # fmt: skip
     one_line(result, "no GPU here")
+
+
+def test_the_dataset_bucket_is_read_only_and_only_when_configured():
+    from neurons.container import _buckets
+    from tests.unit.test_neuron_config import r2_env
+
+    env = r2_env()
+    assert _buckets("r2", "h", env, "", validator=True).dataset_read is None
+    env |= {
+        "R2_DATASET_ACCOUNT_ID": "d" * 32,
+        "R2_DATASET_BUCKET_NAME": "d" * 32,
+        "R2_DATASET_READ_ACCESS_KEY_ID": "r" * 32,
+        "R2_DATASET_READ_SECRET_ACCESS_KEY": "s" * 64,
+        "R2_DATASET_WRITE_ACCESS_KEY_ID": "w" * 32,
+        "R2_DATASET_WRITE_SECRET_ACCESS_KEY": "x" * 64,
+    }
+    for validator in (True, False):
+        dataset = _buckets("r2", "h", env, "", validator=validator).dataset_read
+        assert dataset is not None and dataset.name == "d" * 32
+        assert dataset.access_key_id == "r" * 32  # the read key, whatever else is set
