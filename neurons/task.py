@@ -27,8 +27,6 @@ from torch.optim.lr_scheduler import LRScheduler
 from neurons.config import ConfigError, HParams
 from ports import Blob, Bucket, Clock, ObjectMeta, ObjectStore, StoreOpener
 
-log = logging.getLogger(__name__)
-
 Batch = Any  # opaque to the neurons: made by a task's batches, read only by its loss
 
 BUILT_IN = {
