@@ -3,6 +3,7 @@ factory can be unusable, each a one-line TaskError (the CLI's exit 2)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -144,3 +145,46 @@ def test_the_dataset_bucket_is_read_only_and_only_when_configured():
         dataset = _buckets("r2", "h", env, "", validator=validator).dataset_read
         assert dataset is not None and dataset.name == "d" * 32
         assert dataset.access_key_id == "r" * 32  # the read key, whatever else is set
+
+
+def test_a_model_that_is_not_the_networks_is_refused_before_any_bucket_is_written(clean_dir):
+    """A validator's checkpoint of the tiny model in local storage; a miner started with
+    another model stops in one line, and its own bucket stays empty."""
+    from adapters.chain.fake import FakeNetwork
+    from adapters.clock import SystemClock
+    from adapters.scratch import TempScratch
+    from adapters.storage.local import LocalStoreOpener
+    from core.checkpoints import Checkpointer, CheckpointMeta, CheckpointState
+    from neurons import sync
+    from neurons.buckets import local_buckets
+
+    clock = SystemClock()
+    network = FakeNetwork.at_path(clock_path := clean_dir / "chain.json", clock, block_time=0.5)
+    network.register("v", stake=10.0, validator_permit=True)
+    network.register("m")
+    validator = local_buckets("v")
+    opener = LocalStoreOpener(clean_dir / "templar-storage")
+    hp = HParams()
+
+    async def checkpoint() -> None:
+        await network.chain("v").commit_bucket(validator.gradients_read)
+        settings = sync.checkpoint_settings(hp.version, hp.checkpoint_frequency)
+        saver = Checkpointer(
+            opener.open(validator.gradients_write),
+            TempScratch(clean_dir / "scratch"),
+            clock,
+            settings,
+        )
+        model = load_task(TaskContext(hparams=hp)).model
+        meta = CheckpointMeta(window=0, global_step=0, uid=0, hotkey="v")
+        await saver.save(CheckpointState(model=model.state_dict()), meta)
+
+    asyncio.run(checkpoint())
+    result = run(
+        "miner", "--task", f"{FACTORIES}:wider",
+        "--chain", "fake", "--chain-path", str(clock_path), "--hotkey", "m", "--storage", "local",
+    )  # fmt: skip
+    one_line(result, "task", "does not match the network's checkpoint", "'0.bias' is [64] there")
+    own = clean_dir / "templar-storage" / local_buckets("m").gradients_write.name
+    assert not own.exists() or not any(p.is_file() for p in own.rglob("*"))
+    assert not (clean_dir / "templar-state").exists()
