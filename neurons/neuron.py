@@ -458,3 +458,4 @@ class Neuron:
     async def close(self) -> None:
         await self.exchange.flush()
         await self.store.close()
+        await self.training.close()

@@ -126,6 +126,11 @@ class Training:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: LRScheduler
+    dataset: ReadOnlyStore | None = None
+
+    async def close(self) -> None:
+        if self.dataset is not None:
+            await self.dataset.close()
 
     @property
     def learning_rate(self) -> float:
@@ -197,4 +202,6 @@ def load_task(context: TaskContext) -> Training:
         spec, "optimizer(model)", lambda: task.optimizer(model), torch.optim.Optimizer
     )
     scheduler = _built(spec, "scheduler(optimizer)", lambda: task.scheduler(optimizer), LRScheduler)
-    return Training(task=task, model=model, optimizer=optimizer, scheduler=scheduler)
+    return Training(
+        task=task, model=model, optimizer=optimizer, scheduler=scheduler, dataset=context.dataset
+    )
