@@ -19,12 +19,14 @@ from ports import Bucket
 
 @attrs.frozen
 class NeuronBuckets:
-    """Read and write credentials for our gradient bucket and (validators) aggregator bucket."""
+    """Read and write credentials for our gradient bucket and (validators) aggregator bucket,
+    and the read credentials of the dataset bucket the task reads (None: none configured)."""
 
     gradients_read: Bucket
     gradients_write: Bucket
     aggregator_read: Bucket | None = None
     aggregator_write: Bucket | None = None
+    dataset_read: Bucket | None = None
 
 
 def _hex(*parts: str, length: int) -> str:
@@ -42,13 +44,21 @@ def local_bucket(hotkey: str, role: str, access: str) -> Bucket:
     )
 
 
+# A local network has one dataset bucket, shared by every neuron (the localnet fills it).
+DATASET_OWNER = "network-dataset"
+
+
+def local_dataset_bucket(access: str = "read") -> Bucket:
+    return local_bucket(DATASET_OWNER, "dataset", access)
+
+
 def local_buckets(hotkey: str, *, with_aggregator: bool = False) -> NeuronBuckets:
     def pair(role: str) -> tuple[Bucket, Bucket]:
         return local_bucket(hotkey, role, "read"), local_bucket(hotkey, role, "write")
 
     g_read, g_write = pair("gradients")
     a_read, a_write = pair("aggregator") if with_aggregator else (None, None)
-    return NeuronBuckets(g_read, g_write, a_read, a_write)
+    return NeuronBuckets(g_read, g_write, a_read, a_write, local_dataset_bucket())
 
 
 def r2_neuron_buckets(roles: Mapping[str, RoleBuckets], endpoint: str = "") -> NeuronBuckets:
@@ -63,9 +73,11 @@ def r2_neuron_buckets(roles: Mapping[str, RoleBuckets], endpoint: str = "") -> N
     if gradients.write is None:
         raise ValueError("R2_GRADIENTS_WRITE_ACCESS_KEY_ID and its secret are required")
     aggregator = roles.get("aggregator")  # a miner's has no write key
+    dataset = roles.get("dataset")  # read only, whatever keys the environment holds
     return NeuronBuckets(
         gradients_read=fix(gradients.read),
         gradients_write=fix(gradients.write),
         aggregator_read=fix(aggregator.read) if aggregator else None,
         aggregator_write=fix(aggregator.write) if aggregator else None,
+        dataset_read=fix(dataset.read) if dataset else None,
     )

@@ -51,6 +51,13 @@ ProtocolOption = Annotated[
         "(docs/templar.md)",
     ),
 ]
+TaskOption = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        help="what to train: tiny | lm | package.module:factory (the `task` hparam; beats --set)",
+    ),
+]
 Opt = typer.Option
 
 
@@ -97,6 +104,7 @@ def _neuron(
     threads: int | None,
     log_level: str = "WARNING",
     protocol: str | None = None,
+    task: str | None = None,
 ) -> None:
     from neurons.runner import run_neuron  # torch loads here, not for `version`
 
@@ -104,6 +112,8 @@ def _neuron(
         _count("windows", max_windows)
         _count("threads", threads)
         overrides = _overrides(assignments, protocol)
+        if task:
+            overrides["task"] = task
         hparams = load_hparams(hparams_file, overrides)
         settings = load_settings(os.environ, flags)
         done = run_neuron(
@@ -164,6 +174,7 @@ _OTHER_DEFAULTS = {
     "windows": "no limit",
     "threads": "torch's",
     "protocol": "the hparams' (native)",
+    "task": "the hparams' (tiny)",
 }
 # Options that only one role has.
 _ROLE_ONLY = {"faulty": "miner"}
@@ -210,6 +221,7 @@ def _neuron_command(role: str):
         hparams_file: HParamsFile = None,
         assignments: SetOption = None,
         protocol: ProtocolOption = None,
+        task: TaskOption = None,
         storage: Annotated[str | None, Opt(help="r2 | local | memory")] = None,
         storage_root: Annotated[str | None, Opt(help="local storage root")] = None,
         storage_direct_bytes: Annotated[
@@ -287,7 +299,7 @@ def _neuron_command(role: str):
             faulty=faulty,
             metrics_port=metrics_port,
         )
-        _neuron(role, hparams_file, assignments, flags, windows, threads, log_level, protocol)
+        _neuron(role, hparams_file, assignments, flags, windows, threads, log_level, protocol, task)
 
     command.__doc__ = f"Run a {role} (settings: flags > TEMPLAR_* env > defaults)."
     return _conventions(command, role)
@@ -332,12 +344,15 @@ def localnet(
     hparams_file: HParamsFile = None,
     assignments: SetOption = None,
     protocol: ProtocolOption = None,
+    task: TaskOption = None,
 ) -> None:
     """Run one validator and several miners on this machine (separate processes)."""
     from neurons.localnet import LocalnetOptions, run_localnet
 
     try:
         overrides = _overrides(assignments, protocol)
+        if task:
+            overrides["task"] = task
         options = LocalnetOptions(
             miners=miners,
             windows=windows,

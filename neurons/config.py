@@ -97,7 +97,6 @@ class HParams:
     )
     batch_size: int = _hp(6, "samples per batch", positive=True)
     inner_steps: int = _hp(1, "batches per window whose mean gradient a miner sends", positive=True)
-    model: str = _hp("tiny", "model to train; the localnet's synthetic regression is 'tiny'")
     seed: int = _hp(1234, "seed of the shared initial model and of the synthetic data", minimum=0)
     # Peers -------------------------------------------------------------------------------
     gather_peer_count: int = _hp(15, "peers gathered per window", positive=True)
@@ -206,6 +205,13 @@ class HParams:
     # templar profile accepts such keys; see TEMPLAR_RENAMES for the ones that are mapped).
     unmapped: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
     # End of the protocol profile's fields ------------------------------------------------
+    # Task (neurons/task.py, docs/tasks.md) -----------------------------------------------
+    task: str = _hp(
+        "tiny",
+        "what the network trains: a built-in task ('tiny': the demo's synthetic regression, "
+        "'lm': a byte-level transformer language model) or 'package.module:factory'",
+    )
+    # ---------------------------------------------------------------------------- end Task
 
     def __attrs_post_init__(self) -> None:
         for field in attrs.fields(type(self)):

@@ -94,6 +94,9 @@ def _buckets(
         roles = ("gradients", "aggregator") if wanted else ("gradients",)
         # A validator publishes aggregates, so it needs the aggregator's write key too.
         writable = roles if validator else ("gradients",)
+        # The dataset bucket (the task's pages), read only, when it is configured.
+        if env.get("R2_DATASET_ACCOUNT_ID"):
+            roles = (*roles, "dataset")
         neuron = "validator" if validator else "miner"
         found = r2_buckets(env, roles, writable=writable, neuron=neuron)
         return r2_neuron_buckets(found, endpoint)

@@ -8,6 +8,7 @@ neuron a log and an events file of JSON lines, which this process tails to draw 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -45,6 +46,7 @@ from neurons.localnet_storage import (
 )
 from neurons.localnet_view import COLUMNS, line, render, summary, table_row
 from neurons.plot import Series, neuron_series, save_loss_png
+from neurons.tasks.corpus import upload_corpus
 from neurons.warmup import warm
 
 VALIDATOR_HOTKEY = "validator-0"
@@ -114,6 +116,29 @@ def localnet_hparams(block_time: float, blocks: int = 5) -> dict[str, Any]:
     }
 
 
+# What a built-in task needs of a localnet beyond `localnet_hparams`: the lm task's model
+# takes a few hundred ms a batch on one core, so its windows are longer, its batches smaller
+# and its payloads sparser (docs/tasks.md has the figures).
+TASK_BLOCKS = {"lm": 16}
+TASK_HPARAMS: dict[str, dict[str, Any]] = {
+    "lm": {
+        "batch_size": 8,
+        "learning_rate": 0.25,
+        "topk_compression": 32,
+        "target_chunk": 64,
+        # Honest lm miners start from one model on one kind of text: their first uploads
+        # keep alike entries (estimated Jaccard up to 0.62 in the first window, under 0.25
+        # from the fourth), which the tiny task's 0.5 would call copies.
+        "duplicate_threshold": 0.75,
+    },
+}
+
+
+def _task_of(options: LocalnetOptions) -> str:
+    """The task the localnet will run: --task, else --set/--hparams, else the default."""
+    return load_hparams(options.hparams_file, options.overrides).task
+
+
 @attrs.frozen
 class Spec:
     role: str
@@ -127,14 +152,16 @@ class Spec:
 
 def prepare(root: Path, options: LocalnetOptions) -> tuple[HParams, list[Spec]]:
     """Write hparams.json and register every neuron on a fresh fake chain."""
-    blocks, genesis = 5, None
+    task = _task_of(options)
+    blocks, genesis = TASK_BLOCKS.get(task, 5), None
     if options.storage == "s3":
         # S3's Last-Modified has whole seconds, rounded down: an upload made just after its
         # window opened would look too early, unless windows open on whole seconds.
-        blocks = whole_second_blocks(options.block_time) or blocks
+        blocks = whole_second_blocks(options.block_time, blocks) or blocks
         now = SystemClock().now()
         genesis = now.replace(microsecond=0) - timedelta(milliseconds=1)
     defaults = localnet_hparams(options.block_time, blocks)
+    defaults.update(TASK_HPARAMS.get(task, {}))
     if options.storage == "s3":
         # A 1 s stamp counts only when its whole second is inside the time window
         # (core/windows.py): a second more keeps the miners' time to upload the same.
@@ -181,6 +208,19 @@ def command(root: Path, spec: Spec, block_time: float, storage: LocalnetStorage)
     if spec.faulty:
         args += ["--faulty", spec.faulty]
     return args
+
+
+def fill_dataset(storage: LocalnetStorage) -> int:
+    """Upload the lm corpus pages into the network's dataset bucket; bytes written."""
+
+    async def fill() -> int:
+        store = storage.dataset()
+        try:
+            return await upload_corpus(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(fill())
 
 
 class Tail:
@@ -350,6 +390,9 @@ def run_localnet(options: LocalnetOptions, console: Console) -> int:
             console.print("warming up the gather's CPU kernels ...", highlight=False)
             console.print(warm([hparams.topk_params()]).describe(), highlight=False)
             with localnet_storage(options.storage, root, specs) as storage:
+                if hparams.task == "lm":
+                    written = fill_dataset(storage)
+                    console.print(f"dataset bucket: {written} bytes of lm corpus pages")
                 console.print(
                     f"[bold]localnet[/bold] in {root}: 1 validator, {options.miners} miners"
                     + "".join(f" + 1 {m} miner" for m in faulty_modes(options.faulty))
@@ -402,7 +445,8 @@ def _run(net: Network, options: LocalnetOptions, window_s: float, console: Conso
     finally:
         if interactive:
             live.stop()
-        codes = net.stop()
+        # A window in progress finishes before a neuron exits: long windows need longer.
+        codes = net.stop(max(15.0, 2 * window_s + 5))
     rows = net.counted_rows()[: options.windows]
     console.print(render(rows))
     console.print(summary(rows, net.faulty()), highlight=False, soft_wrap=True)

@@ -16,6 +16,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from adapters.storage.local import LocalStoreOpener
+from adapters.storage.s3 import S3StoreOpener
+from adapters.storage.s3_client import S3Settings
 from adapters.storage.seaweedfs import (
     Identity,
     SeaweedServer,
@@ -23,6 +26,8 @@ from adapters.storage.seaweedfs import (
     bucket_actions,
     weed_binary,
 )
+from neurons.buckets import local_dataset_bucket
+from ports import Bucket, ObjectStore
 
 STORAGE_CHOICES = ("local", "s3")
 
@@ -42,6 +47,11 @@ class LocalnetStorage(Protocol):
 
     def env(self, neuron: Neuron) -> dict[str, str]: ...
 
+    def dataset(self) -> ObjectStore:
+        """The network's dataset bucket, with the write access the localnet fills it with
+        (the neurons get read keys only)."""
+        ...
+
 
 class LocalDirectories:
     def __init__(self, root: Path) -> None:
@@ -53,6 +63,9 @@ class LocalDirectories:
 
     def env(self, neuron: Neuron) -> dict[str, str]:
         return {}
+
+    def dataset(self) -> ObjectStore:
+        return LocalStoreOpener(self.root).open(local_dataset_bucket("write"))
 
 
 def _roles(neuron: Neuron) -> tuple[str, ...]:
@@ -78,7 +91,21 @@ class SeaweedBuckets:
     def __init__(self, binary: str, neurons: Iterable[Neuron]) -> None:
         self._env: dict[str, dict[str, str]] = {}
         self._buckets: list[str] = []
-        identities: list[Identity] = []
+        # One dataset bucket for the network: every neuron reads it, the localnet writes it.
+        self._dataset = secrets.token_hex(16)
+        self._buckets.append(self._dataset)
+        self._dataset_read, self._dataset_write = (
+            Identity(
+                f"dataset-{access}",
+                secrets.token_hex(16),
+                secrets.token_hex(32),
+                bucket_actions(self._dataset, write=access == "write"),
+            )
+            for access in ("read", "write")
+        )
+        dataset_env = _bucket_env("dataset", self._dataset_read, self._dataset_read, self._dataset)
+        dataset_env = {k: v for k, v in dataset_env.items() if "_WRITE_" not in k}
+        identities: list[Identity] = [self._dataset_read, self._dataset_write]
         for neuron in neurons:
             env: dict[str, str] = {}
             for role in _roles(neuron):
@@ -96,7 +123,7 @@ class SeaweedBuckets:
                 identities += [read, write]
                 self._buckets.append(name)
                 env.update(_bucket_env(role, read, write, name))
-            self._env[neuron.hotkey] = env
+            self._env[neuron.hotkey] = {**env, **dataset_env}
         self.server = SeaweedServer(binary, identities=identities)
         self.description = "S3 buckets on SeaweedFS"
 
@@ -112,6 +139,17 @@ class SeaweedBuckets:
 
     def env(self, neuron: Neuron) -> dict[str, str]:
         return dict(self._env[neuron.hotkey])
+
+    def dataset(self) -> ObjectStore:
+        write = self._dataset_write
+        bucket = Bucket(
+            name=self._dataset,
+            account_id=self._dataset,
+            access_key_id=write.access_key_id,
+            secret_access_key=write.secret_access_key,
+            endpoint=self.server.endpoint,
+        )
+        return S3StoreOpener(S3Settings()).open(bucket)
 
     def stop(self, log_copy: Path) -> None:
         """Stop the server and delete its data; its log is kept at `log_copy`."""

@@ -12,7 +12,7 @@ from core.peers import get_peer_list
 from core.windows import Timing
 from neurons.copier import copy_a_peer
 from neurons.neuron import Neuron, Row
-from neurons.training import outer_step, window_gradient
+from neurons.training import apply_aggregate, window_gradient
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,21 @@ class Miner(Neuron):
         assert self.uid is not None
         started = self.clock.monotonic()
         hp = self.hparams
-        loss, grads = window_gradient(self.task, self.model, self.uid, window, hp.inner_steps)
-        fed = compress_with_feedback(self.compressor, grads, self.error, decay=hp.momentum_decay)
-        self.error = fed.residual
-        data = self.encode(fed.compressed, window)
-        upload_started = self.clock.monotonic()
-        upload = await self._upload(data, window)
-        upload_seconds = self.clock.monotonic() - upload_started
+        batches = await self.task.train_batches(self.uid, window, hp.inner_steps)
+        loss, data, upload, upload_seconds = float("nan"), b"", "no_batches", 0.0
+        if batches:
+            loss, grads = window_gradient(self.task, self.model, batches)
+            fed = compress_with_feedback(
+                self.compressor, grads, self.error, decay=hp.momentum_decay
+            )
+            self.error = fed.residual
+            data = self.encode(fed.compressed, window)
+            upload_started = self.clock.monotonic()
+            upload = await self._upload(data, window)
+            upload_seconds = self.clock.monotonic() - upload_started
+        else:
+            # Nothing to send, but the network's step is still ours to take (below).
+            log.warning("miner uid %s: no batch of window %d could be read", self.uid, window)
 
         metagraph, commitments = await self.peers_view()
         peer_list = await get_peer_list(
@@ -97,7 +105,7 @@ class Miner(Neuron):
             settings=hp.gather_settings(),
         )
         if result.aggregate is not None:
-            outer_step(self.model, result.aggregate, hp.learning_rate)
+            apply_aggregate(self.training, result.aggregate)
             self.global_step += 1
         cleaned = await self.clean_stale(window)
         return {
@@ -105,6 +113,7 @@ class Miner(Neuron):
             "uid": self.uid,
             "window": window,
             "train_loss": loss,
+            "train_batches": len(batches),
             "upload": upload,
             "upload_bytes": len(data),
             "upload_seconds": upload_seconds,

@@ -31,7 +31,8 @@ from core.windows import TimeWindow, window_of
 from neurons import resume, sync
 from neurons.buckets import NeuronBuckets
 from neurons.config import HParams, NeuronSettings
-from neurons.task import TinyTask
+from neurons.task import TaskContext, Training, load_task
+from neurons.training import apply_aggregate, schedule_to
 from ports import (
     Bucket,
     Chain,
@@ -74,6 +75,7 @@ class Neuron:
         scratch: Scratch | None = None,
         aggregates: ObjectStore | None = None,
         profile: ProtocolProfile = NATIVE,
+        task: Training | None = None,
     ) -> None:
         self.hparams = hparams
         # Whose names, coordination bodies and time windows we speak (core/profiles.py).
@@ -107,8 +109,13 @@ class Neuron:
             ),
             scheme=profile.keys,
         )
-        self.task = TinyTask(hparams.seed, hparams.batch_size, settings.device)
-        self.model = self.task.model()
+        # The runner loads the task before any bucket is touched (neurons/runner.py); a
+        # neuron built without one trains the hparams' task with no dataset bucket.
+        self.training = task or load_task(
+            TaskContext(hparams=hparams, device=settings.device, clock=clock)
+        )
+        self.task = self.training.task
+        self.model = self.training.model
         self.compressor = TopKCompressor(
             hparams.topk_params(), transition_until=hparams.index_code_transition_until
         )
@@ -178,6 +185,7 @@ class Neuron:
             if loaded is not None:
                 self.last_window, self.global_step = loaded
                 self.error = None  # the buffer belonged to another trajectory
+        schedule_to(self.training, self.global_step)
         if self.aggregates is not None and self.last_window is not None:
             start = self.last_window
             self.last_window = await sync.replay_aggregates(
@@ -187,7 +195,7 @@ class Neuron:
                 start_window=start,
                 target_window=target,
                 max_behind=hp.sync_max_steps_behind,
-                learning_rate=hp.learning_rate,
+                apply=lambda update: apply_aggregate(self.training, update),
                 scheme=self.profile.keys,
             )
             self.global_step += self.last_window - start
@@ -464,3 +472,4 @@ class Neuron:
     async def close(self) -> None:
         await self.exchange.flush()
         await self.store.close()
+        await self.training.close()

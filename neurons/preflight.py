@@ -179,6 +179,7 @@ def _buckets_to_probe(buckets: NeuronBuckets) -> list[tuple[str, str, Bucket]]:
         ("GRADIENTS", "WRITE", buckets.gradients_write),
         ("AGGREGATOR", "READ", buckets.aggregator_read),
         ("AGGREGATOR", "WRITE", buckets.aggregator_write),
+        ("DATASET", "READ", buckets.dataset_read),
     ]
     return [(role, access, bucket) for role, access, bucket in named if bucket is not None]
 

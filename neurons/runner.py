@@ -13,13 +13,18 @@ from pathlib import Path
 import torch
 
 from adapters.scratch import sweep_abandoned
-from neurons import preflight
+from core.windows import window_of
+from neurons import preflight, sync
+from neurons.buckets import NeuronBuckets
 from neurons.config import ConfigError, HParams, NeuronSettings
 from neurons.container import build_container
 from neurons.metrics import observing
 from neurons.miner import Miner
 from neurons.neuron import Neuron, Row
+from neurons.task import ReadOnlyStore, TaskContext, TaskError, Training, load_task, resolve
+from neurons.task_fit import network_mismatch
 from neurons.validator import Validator
+from ports import Chain, Clock, StoreOpener
 
 log = logging.getLogger(__name__)
 ROLES: dict[str, type[Neuron]] = {"miner": Miner, "validator": Validator}
@@ -56,6 +61,7 @@ async def build_neuron(
     """The neuron, once `neurons/preflight.py` has checked its setup; nothing is created on
     disk before that (`explicit`: names of the settings the operator set)."""
     validator = role == "validator"
+    resolve(hparams.task)  # a factory that cannot be imported stops us before the chain
     if settings.chain != "bittensor" and not settings.hotkey:
         raise ConfigError(
             "hotkey",
@@ -78,7 +84,8 @@ async def build_neuron(
         await preflight.registered(chain, hotkey, settings)
         opener, buckets = container.storage(), container.buckets()
         await preflight.r2_reachable(opener, buckets, settings)
-    except preflight.SetupError:
+        training = await _training(hparams, settings, chain, opener, buckets, container.clock())
+    except ConfigError:  # a SetupError, or a TaskError
         await preflight.release(chain, opener)
         raise
     # Local stale data: a neuron killed mid-checkpoint left its scratch files behind.
@@ -99,7 +106,39 @@ async def build_neuron(
         timestamp_resolution=container.timestamp_resolution(),
         profile=container.protocol(),
         aggregates=opener.open(buckets.aggregator_read) if buckets.aggregator_read else None,
+        task=training,
     )
+
+
+async def _training(
+    hparams: HParams,
+    settings: NeuronSettings,
+    chain: Chain,
+    opener: StoreOpener,
+    buckets: NeuronBuckets,
+    clock: Clock,
+) -> Training:
+    """The hparams' task, loaded and checked against the network's newest checkpoint; a
+    `TaskError` (exit 2) before any bucket is written when it cannot be this network's."""
+    read = buckets.dataset_read
+    context = TaskContext(
+        hparams=hparams,
+        device=settings.device,
+        dataset=ReadOnlyStore(opener, read) if read is not None else None,
+        clock=clock,
+    )
+    training = load_task(context)
+    mismatch = await network_mismatch(
+        training.model,
+        metagraph=await chain.metagraph(),
+        commitments=await chain.bucket_commitments(),
+        opener=opener,
+        settings=sync.checkpoint_settings(hparams.version, hparams.checkpoint_frequency),
+        current_window=window_of(await chain.current_block(), hparams.blocks_per_window),
+    )
+    if mismatch is not None:
+        raise TaskError(hparams.task, f"{mismatch}; run the network's task (hparam `task`)")
+    return training
 
 
 async def _run(neuron: Neuron, max_windows: int | None) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -86,12 +86,11 @@ async def replay_aggregates(
     start_window: int,
     target_window: int,
     max_behind: int,
-    learning_rate: float,
+    apply: Callable[[Mapping[str, torch.Tensor]], None],
     scheme: keys.KeyScheme = keys.NATIVE,
 ) -> int:
-    """Apply the published aggregates of start_window+1 .. target_window; the last applied."""
-    from neurons.training import outer_step
-
+    """Apply (`apply`: the task's outer step) the published aggregates of
+    start_window+1 .. target_window; the last applied."""
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     result = await catch_up(
         start_window=start_window,
@@ -104,7 +103,7 @@ async def replay_aggregates(
             shapes=shapes,
             scheme=scheme,
         ),
-        apply=lambda _window, update: outer_step(model, update, learning_rate),
+        apply=lambda _window, update: apply(update),
     )
     log.info("catch-up: %s", result.message)
     return result.last_window

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from neurons.task import TinyTask
+from neurons.task import Batch, Task, Training
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+
+class NoBatches(RuntimeError):
+    """Every batch of a window was skipped (the task could read none): the window fails."""
 
 
 def window_gradient(
-    task: TinyTask, model: nn.Module, uid: int, window: int, steps: int
+    task: Task, model: nn.Module, batches: Sequence[Batch]
 ) -> tuple[float, dict[str, torch.Tensor]]:
-    """Mean loss and mean gradient over this miner's `steps` batches of `window`."""
+    """Mean loss and mean gradient over `batches` (a miner's batches of one window)."""
+    if not batches:
+        raise NoBatches("no training batch could be read this window")
     model.zero_grad(set_to_none=True)
     total = 0.0
-    for index in range(steps):
-        loss = task.loss(model, task.train_batch(uid, window, index)) / steps
+    for batch in batches:
+        loss = task.loss(model, batch) / len(batches)
         loss.backward()
         total += float(loss.detach())
     grads = {
@@ -30,9 +35,30 @@ def window_gradient(
     return total, grads
 
 
+def apply_aggregate(training: Training, aggregate: Mapping[str, torch.Tensor]) -> None:
+    """One outer step: the task's optimizer along the aggregate, then its scheduler."""
+    model = training.model
+    for name, p in model.named_parameters():
+        step = aggregate.get(name)
+        p.grad = None if step is None else step.detach().to(p.device, p.dtype).clone()
+    training.optimizer.step()
+    training.optimizer.zero_grad(set_to_none=True)
+    training.scheduler.step()
+
+
+def schedule_to(training: Training, steps: int) -> None:
+    """The scheduler as it stands after `steps` outer steps (a resumed or synced neuron,
+    whose weights moved without it)."""
+    with warnings.catch_warnings():
+        # torch warns when a scheduler steps before its optimizer: here that is the point.
+        warnings.simplefilter("ignore", UserWarning)
+        while training.scheduler.last_epoch < steps:
+            training.scheduler.step()
+
+
 @torch.no_grad()
 def outer_step(model: nn.Module, aggregate: Mapping[str, torch.Tensor], lr: float) -> None:
-    """Move every parameter against the aggregated (normalised) gradient."""
+    """Move every parameter against `aggregate` by `lr`: a validator's probe step."""
     for name, p in model.named_parameters():
         step = aggregate.get(name)
         if step is not None:
@@ -40,18 +66,20 @@ def outer_step(model: nn.Module, aggregate: Mapping[str, torch.Tensor], lr: floa
 
 
 @torch.no_grad()
-def mean_loss(task: TinyTask, model: nn.Module, batches: Iterable[Batch]) -> float:
+def mean_loss(task: Task, model: nn.Module, batches: Sequence[Batch]) -> float:
+    if not batches:
+        return float("nan")
     losses = [float(task.loss(model, b)) for b in batches]
-    return sum(losses) / max(len(losses), 1)
+    return sum(losses) / len(losses)
 
 
 @torch.no_grad()
 def loss_after_step(
-    task: TinyTask,
+    task: Task,
     model: nn.Module,
     grad: Mapping[str, torch.Tensor],
     lr: float,
-    batches: list[Batch],
+    batches: Sequence[Batch],
 ) -> float:
     """Held-out loss had `model` taken the step `lr * grad`; the model is left as it was."""
     params = dict(model.named_parameters())

@@ -27,7 +27,7 @@ from neurons.copies import CopyJudge
 from neurons.neuron import Neuron, Row
 from neurons.scoring import Scores
 from neurons.sync import CheckpointSaver
-from neurons.training import loss_after_step, mean_loss, outer_step, unit_normalised
+from neurons.training import apply_aggregate, loss_after_step, mean_loss, unit_normalised
 from ports import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,10 @@ class Validator(Neuron):
         miners = self.miners_of(metagraph, commitments)
         listed = self.peers_for(window)
         contributors = set(miners if listed is None else listed)
-        batches = [self.task.eval_batch(window, i) for i in range(hp.eval_batches)]
+        batches = await self.task.eval_batches(window, hp.eval_batches)
+        if not batches:
+            # Unscored, but aggregated and stepped: the model must follow the network.
+            log.warning("validator: no held-out batch of window %d; nothing is scored", window)
         before = mean_loss(self.task, self.model, batches)
         aggregator = Aggregator(
             self.compressor, self.shapes, normalisation=Normalisation(hp.normalisation)
@@ -183,14 +186,15 @@ class Validator(Neuron):
                     continue
                 compressed = fetched.payload.compressed
                 step = unit_normalised(self.compressor.decode(compressed))
-                lr = hp.learning_rate * hp.eval_lr_factor
-                after = loss_after_step(self.task, self.model, step, lr, batches)
-                evaluations[str(uid)] = relative_improvement(before, after)
+                lr = self.training.learning_rate * hp.eval_lr_factor
+                if batches:
+                    after = loss_after_step(self.task, self.model, step, lr, batches)
+                    evaluations[str(uid)] = relative_improvement(before, after)
                 judged.add(uid, compressed, fetched.meta)
                 if uid in contributors:
                     held[uid] = compressed
         for uid, verdict in judged.verdicts().items():
-            del evaluations[str(uid)]
+            evaluations.pop(str(uid), None)
             held.pop(uid, None)
             skipped[str(uid)] = verdict.reason
             if verdict.penalised:
@@ -208,7 +212,7 @@ class Validator(Neuron):
             upload_started = self.clock.monotonic()
             published = await self._publish_aggregate(window, aggregate)
             upload_seconds = self.clock.monotonic() - upload_started
-            outer_step(self.model, aggregate, hp.learning_rate)
+            apply_aggregate(self.training, aggregate)
             self.global_step += 1
         loss = mean_loss(self.task, self.model, batches)
 

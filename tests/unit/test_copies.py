@@ -3,6 +3,7 @@ honest peers of the tiny task below it and relabelled, perturbed copies above it
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +16,7 @@ from neurons.config import HParams, hparams_from_mapping
 from neurons.copier import NOISE
 from neurons.copies import CopyJudge
 from neurons.localnet import localnet_hparams
-from neurons.task import TinyTask
+from neurons.tasks.tiny import TinyTask
 from neurons.training import outer_step, unit_normalised, window_gradient
 from ports import ObjectMeta
 
@@ -87,7 +88,8 @@ def similarities(hp: HParams, miners: int = 5, windows: int = 4) -> tuple[list, 
     for window in range(windows):
         sent = {}
         for uid in errors:
-            _, grads = window_gradient(task, model, uid, window, hp.inner_steps)
+            batches = asyncio.run(task.train_batches(uid, window, hp.inner_steps))
+            _, grads = window_gradient(task, model, batches)
             fed = compress_with_feedback(compressor, grads, errors[uid], decay=hp.momentum_decay)
             errors[uid], sent[uid] = fed.residual, fed.compressed
         sketches = {u: duplicates.signature(compressor, c) for u, c in sent.items()}
