@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import signal
 import time
 from collections.abc import Awaitable, Callable
 
@@ -99,14 +99,19 @@ class DelayProxy:
         self._clock = clock
         self._sleep = sleep
         self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task] = set()
 
     async def start(self, port: int = 0) -> int:
         self._server = await asyncio.start_server(self._serve, LOOPBACK, port)
         return self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        """Stop listening and end every open connection."""
         if self._server is not None:
             self._server.close()
+            for task in self._connections:
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
             await self._server.wait_closed()
 
     def _line(self, not_before: float = 0.0) -> DelayLine:
@@ -117,6 +122,10 @@ class DelayProxy:
         # handshake, then the one-way delay every chunk gets.
         up = self._line(not_before=self._clock() + 3 * self.delay)
         down = self._line()
+        me = asyncio.current_task()
+        assert me is not None
+        self._connections.add(me)
+        me.add_done_callback(self._connections.discard)
         try:
             s_reader, s_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -136,15 +145,17 @@ class DelayProxy:
                 t.cancel()
             for w in (c_writer, s_writer):
                 w.close()
-            for t in tasks:
-                with contextlib.suppress(BaseException):
-                    await t
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _main(upstream: tuple[str, int], delay: float, port: int) -> None:
     proxy = DelayProxy(upstream, delay)
+    stop = asyncio.Event()
+    # Terminated, it returns: asyncio.run then cancels the open connections' tasks in order.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(await proxy.start(port), flush=True)
-    await asyncio.Event().wait()
+    await stop.wait()
+    await proxy.close()
 
 
 def main(argv: list[str] | None = None) -> None:

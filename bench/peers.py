@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from adapters.storage.obstore_store import ObstoreStoreOpener
+from bench.common import stats
 from bench.gather import VERSION, WINDOW, _payload
 from core import keys
 from core.compression import Compressed
@@ -31,3 +33,19 @@ async def upload(buckets: dict[int, Bucket], compressed: list[Compressed]) -> in
     finally:
         writer.close()
     return max(sizes)
+
+
+# What the shaped-network and large-model benchmarks time: both raw GETs and the gather on
+# the default client.
+KINDS = ("raw_boto3", "raw_obstore", "gather_obstore")
+
+
+def timed_row(row: dict[str, object], times: Callable[[str], list[float]]) -> dict[str, float]:
+    """Adds each kind's timing to `row`, and the gather's ratio to each raw GET (medians);
+    returns the medians."""
+    for kind in KINDS:
+        row[kind] = stats(times(kind))
+    med = {kind: row[kind]["median_s"] for kind in KINDS}  # type: ignore[index]
+    row["gather_vs_raw_obstore"] = med["gather_obstore"] / med["raw_obstore"]
+    row["gather_vs_raw_boto3"] = med["gather_obstore"] / med["raw_boto3"]
+    return med

@@ -27,13 +27,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import attrs
 
 from adapters.storage.obstore_store import ObstoreStoreOpener
-from bench.common import machine, stats
+from bench.common import cell, machine, save, stats
 from bench.compression import gradient, model_shapes
 from bench.gather import (
     CONCURRENCY,
@@ -46,7 +47,7 @@ from bench.gather import (
     _two_windows,
     _weed,
 )
-from bench.peers import upload
+from bench.peers import KINDS, timed_row, upload
 from core.codec import Expected
 from core.compression import default_compressor
 from ports import Bucket
@@ -60,7 +61,6 @@ SIZES = (20, 64)
 ROUNDS = 3
 GOAL = 1.1  # gather / raw GET, when the link is the limit
 LEAD = 0.05  # seconds from arming the timer to the deadline
-KINDS = ("raw_boto3", "raw_obstore", "gather_obstore")
 
 
 def shaping(mbit: int, port: int) -> list[list[str]]:
@@ -119,14 +119,20 @@ class ProxyProcess:
         self._proc.wait(10)
 
 
-async def deadline_to_ready(run: GatherRun, peers: dict[int, Bucket]) -> float:
-    """Seconds from a window's upload deadline to its aggregate, on a warm gather."""
-    await run.window(peers)  # untimed: a neuron's clients and connections are warm
+async def gather_windows(run: GatherRun, peers: dict[int, Bucket]) -> tuple[float, ...]:
+    """A fresh gather's first (cold) and second (warm) window, the second started by a timer
+    at a window's upload deadline (every payload is in its bucket by then), as a neuron's
+    is: (cold, warm, seconds from the deadline to the aggregate)."""
     loop = asyncio.get_running_loop()
+    start = loop.time()
+    await run.window(peers)
+    cold = loop.time() - start
     deadline = loop.time() + LEAD
     await asyncio.sleep(deadline - loop.time())
+    start = loop.time()
     await run.window(peers)
-    return loop.time() - deadline
+    end = loop.time()
+    return cold, end - start, end - deadline
 
 
 async def link_case(
@@ -151,14 +157,17 @@ async def link_case(
             for n in sizes:
                 peers = {uid: via[uid] for uid in range(n)}
                 for kind in KINDS[r % 3 :] + KINDS[: r % 3]:  # rotate against drift
-                    cold, warm = await _two_windows(kinds[kind], peers)
+                    if kind.startswith("gather"):
+                        run = kinds[kind]()
+                        try:
+                            cold, warm, ready = await gather_windows(run, peers)
+                        finally:
+                            run.close()
+                        times[("deadline", n)].append(ready)
+                    else:
+                        cold, warm = await _two_windows(kinds[kind], peers)
                     times[(kind, n, "cold")].append(cold)
                     times[(kind, n, "warm")].append(warm)
-                run = GatherRun(ObstoreStoreOpener, expected)
-                try:
-                    times[("deadline", n)].append(await deadline_to_ready(run, peers))
-                finally:
-                    run.close()
     finally:
         _sh(UNSHAPE, check=False)
         proxy.close()
@@ -172,11 +181,7 @@ def _rows(link: dict, payload_bytes: int) -> list[dict[str, object]]:
         link_s = n * payload_bytes * 8 / (link["mbit"] * 1e6)
         for w in ("cold", "warm"):
             row: dict[str, object] = {"peers": n, "window": w, "link_s": link_s}
-            for k in KINDS:
-                row[k] = stats(times[(k, n, w)])
-            med = {k: row[k]["median_s"] for k in KINDS}  # type: ignore[index]
-            row["gather_vs_raw_obstore"] = med["gather_obstore"] / med["raw_obstore"]
-            row["gather_vs_raw_boto3"] = med["gather_obstore"] / med["raw_boto3"]
+            med = timed_row(row, lambda k, n=n, w=w: times[(k, n, w)])
             row["link_share_of_raw_obstore"] = link_s / med["raw_obstore"]
             if w == "warm":
                 row["deadline_to_ready"] = stats(times[("deadline", n)])
@@ -187,11 +192,13 @@ def _rows(link: dict, payload_bytes: int) -> list[dict[str, object]]:
 async def inner(quick: bool) -> dict[str, object]:
     _sh(["ip", "link", "set", "lo", "up"])
     sizes = SIZES[:1] if quick else SIZES
+    started = time.perf_counter()
     server, buckets = _peer_server(_weed(), max(sizes))
     try:
         comp, shapes = default_compressor(), model_shapes()
         compressed = [comp.encode(gradient(shapes, "cpu", seed)) for seed in range(DISTINCT)]
         payload_bytes = await upload(buckets, compressed)
+        setup_s = time.perf_counter() - started
         expected = Expected(version=VERSION, codec=comp, shapes=shapes)
         links = [
             await link_case(link, server.ports["s3.port"], buckets, expected, quick)
@@ -207,6 +214,7 @@ async def inner(quick: bool) -> dict[str, object]:
         "quick": quick,
         "concurrency": CONCURRENCY,
         "payload_bytes": payload_bytes,
+        "setup_s": setup_s,
         "goal_gather_vs_raw_max": GOAL,
         "links": links,
     }
@@ -261,9 +269,6 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def cell(s: dict) -> str:
-        return f"{s['median_s']:.3f} ({s['min_s']:.3f})"
-
     for link in result["links"]:
         for r in link["rows"]:
             ready = cell(r["deadline_to_ready"]) if "deadline_to_ready" in r else "-"
@@ -287,11 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.inner).write_text(json.dumps(result, indent=2) + "\n")
         return result
     result = run(args.quick)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shaped.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "shaped.md").write_text(markdown(result) + "\n")
-    print(markdown(result))
+    save(Path(args.out), "shaped", result, markdown(result))
     return result
 
 

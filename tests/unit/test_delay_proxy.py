@@ -152,3 +152,19 @@ async def test_a_connection_to_a_dead_upstream_is_closed() -> None:
         writer.close()
     finally:
         await proxy.close()
+
+
+async def test_closing_the_proxy_ends_the_open_connections() -> None:
+    echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    proxy = DelayProxy(("127.0.0.1", echo.sockets[0].getsockname()[1]), 0.0)
+    port = await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        await proxy.close()
+        assert await reader.read() == b""
+        writer.close()
+    finally:
+        echo.close()
+        await echo.wait_closed()
