@@ -57,7 +57,7 @@ def generate(model: dict[str, int]) -> Compressed:
 
 async def _run(quick: bool) -> dict[str, object]:
     model = QUICK_MODEL if quick else MODEL
-    rounds = 1 if quick else ROUNDS
+    rounds = ROUNDS
     shapes = model_shapes(**model)
     started = time.perf_counter()
     compressed = generate(model)

@@ -10,12 +10,13 @@ GIL), which adds half the round trip in each direction. `tc` shapes the rate wit
 class for each direction of the proxy's port alone: the leg from the proxy to the server stays
 unshaped, so the rate is the client's link and nothing else.
 
-For each link and N of 20 and 64 peers (--quick: 20), in rotating order, it times a fresh
-client's first (cold) and second (warm) window of: a raw GET of every payload with boto3 and
-with obstore (bench.gather's Boto3Raw and ObstoreRaw) and the gather through the obstore
-adapter; then, on a warm gather, the time from a window's upload deadline (every payload is in
-its bucket by then) to the aggregate being ready: a timer wakes at the deadline and the gather
-runs. `link_s` is what the payloads alone take at the link's rate.
+For each link and N of 20 and 64 peers (--quick: 20, one round), in rotating order, it times
+a fresh client's first (cold) and second (warm) window of: a raw GET of every payload with
+boto3 and with obstore (bench.gather's Boto3Raw and ObstoreRaw) and the gather through the
+obstore adapter. The gather's second window is started by a timer at a window's upload
+deadline (every payload is in its bucket by then), as a neuron's is, and also gives the time
+from that deadline to the aggregate being ready. `link_s` is what the payloads alone take at
+the link's rate.
 """
 
 from __future__ import annotations
