@@ -140,6 +140,8 @@ class DelayProxy:
         try:
             # Each side's end of stream is passed on; a reset anywhere ends both.
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            pass  # `close`: the server's callback would log a cancelled handler as an error
         finally:
             for t in tasks:
                 t.cancel()

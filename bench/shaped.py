@@ -261,7 +261,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"Shaped links (tc htb on the client's link, latency from a loopback delay proxy), "
         f"{result['payload_bytes']:,}-byte payloads, a bucket and key pair per peer, "
-        f"concurrency {result['concurrency']}; medians of {result['links'][0]['rounds']} rounds "
+        f"concurrency {result['concurrency']}; medians of {result['links'][0]['rounds']} round(s) "
         "in rotating order (min in brackets), seconds. Cold: a fresh client's first window; "
         "warm: its second. Link: the payloads alone at the link's rate.",
         "",
