@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -223,7 +224,9 @@ async def inner(quick: bool) -> dict[str, object]:
 
 def _namespace_command() -> list[str] | None:
     """unshare's arguments for a fresh network namespace here, or None where none can be
-    made (no unshare, no privilege)."""
+    made or shaped (no unshare, no privilege, no iproute2)."""
+    if not (shutil.which("ip") and shutil.which("tc")):
+        return None
     for cmd in (["unshare", "-n"], ["unshare", "-rn"]):
         try:
             ok = subprocess.run([*cmd, "true"], capture_output=True, check=False).returncode == 0
@@ -241,8 +244,8 @@ def run(quick: bool = False) -> dict[str, object]:
         return {
             "benchmark": "shaped",
             "quick": quick,
-            "skipped": "no network namespace: "
-            "`unshare -n` needs root (or `unshare -rn` user namespaces)",
+            "skipped": "no network namespace to shape: `unshare -n` needs root (or "
+            "`unshare -rn` user namespaces), and `ip` and `tc` (iproute2)",
         }
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "shaped.json"
