@@ -6,7 +6,9 @@ proxy in front of the SeaweedFS server and shapes the rate with `tc` on the prox
 proxy that waited `delay` per chunk before reading the next would be stop-and-wait, capping
 throughput at a chunk per delay; here the reading side stamps each chunk with its release
 time and queues it, and the writing side releases chunks in order as their time comes, so
-the queue holds a bandwidth-delay product's worth of data, as a real link does.
+the queue holds a bandwidth-delay product's worth of data, as a real link does. The queue is
+not bounded: behind a shaped client leg, an answer waits here instead of in the server's
+socket buffers, which changes where the bytes wait, not when they arrive.
 
 The proxy ends TCP on both sides, so the client's TCP sees no latency of its own: windows are
 open from the start and nothing is lost (no slow start, no loss recovery). A new connection's
