@@ -1,9 +1,10 @@
 """Every benchmark in one command: `python -m bench [--quick]` (or `make bench`).
 
-Runs the compression, gather and checkpoint benchmarks, each figure beside its baseline
-measured in the same run, and writes bench/results/latest.json (schema in docs/benchmarks.md),
-bench/results/latest.md and, when matplotlib is installed (`pip install -e .[bench]`),
-bench/results/gather.png (gather time against peers, with both baselines).
+Runs the compression, gather, checkpoint, shaped-network and large-model benchmarks, each
+figure beside its baseline measured in the same run, and writes bench/results/latest.json
+(schema in docs/benchmarks.md), bench/results/latest.md and, when matplotlib is installed
+(`pip install -e .[bench]`), bench/results/gather.png (gather time against peers, with both
+baselines).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import checkpoint, compression, gather
+from bench import checkpoint, compression, gather, large, shaped
 from bench.common import machine
 
 SCHEMA = 1
@@ -68,6 +69,12 @@ def render(latest: dict, out: Path) -> str:
     ]
     if chart(results["gather"], out / "gather.png"):
         sections += ["", "![gather time against peers](gather.png)", ""]
+    for name, title, module in (
+        ("shaped", "Shaped networks", shaped),
+        ("large", "Large model", large),
+    ):
+        if name in results:  # results from before these benchmarks have none
+            sections += ["", f"## {title}", "", module.markdown(results[name])]
     text = "\n".join(sections)
     (out / "latest.md").write_text(text)
     return text
@@ -91,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
         ("compression", compression),
         ("gather", gather),
         ("checkpoint", checkpoint),
+        ("shaped", shaped),
+        ("large", large),
     ):
         t0 = time.perf_counter()
         results[name] = module.run(quick=args.quick)

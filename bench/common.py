@@ -3,6 +3,7 @@ ballast that evens out what the hypervisor does to freed memory."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -89,3 +90,16 @@ class PeakRss:
     @property
     def growth(self) -> int:
         return self.peak - self.start_bytes
+
+
+def cell(timing: dict, digits: int = 3) -> str:
+    """A timing object as a table cell: median (min)."""
+    return f"{timing['median_s']:.{digits}f} ({timing['min_s']:.{digits}f})"
+
+
+def save(out: Path, name: str, result: dict, text: str) -> None:
+    """One benchmark run alone: `<name>.json` and `<name>.md` under `out`, the table printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text + "\n")
+    print(text)

@@ -1,0 +1,165 @@
+"""Gather of a ~1B-parameter model's payloads against raw GETs: throughput and peak RSS.
+
+    python -m bench.large [--quick] [--out bench/results]
+
+The payload is generated, not trained: the project's default compressor encodes one random
+gradient of the model's shapes (20 layers of d 2048 and ff 8192: 1,006,716,928 parameters;
+--quick: 1 layer, 50,337,792) in a child process, so that the 4 GB dense gradient and the
+encoder's scratch never count in this process's RSS. Every peer uploads that gradient under
+its own meta (uid, hotkey) to a bucket and key pair of its own on SeaweedFS on 127.0.0.1.
+
+For N of 20 and 64 peers, in rotating order, on warm clients (each built and used once,
+untimed, as a neuron's are after its first window), it times a raw GET of every payload with
+boto3 and with obstore (bench.gather's Boto3Raw and ObstoreRaw) and the gather through the
+obstore adapter, with each run's peak RSS growth. The gather keeps its sum (the dense model,
+float32) between windows: the table adds it to the gather's growth. Memory should follow
+the concurrency (CONCURRENCY payloads in flight), not N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from adapters.storage.obstore_store import ObstoreStoreOpener
+from bench.common import PeakRss, cell, machine, save
+from bench.compression import gradient, model_shapes
+from bench.gather import CONCURRENCY, VERSION, Boto3Raw, GatherRun, ObstoreRaw, _peer_server, _weed
+from bench.peers import KINDS, timed_row, upload
+from core.codec import Expected
+from core.compression import Compressed, default_compressor
+from core.compression.buffers import BUFFERS
+
+MODEL = {"layers": 20, "d": 2048, "ff": 8192}
+QUICK_MODEL = {"layers": 1, "d": 2048, "ff": 8192}
+SIZES = (20, 64)
+ROUNDS = 1  # a 1B-parameter window takes minutes while the fold passes over the sum per peer
+GOAL = 1.25  # gather / raw GET
+
+
+def _encode(model: dict[str, int]) -> Compressed:
+    return default_compressor().encode(gradient(model_shapes(**model), "cpu", 0))
+
+
+def generate(model: dict[str, int]) -> Compressed:
+    """The compressed random gradient, made in a fresh process (its memory goes with it)."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        return pool.submit(_encode, model).result()
+
+
+async def _run(quick: bool) -> dict[str, object]:
+    model = QUICK_MODEL if quick else MODEL
+    rounds = ROUNDS
+    shapes = model_shapes(**model)
+    started = time.perf_counter()
+    compressed = generate(model)
+    generate_s = time.perf_counter() - started
+    server, buckets = _peer_server(_weed(), max(SIZES))
+    runners: dict[str, object] = {}
+    try:
+        payload_bytes = await upload(buckets, [compressed])
+        del compressed
+        expected = Expected(version=VERSION, codec=default_compressor(), shapes=shapes)
+        runners = {
+            "raw_boto3": Boto3Raw(),
+            "raw_obstore": ObstoreRaw(),
+            "gather_obstore": GatherRun(ObstoreStoreOpener, expected),
+        }
+        kept_before = BUFFERS.kept_bytes()  # other benchmarks' sums, in `python -m bench`
+        first = {uid: buckets[uid] for uid in range(min(SIZES))}
+        for runner in runners.values():  # untimed: clients, connections, the kept sum
+            await runner.window(first)  # type: ignore[attr-defined]
+        times: dict[tuple[str, int], list[float]] = defaultdict(list)
+        rss: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for r in range(rounds):
+            for n in SIZES:
+                peers = {uid: buckets[uid] for uid in range(n)}
+                for kind in KINDS[r % 3 :] + KINDS[: r % 3]:  # rotate against drift
+                    with PeakRss() as peak:
+                        start = time.perf_counter()
+                        await runners[kind].window(peers)  # type: ignore[attr-defined]
+                        times[(kind, n)].append(time.perf_counter() - start)
+                    rss[(kind, n)].append(peak.growth)
+        kept = BUFFERS.kept_bytes() - kept_before
+    finally:
+        for runner in runners.values():
+            runner.close()  # type: ignore[attr-defined]
+        server.destroy()
+    params = sum(torch.Size(s).numel() for s in shapes.values())
+    rows = []
+    for n in SIZES:
+        row: dict[str, object] = {"peers": n}
+        med = timed_row(row, lambda k, n=n: times[(k, n)])
+        for k in KINDS:
+            row[f"{k}_mb_per_s"] = n * payload_bytes / med[k] / 1e6
+            growth = max(rss[(k, n)]) + (kept if k.startswith("gather") else 0)
+            row[f"{k}_peak_rss_growth_bytes"] = growth
+        rows.append(row)
+    return {
+        "benchmark": "large",
+        "machine": machine("cpu"),
+        "quick": quick,
+        "model_params": params,
+        "dense_float32_bytes": 4 * params,
+        "payload_bytes": payload_bytes,
+        "generate_s": generate_s,
+        "concurrency": CONCURRENCY,
+        "rounds": rounds,
+        "kept_buffer_bytes": kept,
+        "rss_budget_bytes": int(1.2 * (4 * params + CONCURRENCY * payload_bytes)),
+        "goal_gather_vs_raw_max": GOAL,
+        "rows": rows,
+    }
+
+
+def run(quick: bool = False) -> dict[str, object]:
+    return asyncio.run(_run(quick))
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Large model: {result['model_params']:,} parameters, {result['payload_bytes']:,}-byte "
+        f"payloads (the default compressor on a random gradient), a bucket and key pair per "
+        f"peer, concurrency {result['concurrency']}, warm clients; medians of "
+        f"{result['rounds']} round(s) in rotating order (min in brackets), seconds, and MB/s of "
+        "payload. Peak RSS growth in MB over the run; the gather's includes its kept sum "
+        f"({result['kept_buffer_bytes'] / 1e6:,.0f} MB); budget "
+        f"{result['rss_budget_bytes'] / 1e6:,.0f} MB (dense model + concurrency x payload, "
+        "+ 20%).",
+        "",
+        "| peers | raw GET boto3 | raw GET obstore | gather obstore | MB/s boto3 / obstore / "
+        "gather | gather / raw obstore | gather / raw boto3 | peak RSS growth MB, boto3 / "
+        "obstore / gather |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    for r in result["rows"]:
+        mbs = " / ".join(f"{r[f'{k}_mb_per_s']:.0f}" for k in KINDS)
+        mem = " / ".join(f"{r[f'{k}_peak_rss_growth_bytes'] / 1e6:,.0f}" for k in KINDS)
+        lines.append(
+            f"| {r['peers']} | " + " | ".join(cell(r[k], 2) for k in KINDS) + f" | {mbs} | "
+            f"{r['gather_vs_raw_obstore']:.2f}x | {r['gather_vs_raw_boto3']:.2f}x | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a 50M-parameter model")
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args(argv)
+    result = run(args.quick)
+    save(Path(args.out), "large", result, markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
