@@ -35,8 +35,8 @@ from core.checkpoints import (
     validator_sources,
 )
 from core.compression import DenseCompressor
-from ports import Bucket, Clock, Metagraph, ObjectStore, StoreOpener
 from neurons.task import Training
+from ports import Bucket, Clock, Metagraph, ObjectStore, StoreOpener
 from ports.scratch import Scratch
 
 log = logging.getLogger(__name__)

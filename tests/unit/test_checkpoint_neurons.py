@@ -125,7 +125,8 @@ async def test_a_restarted_lm_network_continues_as_one_that_never_stopped(tmp_pa
 
     windows = [r["window"] for r in net.validator_rows()]
     assert windows == [r["window"] for r in steady.validator_rows()]
-    for ours, theirs in zip([net.validator, *net.miners], [steady.validator, *steady.miners]):
+    pairs = zip([net.validator, *net.miners], [steady.validator, *steady.miners], strict=True)
+    for ours, theirs in pairs:
         assert ours.global_step == theirs.global_step == 5
         assert_same(training_state(ours), training_state(theirs))
         assert torch.equal(
@@ -149,4 +150,3 @@ async def test_a_resume_file_of_another_task_is_refused_and_the_neuron_starts_co
     assert "refused" in caplog.text
     assert miner.last_window is None and miner.global_step == 0
     assert_same(training_state(miner), before)
-

@@ -179,7 +179,7 @@ def snapshot_parts(model, opt, sched) -> dict:
     ],
 )
 def test_a_hostile_scheduler_state_is_refused_with_a_reason(tamper, reason):
-    model, opt, sched = adamw_training()
+    _, _, sched = adamw_training()
     state = copy.deepcopy(sched.state_dict())
     tamper(state)
     with pytest.raises(Mismatch, match=reason):
