@@ -32,6 +32,8 @@ from core.checkpoints import (
     checkpoint_due,
     expected_layout,
     load_latest,
+    optimizer_headers,
+    scheduler_headers,
     validator_sources,
 )
 from core.compression import DenseCompressor
@@ -95,6 +97,10 @@ async def load_network_checkpoint(
             current_window=current_window,
             use=lambda candidate: adopt(training, candidate),
             expect_model=expected_layout(training.model),
+            expect_headers={
+                "optimizer": optimizer_headers(training.optimizer),
+                "scheduler": scheduler_headers(training.scheduler),
+            },
             sections=ADOPTED,
         )
     except NoCheckpoint as exc:

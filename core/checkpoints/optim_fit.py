@@ -1,5 +1,5 @@
 """Applying a loaded optimizer and scheduler state: checked against the local ones, all or
-nothing.
+nothing; and refusing another optimizer's or scheduler's shards from their headers.
 
 A checkpoint's optimizer section comes from another process. Before `load_state_dict` sees
 it, it must have the local optimizer's param groups (same count, same parameter indices,
@@ -14,20 +14,30 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from core.checkpoints.fit import Mismatch, check_fits, load_into
+from core.checkpoints.shards import Layout, ShardError
+from core.checkpoints.tree import split
 
-__all__ = ["apply_training_state", "check_optimizer", "check_scheduler"]
+__all__ = [
+    "apply_training_state",
+    "check_optimizer",
+    "check_scheduler",
+    "optimizer_headers",
+    "scheduler_headers",
+]
 
 # A per-parameter state with more entries than this is no optimizer torch ships (Adam has 3,
 # AMSGrad 4): refusing it bounds what a hostile section can make load_state_dict hold.
 MAX_STATE_ENTRIES = 16
 _NUMBER = (int, float)
+Accept = Callable[[str, torch.dtype, tuple[int, ...]], None]
 
 
 def _finite_number(value: Any, where: str) -> None:
@@ -185,3 +195,86 @@ def apply_training_state(
         optimizer.load_state_dict(optimizer_before)
         scheduler.load_state_dict(scheduler_before)
         raise
+
+
+# Shard headers: what a joiner may download for these sections ---------------------------
+
+
+def _header_check(accept: Accept) -> Callable[[], Callable[[Layout], None]]:
+    """Per candidate, a check of each shard header: every tensor accepted by `accept`, and
+    none named in two shards (shards are parsed on the store's threads)."""
+
+    def fresh() -> Callable[[Layout], None]:
+        seen: set[str] = set()
+        lock = threading.Lock()
+
+        def check(layout: Layout) -> None:
+            names = set()
+            for name, dtype, shape in layout:
+                accept(name, dtype, tuple(shape))
+                names.add(name)
+            with lock:
+                if names & seen:
+                    raise ShardError(f"tensor {min(names & seen)!r} appears in two shards")
+                seen.update(names)
+
+        return check
+
+    return fresh
+
+
+def _exact(prefix: str, state: Any) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """The tensors `state` stores under `prefix`, by the names `tree.split` gives them."""
+    _, tensors = split(state, prefix)
+    return {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}
+
+
+def optimizer_headers(optimizer: torch.optim.Optimizer) -> Callable[[], Callable[[Layout], None]]:
+    """A header check (`load_candidates(expect_headers=)`) for the `optimizer` section: a
+    tensor of the param groups only where the local ones have that tensor; per-parameter
+    state `optimizer/state/{index}/{key}` only for a parameter that exists, of its shape and
+    dtype or a scalar, at most `MAX_STATE_ENTRIES` a parameter. The section then allocates
+    at most that many copies of the model."""
+    params = _parameters(optimizer)
+    groups = _exact("optimizer/param_groups", optimizer.state_dict()["param_groups"])
+    prefix = "optimizer/state/"
+
+    def fresh() -> Callable[[Layout], None]:
+        entries: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def accept(name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+            if name in groups:
+                if groups[name] != (dtype, shape):
+                    raise ShardError(f"tensor {name!r} is {dtype} {list(shape)}, not the local one")
+                return
+            index, _, key = name.removeprefix(prefix).partition("/")
+            param = params.get(int(index)) if index.isdecimal() and len(index) < 10 else None
+            if not name.startswith(prefix) or param is None or not key or "/" in key:
+                raise ShardError(f"tensor {name!r} is no optimizer state of this model")
+            scalar = len(shape) <= 1 and math.prod(shape) == 1
+            if not scalar and (shape, dtype) != (tuple(param.shape), param.dtype):
+                raise ShardError(
+                    f"tensor {name!r} is {dtype} {list(shape)}: neither a scalar nor the "
+                    f"parameter's shape and dtype ({param.dtype} {list(param.shape)})"
+                )
+            with lock:
+                entries[int(index)] = entries.get(int(index), 0) + 1
+                if entries[int(index)] > MAX_STATE_ENTRIES:
+                    raise ShardError(f"more than {MAX_STATE_ENTRIES} tensors for parameter {index}")
+
+        return _header_check(accept)()
+
+    return fresh
+
+
+def scheduler_headers(scheduler: Any) -> Callable[[], Callable[[Layout], None]]:
+    """A header check for the `scheduler` section: only the tensors the local scheduler's
+    own state has, with their shapes and dtypes (most schedulers have none)."""
+    expected = _exact("scheduler", scheduler.state_dict())
+
+    def accept(name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+        if expected.get(name) != (dtype, shape):
+            raise ShardError(f"tensor {name!r} is not in the local scheduler's state")
+
+    return _header_check(accept)

@@ -12,16 +12,20 @@ from core.checkpoints import (
     CheckpointMeta,
     CheckpointState,
     Mismatch,
+    NoCheckpoint,
     apply_training_state,
     check_optimizer,
     check_scheduler,
     load_checkpoint,
+    optimizer_headers,
+    scheduler_headers,
 )
+from core.checkpoints.load import list_candidates, load_candidates
 from core.checkpoints.optim_fit import MAX_STATE_ENTRIES
 from neurons.config import hparams_from_mapping
 from neurons.task import TaskContext, Training, load_task
 from neurons.training import apply_aggregate
-from tests.unit.checkpoint_helpers import assert_same, setup, trained
+from tests.unit.checkpoint_helpers import VERSION, assert_same, setup, trained
 from tests.unit.test_lm_task import dataset
 
 TINY = hparams_from_mapping({"task": "tiny", "batch_size": 4, "seed": 5})
@@ -74,9 +78,9 @@ async def test_a_tasks_training_state_round_trips_and_continues_exactly(tmp_path
         scheduler=saved.scheduler.state_dict(),
     )
     await checkpointer.save(state, CheckpointMeta(window=3, global_step=3, uid=0))
-    loaded = (await load_checkpoint(store, settings)).state
-
     fresh = await build()
+    loaded = (await load_with_headers(store, settings, fresh)).state
+
     apply_training_state(
         fresh.model,
         fresh.optimizer,
@@ -92,6 +96,45 @@ async def test_a_tasks_training_state_round_trips_and_continues_exactly(tmp_path
     outer_steps(saved, 2, seed=9)
     outer_steps(fresh, 2, seed=9)
     assert_same_training(fresh, saved)
+
+
+async def load_with_headers(store, settings, training: Training, **kw):
+    """A joiner's load: optimizer and scheduler shards checked from their headers."""
+    candidates = await list_candidates(store, VERSION)
+    return await load_candidates(
+        candidates,
+        settings,
+        expect_headers={
+            "optimizer": optimizer_headers(training.optimizer),
+            "scheduler": scheduler_headers(training.scheduler),
+        },
+        **kw,
+    )
+
+
+async def test_foreign_optimizer_and_scheduler_tensors_are_refused_from_their_headers(tmp_path):
+    source = await tiny()
+    outer_steps(source, 1)
+    bloated = copy.deepcopy(source.optimizer.state_dict())
+    bloated["state"] = {0: {"momentum_buffer": torch.zeros(512, 512)}}  # no parameter's shape
+    scheduler = dict(source.scheduler.state_dict(), planted=torch.zeros(8))
+    checkpointer, store, _, settings, _ = setup(tmp_path)
+    for window, (optimizer, sched, reason) in enumerate(
+        [
+            (bloated, source.scheduler.state_dict(), "neither a scalar nor the parameter's"),
+            (source.optimizer.state_dict(), scheduler, "not in the local scheduler's state"),
+        ],
+        start=1,
+    ):
+        state = CheckpointState(
+            model=source.model.state_dict(), optimizer=optimizer, scheduler=sched
+        )
+        await checkpointer.save(state, CheckpointMeta(window=window, global_step=1, uid=0))
+        with pytest.raises(NoCheckpoint) as refused:
+            await load_with_headers(store, settings, await tiny(), tries=1)
+        assert reason in refused.value.skipped[0].reason
+    # Without the header checks both download (and would fail only when applied).
+    assert (await load_checkpoint(store, settings)).window == 2
 
 
 def adamw_training():
