@@ -40,8 +40,10 @@ _TREES = ("optimizer", "scheduler")
 
 @attrs.frozen
 class ResumePoint:
-    window: int = attrs.field(validator=attrs.validators.instance_of(int))
-    global_step: int = attrs.field(validator=attrs.validators.instance_of(int))
+    window: int = attrs.field(validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)])
+    global_step: int = attrs.field(
+        validator=[attrs.validators.instance_of(int), attrs.validators.ge(0)]
+    )
 
 
 class Unreadable(ValueError):

@@ -101,7 +101,9 @@ def check_optimizer(optimizer: torch.optim.Optimizer, state: Any) -> None:
     if not isinstance(groups, list) or len(groups) != len(local):
         raise Mismatch(f"the optimizer state has not the local {len(local)} param groups")
     for i, (want, got) in enumerate(zip(local, groups, strict=True)):
-        if not isinstance(got, Mapping) or got.get("params") != want["params"]:
+        ids = got.get("params") if isinstance(got, Mapping) else None
+        whole = isinstance(ids, list) and all(type(n) is int for n in ids)  # True is not 1
+        if not whole or ids != want["params"]:
             raise Mismatch(f"param group {i} holds other parameters than the local one")
         _same_kind(
             {k: v for k, v in want.items() if k != "params"},

@@ -172,6 +172,7 @@ HOSTILE = {
     "a string learning rate": (("param_groups", 0, "lr"), "0.1", "number"),
     "an infinite learning rate": (("param_groups", 0, "lr"), float("inf"), "inf"),
     "other parameter indices": (("param_groups", 0, "params"), [0, 1, 2, 7], "other parameters"),
+    "booleans for indices": (("param_groups", 0, "params"), [0, True, 2, 3], "other parameters"),
     "another beta pair": (("param_groups", 0, "betas"), (0.9,), "tuple"),
     "an unknown hyperparameter": (("param_groups", 0, "sneaky"), 1, "keys"),
     "a pickled object": (("state", 0, "extra"), object(), "object"),
