@@ -79,7 +79,8 @@ def save(
 
 
 def _read(path: Path) -> tuple[ResumePoint, dict[str, Any], dict[str, torch.Tensor]]:
-    """The point, the four sections' states and the error buffer stored in `path`."""
+    """The point, the model's, optimizer's and scheduler's states and the error buffer
+    stored in `path`."""
     try:
         data = path.read_bytes()
         tensors = safetensors.torch.load(data)
