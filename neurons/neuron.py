@@ -32,7 +32,7 @@ from neurons import resume, sync
 from neurons.buckets import NeuronBuckets
 from neurons.config import HParams, NeuronSettings
 from neurons.task import TaskContext, Training, load_task
-from neurons.training import apply_aggregate, schedule_to
+from neurons.training import apply_aggregate
 from ports import (
     Bucket,
     Chain,
@@ -160,7 +160,7 @@ class Neuron:
             await self.chain.commit_bucket(self.buckets.gradients_read)
             self._committed = True
         await self.check_time()
-        restored = resume.load(self.resume_path, self.model)
+        restored = resume.load(self.resume_path, self.training)
         if restored is not None:
             point, self.error = restored
             self.global_step, self.last_window = point.global_step, point.window
@@ -175,7 +175,7 @@ class Neuron:
         if self.scratch is not None and (behind is None or behind > hp.sync_max_steps_behind):
             metagraph, commitments = await self.peers_view()
             loaded = await sync.load_network_checkpoint(
-                self.model,
+                self.training,
                 metagraph=metagraph,
                 commitments=commitments,
                 opener=self.opener,
@@ -185,7 +185,6 @@ class Neuron:
             if loaded is not None:
                 self.last_window, self.global_step = loaded
                 self.error = None  # the buffer belonged to another trajectory
-        schedule_to(self.training, self.global_step)
         if self.aggregates is not None and self.last_window is not None:
             start = self.last_window
             self.last_window = await sync.replay_aggregates(
@@ -386,7 +385,7 @@ class Neuron:
     def save_resume(self, window: int) -> None:
         resume.save(
             self.resume_path,
-            self.model,
+            self.training,
             self.error,
             resume.ResumePoint(window=window, global_step=self.global_step),
         )

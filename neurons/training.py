@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -44,16 +43,6 @@ def apply_aggregate(training: Training, aggregate: Mapping[str, torch.Tensor]) -
     training.optimizer.step()
     training.optimizer.zero_grad(set_to_none=True)
     training.scheduler.step()
-
-
-def schedule_to(training: Training, steps: int) -> None:
-    """The scheduler as it stands after `steps` outer steps (a resumed or synced neuron,
-    whose weights moved without it)."""
-    with warnings.catch_warnings():
-        # torch warns when a scheduler steps before its optimizer: here that is the point.
-        warnings.simplefilter("ignore", UserWarning)
-        while training.scheduler.last_epoch < steps:
-            training.scheduler.step()
 
 
 @torch.no_grad()

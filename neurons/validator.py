@@ -226,8 +226,9 @@ class Validator(Neuron):
                 await self.chain.set_weights(uids, [weights[u] for u in uids])
         checkpointed = False
         if self.saver is not None and aggregate is not None:
+            # No momentum: error feedback is a miner's own residual, which no joiner adopts.
             checkpointed = await self.saver.maybe_save(
-                self.model, None, self.checkpoint_meta(window)
+                self.training, None, self.checkpoint_meta(window)
             )
         cleaned = await self.clean_stale(window)
         return {

@@ -9,6 +9,7 @@
     load.py      listing, verification, fallback; load_checkpoint
     latest.py    which checkpoint a joiner adopts: stake order, bounded tries, none from the future
     fit.py       applying a model state: checked against the model, all or nothing
+    optim_fit.py the same for optimizer and scheduler states (and their shard headers)
     catchup.py   replaying aggregated windows after a checkpoint
 
 See docs/checkpoints.md.
@@ -37,6 +38,13 @@ from core.checkpoints.load import (
     load_checkpoint,
 )
 from core.checkpoints.manifest import Manifest, ManifestError, pointer_key
+from core.checkpoints.optim_fit import (
+    apply_training_state,
+    check_optimizer,
+    check_scheduler,
+    optimizer_headers,
+    scheduler_headers,
+)
 from core.checkpoints.save import BackgroundSaver, Checkpointer, Upload
 from core.checkpoints.settings import CheckpointSettings, checkpoint_due
 from core.checkpoints.state import CheckpointMeta, CheckpointState
@@ -63,8 +71,11 @@ __all__ = [
     "Upload",
     "VersionRefused",
     "aggregator_updates",
+    "apply_training_state",
     "catch_up",
     "check_fits",
+    "check_optimizer",
+    "check_scheduler",
     "checkpoint_due",
     "choose",
     "complete_manifests",
@@ -74,6 +85,8 @@ __all__ = [
     "load_checkpoint",
     "load_into",
     "load_latest",
+    "optimizer_headers",
     "pointer_key",
+    "scheduler_headers",
     "validator_sources",
 ]

@@ -21,6 +21,7 @@ import torch
 from core.checkpoints.load import (
     Candidate,
     Expected,
+    HeaderCheck,
     Loaded,
     NoCheckpoint,
     Skipped,
@@ -155,11 +156,13 @@ async def load_latest(
     use: Callable[[Loaded], object] | None = None,
     expect_model: Expected | None = None,
     sections: Collection[str] | None = None,
+    expect_headers: Mapping[str, HeaderCheck] | None = None,
 ) -> Loaded:
     """Load (and, with `use`, apply) the first candidate that verifies, in the order of the
     module doc. `current_window` is the chain's: nothing newer is ever adopted.
     `expect_model` (`fit.expected_layout`) refuses another model's checkpoint from its shard
-    headers, before its tensors download; `sections` loads only those (see load_candidates).
+    headers, before its tensors download, `expect_headers` other sections; `sections` loads
+    only those (see load_candidates).
 
     Raises `NoCheckpoint` with every skipped candidate and its reason when none does.
     """
@@ -176,4 +179,5 @@ async def load_latest(
         tries=len(candidates),
         expect_model=expect_model,
         sections=sections,
+        expect_headers=expect_headers,
     )

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Candidate",
     "Expected",
+    "HeaderCheck",
     "ListingTooLarge",
     "Loaded",
     "NoCheckpoint",
@@ -60,6 +61,8 @@ class ListingTooLarge(LookupError):
 
 # The model a loader will apply a state to: {state key: (shape, dtype)}.
 Expected = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
+# Per section, a fresh check of each shard header of one candidate (raises ShardError).
+HeaderCheck = Callable[[], Callable[[Layout], None]]
 
 # A reason quotes an exception raised on hostile input; keep one attacker from filling logs.
 _MAX_REASON = 300
@@ -296,6 +299,7 @@ async def _load_one(
     device: torch.device | str,
     expect_model: Expected | None = None,
     only: Collection[str] | None = None,
+    expect_headers: Mapping[str, HeaderCheck] | None = None,
 ) -> tuple[Manifest, CheckpointState]:
     manifest = await _manifest(c, settings)
     gate = asyncio.Semaphore(settings.download_concurrency)
@@ -304,7 +308,11 @@ async def _load_one(
         if only is not None and name not in only:
             continue  # listed and sized by the manifest check, never downloaded
         tree = await _tree(c, manifest, section.tree)
-        check = _fits(expect_model, name) if expect_model is not None and name == "model" else None
+        check = None
+        if expect_model is not None and name == "model":
+            check = _fits(expect_model, name)
+        elif expect_headers is not None and name in expect_headers:
+            check = expect_headers[name]()
         tasks = [
             asyncio.create_task(_shard(c, manifest, s, settings, device, gate, check))
             for s in section.shards
@@ -341,6 +349,7 @@ async def load_candidates(
     tries: int | None = None,
     expect_model: Expected | None = None,
     sections: Collection[str] | None = None,
+    expect_headers: Mapping[str, HeaderCheck] | None = None,
 ) -> Loaded:
     """The first of `candidates` (in the given order, at most `tries` of them: by default
     `max_fallbacks + 1`) that loads, verifies and, when given, is accepted by `use`.
@@ -348,14 +357,17 @@ async def load_candidates(
     `use` applies the state (e.g. to a model) and raises when it cannot; that candidate is
     then skipped like a corrupt one, so `use` must leave things as they were when it raises.
     `expect_model` refuses a model section of other shapes or dtypes from its shard headers,
-    before its tensors are downloaded. `sections` (e.g. `("model",)`) loads only those: a
-    joiner that needs the weights downloads nothing else a hostile manifest lists.
+    before its tensors are downloaded; `expect_headers` does the same for other sections
+    (`optim_fit.optimizer_headers`, `scheduler_headers`). `sections` (e.g. `("model",)`)
+    loads only those: a joiner downloads nothing else a hostile manifest lists.
     """
     skipped = list(skipped)
     limit = settings.max_fallbacks + 1 if tries is None else tries
     for c in candidates[:limit]:
         try:
-            manifest, state = await _load_one(c, settings, device, expect_model, sections)
+            manifest, state = await _load_one(
+                c, settings, device, expect_model, sections, expect_headers
+            )
             loaded = Loaded(c.source, manifest, state, tuple(skipped), requested_window)
         except Exception as exc:
             _skip(skipped, c, failure_reason(exc))

@@ -45,6 +45,7 @@ class LMTask:
         page_count: int = corpus.PAGES,
         page_bytes: int = corpus.PAGE_BYTES,
         held_out: int = HELD_OUT,
+        momentum: float = 0.0,
         log: logging.Logger | None = None,
     ) -> None:
         if page_bytes <= shape.context:
@@ -58,6 +59,7 @@ class LMTask:
         self.page_count = page_count
         self.page_bytes = page_bytes
         self.held_out = held_out
+        self.momentum = momentum
         self.log = log or logging.getLogger(__name__)
         self._cache: dict[int, bytes] = {}
 
@@ -116,9 +118,15 @@ class LMTask:
         return F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1))
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        # SGD without momentum: no state, so every process that applies the same aggregates
-        # holds the same weights.
-        return torch.optim.SGD(model.parameters(), lr=self.learning_rate)
+        # Plain SGD by default (docs/operations.md's figures are for it). With `momentum`,
+        # Nesterov SGD, the outer optimizer of DiLoCo: its buffers travel in checkpoints and
+        # resume files, so a joiner continues with the momentum of a peer that never left.
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=self.learning_rate,
+            momentum=self.momentum,
+            nesterov=self.momentum > 0,
+        )
 
     def scheduler(self, optimizer: torch.optim.Optimizer) -> LRScheduler:
         return LambdaLR(optimizer, schedule)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from neurons.task import TaskContext
+from neurons.tasks.lm import LMTask
 from neurons.tasks.tiny import TinyTask, tiny_task
+from neurons.tasks.transformer import ModelShape
 
 BUILT = []  # the contexts the factories were given, newest last
 
@@ -67,3 +69,21 @@ class _Starved(TinyTask):
 def starved(context: TaskContext) -> TinyTask:
     hp = context.hparams
     return _Starved(hp.seed, hp.batch_size, context.device, hp.learning_rate)
+
+
+# The lm task at a size a unit test trains in seconds, with Nesterov momentum so that its
+# optimizer has state a checkpoint must carry.
+SMALL_LM = ModelShape(width=32, layers=1, heads=2, context=32)
+
+
+def small_lm(context: TaskContext) -> LMTask:
+    assert context.dataset is not None, "the lm task reads the dataset bucket"
+    hp = context.hparams
+    return LMTask(
+        context.dataset,
+        seed=hp.seed,
+        batch_size=hp.batch_size,
+        learning_rate=hp.learning_rate,
+        shape=SMALL_LM,
+        momentum=0.9,
+    )

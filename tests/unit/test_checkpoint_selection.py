@@ -34,6 +34,7 @@ from core.checkpoints import (
 )
 from core.checkpoints.shards import ShardError, read_shard
 from neurons.sync import load_network_checkpoint
+from neurons.task import Training
 from ports import Metagraph, ObjectStore
 from tests.unit.checkpoint_helpers import VERSION, bucket, setup
 
@@ -43,6 +44,13 @@ HUGE = 10**12
 def tiny(seed: int, width: int = 4) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.Linear(width, 2))
+
+
+def training_of(model: torch.nn.Module) -> Training:
+    """`model` with a neuron's outer optimizer and scheduler."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return Training(task=None, model=model, optimizer=optimizer, scheduler=scheduler)
 
 
 def graph(stakes: dict[int, float]) -> Metagraph:
@@ -69,8 +77,15 @@ class Net:
         return self.opener.open(self.buckets[uid])
 
     async def publish(self, uid: int, window: int, model: torch.nn.Module, **state) -> Manifest:
+        """A validator's full checkpoint of `model` (optimizer and scheduler as a neuron's)."""
         ck, *_ = setup(self.tmp_path, store=self.store(uid), **self.shards)
         meta = CheckpointMeta(window=window, global_step=window, uid=uid, hotkey=f"hk{uid}")
+        training = training_of(model)
+        state = {
+            "optimizer": training.optimizer.state_dict(),
+            "scheduler": training.scheduler.state_dict(),
+            **state,
+        }
         return await ck.save(CheckpointState(model=model.state_dict(), **state), meta)
 
     async def bogus(self, uid: int, window: int) -> None:
@@ -90,7 +105,7 @@ class Net:
     async def join(self, model: torch.nn.Module, current_window: int):
         """What a late joiner's setup does (neurons/sync.py)."""
         return await load_network_checkpoint(
-            model,
+            training_of(model),
             metagraph=self.graph,
             commitments=self.buckets,
             opener=self.opener,

@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from neurons.config import HParams, hparams_from_mapping
 from neurons.task import TaskContext, TaskError, load_task
 from neurons.tasks.tiny import TinyTask
-from neurons.training import apply_aggregate, schedule_to
+from neurons.training import apply_aggregate
 from tests.unit import task_factories
 from tests.unit.test_cli_errors import chain_file, files, one_line, run
 
@@ -76,14 +76,6 @@ def test_the_outer_step_is_the_tasks_optimizer_then_its_scheduler():
         assert torch.allclose(p, before[name] - 0.5)
         assert p.grad is None
     assert training.scheduler.last_epoch == 1
-
-
-def test_a_resumed_neuron_moves_its_schedule_to_its_step():
-    training = load_task(context("tiny"))
-    schedule_to(training, 12)
-    assert training.scheduler.last_epoch == 12
-    schedule_to(training, 3)  # never backwards
-    assert training.scheduler.last_epoch == 12
 
 
 # The command line: one line on stderr, exit 2, nothing created ---------------------------
