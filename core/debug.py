@@ -114,17 +114,22 @@ def parse_debug(data: bytes, version: str) -> DebugReport:
     )
 
 
-async def post_debug(store: ObjectStore, report: DebugReport, version: str) -> None:
-    await store.put(keys.debug(report.window, report.uid, version), report.to_json(version))
+async def post_debug(
+    store: ObjectStore, report: DebugReport, version: str, scheme: keys.KeyScheme = keys.NATIVE
+) -> None:
+    key = scheme.debug(report.window, report.uid, version)
+    await store.put(key, report.to_json(version))
 
 
-async def get_debug(store: ObjectStore, window: int, uid: int, version: str) -> DebugReport:
+async def get_debug(
+    store: ObjectStore, window: int, uid: int, version: str, scheme: keys.KeyScheme = keys.NATIVE
+) -> DebugReport:
     """A peer's debug object for `window`; raises `InvalidDebug` or a `StorageError`.
 
     The object must name the window and uid its key does, so one upload cannot stand in for
     another window's.
     """
-    blob = await store.get(keys.debug(window, uid, version), max_bytes=MAX_DEBUG_BYTES)
+    blob = await store.get(scheme.debug(window, uid, version), max_bytes=MAX_DEBUG_BYTES)
     report = parse_debug(blob.data, version)
     if (report.window, report.uid) != (window, uid):
         raise InvalidDebug(f"it names window {report.window} uid {report.uid}")

@@ -31,6 +31,10 @@ class ProtocolProfile:
     # its rounding (core/windows.py, `classify`). Judging as the network judges keeps a
     # node from skipping what every other validator accepts.
     reported_stamps: bool = False
+    # Miners publish a JSON debug report a window (core/debug.py). Templar's debug objects
+    # are `torch.save` dicts under the same name: a templar-profile node writes none rather
+    # than put JSON where Templar's validators expect a pickle.
+    debug_reports: bool = True
 
     def anchor_block(self, window: int, blocks_per_window: int) -> int:
         """The block whose timestamp opens the time window of `window`'s gradients."""
@@ -55,6 +59,7 @@ TEMPLAR = ProtocolProfile(
     coordination=templar_coordination.TEMPLAR,
     anchor_offset=1,
     reported_stamps=True,
+    debug_reports=False,
 )
 PROFILES: dict[str, ProtocolProfile] = {p.name: p for p in (NATIVE, TEMPLAR)}
 

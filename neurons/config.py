@@ -160,6 +160,12 @@ class HParams:
     eval_batches: int = _hp(
         2, "held-out batches a validator scores each gradient on", positive=True
     )
+    uids_per_window: int = _hp(
+        15,
+        "peers a validator evaluates a window, the longest-waiting first (every eligible "
+        "peer within ceil(uids / uids_per_window) windows: docs/peers.md)",
+        positive=True,
+    )
     # Checkpoints, sync, cleanup ----------------------------------------------------------
     checkpoint_frequency: int = _hp(100, "windows between validator checkpoints", positive=True)
     sync_max_steps_behind: int = _hp(

@@ -19,7 +19,7 @@ from adapters.chain.fake import FakeNetwork, FileChain
 from adapters.clock import SystemClock
 from adapters.scratch import TempScratch
 from adapters.signing import DevKeyVerifier, Sr25519Signer, Sr25519Verifier, dev_signer
-from adapters.storage.local import LocalStoreOpener
+from adapters.storage.local import LocalStore, LocalStoreOpener
 from adapters.storage.memory import MemoryStoreOpener
 from adapters.storage.obstore_store import ObstoreSettings, ObstoreStoreOpener
 from adapters.storage.s3 import S3StoreOpener
@@ -194,6 +194,10 @@ class Container(containers.DeclarativeContainer):
     )
 
     scratch = providers.Singleton(TempScratch, config.scratch_dir)
+    # The neuron's own directory bucket (the seed's local storage), beside its scratch files.
+    local_store: providers.Provider[ObjectStore] = providers.Singleton(
+        LocalStore, config.local_dir, clock=clock
+    )
 
 
 def build_container(
@@ -215,6 +219,7 @@ def build_container(
         gather_concurrency=hparams.gather_concurrency,
         protocol=hparams.protocol,
         scratch_dir=os.path.join(settings.state_dir, "scratch"),
+        local_dir=os.path.join(settings.state_dir, "local"),
     )
     container.config.from_dict(values)
     return container

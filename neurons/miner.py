@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 
+from core import debug
 from core.compression import compress_with_feedback
 from core.gather import gather
 from core.keys import KeyKind
@@ -13,6 +15,7 @@ from core.windows import Timing
 from neurons.copier import copy_a_peer
 from neurons.neuron import Neuron, Row
 from neurons.training import apply_aggregate, window_gradient
+from ports import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,7 @@ class Miner(Neuron):
         if result.aggregate is not None:
             apply_aggregate(self.training, result.aggregate)
             self.global_step += 1
+        reported = await self._report(window, loss, len(data), result)
         cleaned = await self.clean_stale(window)
         return {
             "role": self.role,
@@ -126,6 +130,35 @@ class Miner(Neuron):
             "download_bytes": result.download_bytes,
             "applied": result.aggregate is not None,
             "global_step": self.global_step,
+            "debug_report": reported,
             "cleaned": cleaned,
             "seconds": self.clock.monotonic() - started,
         }
+
+    async def _report(self, window: int, loss: float, upload_bytes: int, result) -> bool:
+        """Publish this window's debug report to our bucket and keep a local copy; a failure
+        costs only the report (logged), never the window."""
+        if not self.profile.debug_reports:
+            return False
+        assert self.uid is not None
+        report = debug.DebugReport(
+            window=window,
+            uid=self.uid,
+            step=self.global_step,
+            loss=loss if math.isfinite(loss) else None,
+            upload_bytes=upload_bytes,
+            gather=debug.GatherSummary(
+                asked=len(result.uids) + len(result.skipped),
+                used=len(result.uids),
+                skipped=len(result.skipped),
+                seconds=result.seconds,
+            ),
+        )
+        version, scheme = self.hparams.version, self.profile.keys
+        try:
+            for store in self.own_stores():
+                await debug.post_debug(store, report, version, scheme)
+        except StorageError as exc:
+            log.warning("miner uid %s: debug report of window %d: %s", self.uid, window, exc)
+            return False
+        return True

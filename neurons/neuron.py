@@ -76,6 +76,7 @@ class Neuron:
         aggregates: ObjectStore | None = None,
         profile: ProtocolProfile = NATIVE,
         task: Training | None = None,
+        local: ObjectStore | None = None,
     ) -> None:
         self.hparams = hparams
         # Whose names, coordination bodies and time windows we speak (core/profiles.py).
@@ -97,6 +98,9 @@ class Neuron:
         self.scratch = scratch
         # Where the network's aggregates can be read, for catch-up (None: no catch-up).
         self.aggregates = aggregates
+        # Our own directory bucket (the seed's local storage): copies of what we publish for
+        # the operator, swept by the same retention as the remote buckets.
+        self.local = local
         self.checkpoints = sync.checkpoint_settings(hparams.version, hparams.checkpoint_frequency)
         self.store = opener.open(buckets.gradients_write)
         self.exchange = Exchange(
@@ -365,8 +369,8 @@ class Neuron:
     # Housekeeping --------------------------------------------------------------------
 
     def own_stores(self) -> list[ObjectStore]:
-        """The buckets we write to, which the janitor keeps bounded."""
-        return [self.store]
+        """The buckets we write to, remote and local, which the janitor keeps bounded."""
+        return [self.store] + ([self.local] if self.local is not None else [])
 
     async def clean_stale(self, window: int) -> int:
         """Delete what retention lets go from each of our buckets (see core/janitor.py)."""

@@ -103,6 +103,7 @@ async def build_neuron(
         verifier=container.verifier(),
         on_row=EventLog(settings.events),
         scratch=container.scratch(),
+        local=container.local_store(),
         timestamp_resolution=container.timestamp_resolution(),
         profile=container.protocol(),
         aggregates=opener.open(buckets.aggregator_read) if buckets.aggregator_read else None,

@@ -8,10 +8,12 @@ track activity, select and post the peer list for a later window, and set weight
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 
+from core import debug
 from core.aggregate import Aggregator, Normalisation
 from core.compression import Compressed, DenseCompressor
 from core.peers import (
@@ -23,12 +25,13 @@ from core.peers import (
     post_start_window,
     select_peers,
 )
+from core.peers.evaluation import choose_for_evaluation
 from neurons.copies import CopyJudge
 from neurons.neuron import Neuron, Row
 from neurons.scoring import Scores
 from neurons.sync import CheckpointSaver
 from neurons.training import apply_aggregate, loss_after_step, mean_loss, unit_normalised
-from ports import ObjectStore
+from ports import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,41 @@ class Validator(Neuron):
             del self.lists[old]
         return selection.peers
 
+    def _to_evaluate(self, window: int, miners: list[int]) -> frozenset[int]:
+        """This window's `uids_per_window` miners to score, the longest-waiting eval peers
+        first (core/peers/evaluation.py); miners not yet seen active wait from zero."""
+        waits = {u: self.tracker.eval_peers.get(u, 0) for u in miners}
+        return frozenset(
+            choose_for_evaluation(waits, self.hparams.uids_per_window, window, self.hparams.seed)
+        )
+
+    async def _read_reports(
+        self, window: int, uids: frozenset[int], commitments: dict
+    ) -> dict[str, dict]:
+        """The debug reports the evaluated miners published for `window` (the one before
+        ours: a miner posts its report after its gather), for the operator to set against our
+        own measurements. A missing or invalid report is logged, never scored."""
+        if not self.profile.debug_reports or window < 0:
+            return {}
+
+        async def one(uid: int) -> tuple[int, debug.DebugReport | None]:
+            try:
+                store = self.opener.open(commitments[uid])
+                found = await debug.get_debug(
+                    store, window, uid, self.hparams.version, self.profile.keys
+                )
+                return uid, found
+            except (StorageError, debug.InvalidDebug, ValueError) as exc:
+                log.info("debug report of uid %s window %d: %s", uid, window, exc)
+                return uid, None
+
+        found = await asyncio.gather(*(one(u) for u in sorted(uids) if u in commitments))
+        return {
+            str(uid): {"window": r.window, "step": r.step, "loss": r.loss}
+            for uid, r in found
+            if r is not None
+        }
+
     async def step(self, window: int) -> Row:
         assert self.uid is not None
         started = self.clock.monotonic()
@@ -156,6 +194,7 @@ class Validator(Neuron):
         miners = self.miners_of(metagraph, commitments)
         listed = self.peers_for(window)
         contributors = set(miners if listed is None else listed)
+        chosen = self._to_evaluate(window, miners)
         batches = await self.task.eval_batches(window, hp.eval_batches)
         if not batches:
             # Unscored, but aggregated and stepped: the model must follow the network.
@@ -169,7 +208,8 @@ class Validator(Neuron):
         used: list[int] = []
         nbytes = 0
         gather_started = self.clock.monotonic()
-        peers = await self.stream_peers(window, miners, metagraph, commitments)
+        fetched_uids = [u for u in miners if u in contributors or u in chosen]
+        peers = await self.stream_peers(window, fetched_uids, metagraph, commitments)
         # Who copied whom is known only once every upload's time is: scores and the fold wait
         # for the end of the stream, holding the compressed payloads of the aggregate's peers.
         judged = CopyJudge(hp.duplicate_threshold, self.compressor)
@@ -182,12 +222,13 @@ class Validator(Neuron):
                 if not fetched.ok or fetched.payload is None:
                     reason = fetched.status.value
                     skipped[str(uid)] = f"{reason}: {fetched.reason}" if fetched.reason else reason
-                    self.scores.penalise(uid)
+                    if uid in chosen:
+                        self.scores.penalise(uid)
                     continue
                 compressed = fetched.payload.compressed
                 step = unit_normalised(self.compressor.decode(compressed))
                 lr = self.training.learning_rate * hp.eval_lr_factor
-                if batches:
+                if batches and uid in chosen:
                     after = loss_after_step(self.task, self.model, step, lr, batches)
                     evaluations[str(uid)] = relative_improvement(before, after)
                 judged.add(uid, compressed, fetched.meta)
@@ -201,6 +242,8 @@ class Validator(Neuron):
                 self.scores.penalise(uid)
         for key, evaluation in evaluations.items():
             self.scores.update(int(key), evaluation)
+        self.tracker.evaluated(chosen)
+        reports = await self._read_reports(window - 1, chosen, commitments)
         for uid, compressed in held.items():
             aggregator.add(compressed)
             used.append(uid)
@@ -241,7 +284,9 @@ class Validator(Neuron):
             "bytes": nbytes,
             "asked": len(miners),
             "valid": len(evaluations),
-            "success_rate": len(evaluations) / len(miners) if miners else 0.0,
+            "success_rate": len(evaluations) / len(chosen) if chosen else 0.0,
+            "evaluated": sorted(chosen),
+            "reports": reports,
             "skipped": skipped,
             "evaluations": evaluations,
             "aggregated": used,

@@ -34,7 +34,7 @@ MAPPED = {
     "peer_replacement_frequency", "peer_list_window_margin", "active_check_interval",
     "recent_windows", "power_normalisation", "time_window_delta_seconds",
     "reset_inactivity_windows", "sync_max_steps_behind", "eval_lr_factor",
-    "quantization_bins", "quantization_range",
+    "quantization_bins", "quantization_range", "uids_per_window",
 }  # fmt: skip
 
 
