@@ -401,8 +401,8 @@ class BatchFold:
         tables = tables[:, part.first : part.first + part.offsets.size]
         args = (*part.fold_args, tables, zero, np.float32(scale), out)
         if self._params.quantized:
-            return functools.partial(kernels.fold_compact, columns[0], n, *args)
-        return functools.partial(kernels.fold_values, *columns, n, *args)
+            return functools.partial(kernels.fold, columns[0], n, *args)
+        return functools.partial(kernels.fold, tuple(columns), n, *args)
 
     def _healthy(self) -> None:
         if self._failed is not None:  # a batch is missing from the sum: it must not be used

@@ -123,8 +123,8 @@ def test_a_full_batch_folds_in_the_background_and_busy_says_when_to_wait(monkeyp
     reference = ChunkSum(comp, plan, "cpu", compiled=False)
     total = ChunkSum(comp, plan, "cpu", batch=2)
     release = threading.Event()
-    real = kernels.fold_compact
-    monkeypatch.setattr(kernels, "fold_compact", lambda *a: release.wait(5) and real(*a))
+    real = kernels.fold
+    monkeypatch.setattr(kernels, "fold", lambda *a: release.wait(5) and real(*a))
     ones = lambda n: dict.fromkeys(n, 1.0)  # noqa: E731
     for c in peers[:3]:
         assert total.busy() is None  # the next add would not wait
@@ -152,7 +152,7 @@ def test_a_batch_that_fails_to_fold_fails_the_sum_instead_of_leaving_it_short(
     def broken(*args):
         raise MemoryError("no room")
 
-    monkeypatch.setattr(kernels, "fold_compact", broken)
+    monkeypatch.setattr(kernels, "fold", broken)
     ones = lambda n: dict.fromkeys(n, 1.0)  # noqa: E731
     total.commit(total.prepare(peers[0]), ones)  # its batch folds in the background
     with pytest.raises(MemoryError):
