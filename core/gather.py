@@ -7,16 +7,15 @@ unsigned, a copy of another peer) becomes a reason in `skipped`, never an except
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import torch
 
 from core import codec, duplicates
-from core.aggregate import Aggregator, Normalisation
+from core.aggregate import Aggregator, Normalisation, Peer
 from core.codec import Expected, InvalidPayload, Payload
+from core.compression import TopKCompressor, compiled_sum
 from core.exchange import Exchange, Fetched, Rejected
 from core.fetch import FetchSettings, fetch_peers, stream_peers
 from core.keys import KeyKind
@@ -34,9 +33,9 @@ class GatherSettings:
     # Flag pairs of peers whose kept-index sets are at least this similar (None: off).
     duplicate_threshold: float | None = None
     # With the compiled CPU sum, payloads of at most this many bytes (the download limit
-    # decides) are decoded on the event loop instead of a worker thread: at ~0.5 ms for a
-    # 0.7 MB payload the trips between threads cost more than the decode (measured
-    # 1.71-1.77x against 1.88-2.11x the raw GET at 64 peers). 0: always a worker thread.
+    # decides) are decoded on the event loop instead of a worker thread: a compiled decode
+    # of a default payload is shorter than the trips between threads it saves
+    # (docs/gather.md has the figures). 0: always a worker thread.
     inline_decode_bytes: int = attrs.field(default=4 << 20, validator=attrs.validators.ge(0))
 
 
@@ -61,7 +60,8 @@ class GatherResult:
 
 
 class PeerDecoder:
-    """Decodes one peer's bytes against what we expect of that uid (run in a worker thread)."""
+    """Decodes one peer's bytes against what we expect of that uid. `on_loop`: it runs on
+    the event loop's thread (the compiled checks then keep the GIL)."""
 
     def __init__(
         self,
@@ -69,11 +69,14 @@ class PeerDecoder:
         window: int,
         hotkeys: Mapping[int, str] | None = None,
         verifier: Verifier | None = None,
+        *,
+        on_loop: bool = False,
     ) -> None:
         self._expected = expected
         self._window = window
         self._hotkeys = hotkeys or {}
         self._verifier = verifier
+        self.on_loop = on_loop
 
     def __call__(self, uid: int, data: bytes) -> Payload:
         hotkey = self._hotkeys.get(uid)
@@ -81,13 +84,22 @@ class PeerDecoder:
             raise Rejected("unsigned", f"uid {uid} has no hotkey on the metagraph")
         expected = self._expected.for_peer(self._window, uid, hotkey)
         try:
-            return codec.decode(data, expected, verifier=self._verifier)
+            return codec.decode(data, expected, verifier=self._verifier, on_loop=self.on_loop)
         except InvalidPayload as exc:
             raise Rejected(exc.reason, exc.message) from None
 
 
 def _reason(record: Fetched) -> str:
     return f"{record.status.value}: {record.reason}" if record.reason else record.status.value
+
+
+@attrs.frozen(eq=False)
+class _Valid:
+    """A peer through validation: its step, its prepared sum work, its copy sketch."""
+
+    global_step: int
+    peer: Peer
+    signature: torch.Tensor | None
 
 
 async def gather(
@@ -107,106 +119,79 @@ async def gather(
 ) -> GatherResult:
     """Gather `uids` (reserves replacing failures) for `window` into one normalised mean."""
     settings = settings or GatherSettings()
-    clock = exchange.clock
-    started = clock.monotonic()
+    started = exchange.clock.monotonic()
     uids = list(dict.fromkeys(uids))
+    threads = exchange.settings.decode_in_thread
     aggregator = Aggregator(
         expected.codec,
         expected.shapes,
         device=device,
         normalisation=settings.normalisation,
         peers=len(uids),
+        background=threads,
     )
-    global_steps: dict[int, int] = {}
-    norms: dict[int, dict[str, float]] = {}
-    signatures: dict[int, torch.Tensor] = {}
-    # The fold is serial (one shared sum): a thread of its own, so that it never waits behind
-    # the decode pool's queue while prepared peers pile up in memory. Where adding only
-    # queues the peer (the compiled CPU sum folds batches on its own thread) it runs right
-    # here on the loop instead: one trip between threads less per peer, measured 5-10%
-    # faster at 64-256 peers with less memory held.
-    folder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gather-fold")
-    fold_here = aggregator.queues and settings.duplicate_threshold is None
-
-    decoder = PeerDecoder(expected, window, hotkeys, verifier)
-
-    keep_compressed = (
-        settings.normalisation is Normalisation.MEDIAN_CLIP
-        or settings.duplicate_threshold is not None
-    )
-
-    def decode(uid: int, data: bytes) -> tuple[Payload, object]:
-        # Runs in a worker thread, several peers at a time (or on the loop when short, see
-        # `inline_decode_bytes`): validate and prepare the fold here, so the serial part
-        # (adding into the shared sum) stays short. The wire tensors are dropped once
-        # prepared unless needed later, so a peer waiting for its turn holds only what the
-        # fold needs.
-        payload = decoder(uid, data)
-        prepared = aggregator.prepare(payload.compressed)
-        if not keep_compressed:
-            payload = attrs.evolve(payload, compressed=None)
-        return payload, prepared
-
-    def fold(uid: int, payload: Payload, prepared: object) -> None:
-        norms[uid] = aggregator.add(payload.compressed, prepared)
-        if settings.duplicate_threshold is not None:
-            signatures[uid] = duplicates.signature(expected.codec, payload.compressed)
-
-    async def on_ok(fetched: Fetched[tuple[Payload, object]]) -> None:
-        assert fetched.payload is not None and fetched.uid is not None
-        payload, prepared = fetched.payload
-        if not exchange.settings.decode_in_thread:
-            fold(fetched.uid, payload, prepared)
-        elif fold_here:
-            busy = aggregator.busy()
-            if busy is not None:  # a batch is still folding: wait here, not in the loop
-                await asyncio.wrap_future(busy)
-            fold(fetched.uid, payload, prepared)
-        else:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(folder, fold, fetched.uid, payload, prepared)
-        global_steps[fetched.uid] = payload.meta.global_step
-
     fetch = settings.fetch
     if fetch.max_bytes is None:  # refuse oversized objects before downloading them
         fetch = attrs.evolve(fetch, max_bytes=expected.size_limit())
-    # Decoding a payload on the compiled path is one bounded compiled pass plus a little
-    # Python; the longest it can hold the loop follows from the download limit.
-    inline = fold_here and fetch.max_bytes <= settings.inline_decode_bytes
-    try:
-        records = await fetch_peers(
-            exchange,
-            buckets,
-            uids,
-            window,
-            decode,
-            on_ok,
-            reserve_uids=reserve_uids,
-            time_window=time_window,
-            settings=fetch,
-            kind=kind,
-            inline_decode=inline,
-        )
-    finally:
-        folder.shutdown(wait=False)  # every fold was awaited; never block the loop here
+    sketch = settings.duplicate_threshold is not None
+    # Short compiled decodes run on the event loop (see `inline_decode_bytes`); a copy
+    # sketch is torch work, for a worker thread.
+    inline = _compiled(expected, device) and not sketch
+    inline = inline and fetch.max_bytes <= settings.inline_decode_bytes
+    decoder = PeerDecoder(expected, window, hotkeys, verifier, on_loop=inline or not threads)
+    norms: dict[int, dict[str, float]] = {}
+    valid: dict[int, _Valid] = {}
+
+    def validate(uid: int, data: bytes) -> _Valid:
+        # Validate, normalise's parallel part and the copy sketch, several peers at a
+        # time: the serial add stays short, and a waiting peer holds only what it needs.
+        payload = decoder(uid, data)
+        checked = payload.checked
+        assert checked is not None
+        signature = duplicates.signature(expected.codec, checked.compressed) if sketch else None
+        peer = aggregator.prepare(checked, on_loop=decoder.on_loop)
+        return _Valid(payload.meta.global_step, peer, signature)
+
+    async def aggregate(fetched: Fetched[_Valid]) -> None:
+        assert fetched.payload is not None and fetched.uid is not None
+        norms[fetched.uid] = await aggregator.add(fetched.payload.peer)
+        valid[fetched.uid] = attrs.evolve(fetched.payload, peer=None)
+
+    records = await fetch_peers(
+        exchange,
+        buckets,
+        uids,
+        window,
+        validate,
+        aggregate,
+        reserve_uids=reserve_uids,
+        time_window=time_window,
+        settings=fetch,
+        kind=kind,
+        inline_decode=inline,
+    )
     used = tuple(r.uid for r in records if r.ok and r.uid is not None)
     skipped = {r.uid: _reason(r) for r in records if not r.ok and r.uid is not None}
-    aggregate = aggregator.finish() if len(used) >= max(settings.min_peers, 1) else None
-    pairs: tuple[tuple[int, int, float], ...] = ()
-    if settings.duplicate_threshold is not None:
-        pairs = duplicates.similar_pairs(signatures, settings.duplicate_threshold)
+    signatures = {u: v.signature for u, v in valid.items() if v.signature is not None}
     return GatherResult(
         window=window,
-        aggregate=aggregate,
+        aggregate=aggregator.result() if len(used) >= max(settings.min_peers, 1) else None,
         uids=used,
         skipped=skipped,
-        global_steps=global_steps,
+        global_steps={u: v.global_step for u, v in valid.items()},
         success_rate=len(used) / len(uids) if uids else 0.0,
         download_bytes=sum(r.nbytes for r in records),
-        seconds=clock.monotonic() - started,
+        seconds=exchange.clock.monotonic() - started,
         norms=norms,
-        duplicates=pairs,
+        duplicates=duplicates.similar_pairs(signatures, settings.duplicate_threshold)
+        if sketch
+        else (),
     )
+
+
+def _compiled(expected: Expected, device: torch.device | str) -> bool:
+    codec = expected.codec
+    return isinstance(codec, TopKCompressor) and compiled_sum.runs(codec.params, device)
 
 
 async def stream(
@@ -224,7 +209,9 @@ async def stream(
 
     For validators that evaluate peers one by one; use `contextlib.aclosing` to stop early.
     """
-    decoder = PeerDecoder(expected, window, hotkeys, verifier)
+    # `Exchange.get` decodes in a worker thread unless the exchange decodes on the loop.
+    on_loop = not exchange.settings.decode_in_thread
+    decoder = PeerDecoder(expected, window, hotkeys, verifier, on_loop=on_loop)
     fetch = kwargs.pop("settings", None) or FetchSettings()
     if fetch.max_bytes is None:  # refuse oversized objects before downloading them
         fetch = attrs.evolve(fetch, max_bytes=expected.size_limit())

@@ -14,7 +14,7 @@ import math
 
 from core import keys
 from core.aggregate import Aggregator, Normalisation
-from core.compression import Compressed, DenseCompressor
+from core.compression import Checked, DenseCompressor
 from core.peers import (
     ActivityTracker,
     PeerList,
@@ -153,7 +153,7 @@ class Validator(Neuron):
         # Who copied whom is known only once every upload's time is: scores and the fold wait
         # for the end of the stream, holding the compressed payloads of the aggregate's peers.
         judged = CopyJudge(hp.duplicate_threshold, self.compressor)
-        held: dict[int, Compressed] = {}
+        held: dict[int, Checked] = {}
         async with contextlib.aclosing(peers):
             async for fetched in peers:
                 uid = fetched.uid
@@ -171,7 +171,7 @@ class Validator(Neuron):
                 evaluations[str(uid)] = relative_improvement(before, after)
                 judged.add(uid, compressed, fetched.meta)
                 if uid in contributors:
-                    held[uid] = compressed
+                    held[uid] = fetched.payload.checked
         for uid, verdict in judged.verdicts().items():
             del evaluations[str(uid)]
             held.pop(uid, None)
@@ -180,12 +180,12 @@ class Validator(Neuron):
                 self.scores.penalise(uid)
         for key, evaluation in evaluations.items():
             self.scores.update(int(key), evaluation)
-        for uid, compressed in held.items():
-            aggregator.add(compressed)
+        for uid, checked in held.items():
+            await aggregator.add(aggregator.prepare(checked, on_loop=True))
             used.append(uid)
         gather_seconds = self.clock.monotonic() - gather_started
 
-        aggregate = aggregator.finish() if len(used) >= hp.minimum_peers else None
+        aggregate = aggregator.result() if len(used) >= hp.minimum_peers else None
         published, upload_seconds = 0, None
         if aggregate is not None:
             upload_started = self.clock.monotonic()

@@ -19,13 +19,14 @@ from adapters.clock import FakeClock
 from adapters.storage.chaos import NO_FAULT, ChaosOpener, Fault
 from adapters.storage.memory import MemoryStoreOpener
 from core import codec
-from core.aggregate import Aggregator, Normalisation
+from core.aggregate import Normalisation
 from core.codec import Expected, PayloadMeta
 from core.compression import TopKCompressor, TopKParams
 from core.exchange import Exchange, ExchangeSettings
 from core.fetch import FetchSettings
 from core.gather import GatherResult, GatherSettings, gather
 from ports import Bucket
+from tests.support.aggregating import mean_of
 
 V = "1"
 W = 12
@@ -76,10 +77,7 @@ def rebuild(data: bytes, meta: Mapping | None = None, tensors: Mapping | None = 
 
 def reference(uids, mode: Normalisation = Normalisation.UNIT) -> dict[str, torch.Tensor]:
     """The aggregate of the honest payloads of `uids`, computed without gather."""
-    agg = Aggregator(COMP, SHAPES, normalisation=mode)
-    for uid in uids:
-        agg.add(COMP.encode(grads(uid)))
-    return agg.finish()
+    return mean_of(COMP, SHAPES, [COMP.encode(grads(uid)) for uid in uids], normalisation=mode)
 
 
 class Marker:
