@@ -1,5 +1,9 @@
 """Gather: fetch, validate, normalise and average many peers' gradients for one window.
 
+The seed's flowchart, step by step: `fetch_peers` streams the peers' bytes (core/fetch.py),
+a `DecodeRunner` validates each (core/decoding.py, core/codec.py), the `Aggregator`
+normalises and adds it (core/aggregate.py), and every failure is a skip with its reason.
+
 The result says who contributed, who was skipped and why, and what it cost. A peer can only
 ever cost us its own skip: every failure (missing, early, late, oversized, malformed,
 unsigned, a copy of another peer) becomes a reason in `skipped`, never an exception.
@@ -7,17 +11,18 @@ unsigned, a copy of another peer) becomes a reason in `skipped`, never an except
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 
 import attrs
 import torch
 
-from core import codec, duplicates
+from core import codec, decoding, duplicates
 from core.aggregate import Aggregator, Normalisation, Peer
 from core.codec import Expected, InvalidPayload, Payload
-from core.compression import TopKCompressor, compiled_sum
-from core.exchange import Exchange, Fetched, Rejected
-from core.fetch import FetchSettings, fetch_peers, stream_peers
+from core.decoding import DecodeRunner, Rejected
+from core.exchange import Exchange, Fetched, Status
+from core.fetch import FetchSettings, Peers, fetch_peers
 from core.keys import KeyKind
 from core.windows import TimeWindow
 from ports import Bucket
@@ -32,11 +37,6 @@ class GatherSettings:
     min_peers: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     # Flag pairs of peers whose kept-index sets are at least this similar (None: off).
     duplicate_threshold: float | None = None
-    # With the compiled CPU sum, payloads of at most this many bytes (the download limit
-    # decides) are decoded on the event loop instead of a worker thread: a compiled decode
-    # of a default payload is shorter than the trips between threads it saves
-    # (docs/gather.md has the figures). 0: always a worker thread.
-    inline_decode_bytes: int = attrs.field(default=4 << 20, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen(kw_only=True)
@@ -95,11 +95,18 @@ def _reason(record: Fetched) -> str:
 
 @attrs.frozen(eq=False)
 class _Valid:
-    """A peer through validation: its step, its prepared sum work, its copy sketch."""
+    """A validated peer: its step, its prepared sum work, its copy sketch."""
 
     global_step: int
-    peer: Peer
-    signature: torch.Tensor | None
+    peer: Peer | None = attrs.field(repr=False)
+    signature: torch.Tensor | None = attrs.field(repr=False)
+
+
+def _bounded(fetch: FetchSettings, expected: Expected) -> FetchSettings:
+    """Oversized objects are refused before they are downloaded."""
+    if fetch.max_bytes is None:
+        return attrs.evolve(fetch, max_bytes=expected.size_limit())
+    return fetch
 
 
 async def gather(
@@ -116,69 +123,84 @@ async def gather(
     settings: GatherSettings | None = None,
     device: torch.device | str = "cpu",
     kind: KeyKind = KeyKind.GRADIENT,
+    runner: DecodeRunner | None = None,
 ) -> GatherResult:
-    """Gather `uids` (reserves replacing failures) for `window` into one normalised mean."""
+    """Gather `uids` (reserves replacing failures) for `window` into one normalised mean.
+
+    `runner`: where payloads are decoded (None: `decoding.runner_for` picks, and the runner
+    lives for this gather only)."""
     settings = settings or GatherSettings()
     started = exchange.clock.monotonic()
     uids = list(dict.fromkeys(uids))
-    threads = exchange.settings.decode_in_thread
+    fetch = _bounded(settings.fetch, expected)
+    sketch = settings.duplicate_threshold is not None
+    own = runner is None
+    if runner is None:
+        runner = decoding.runner_for(expected, device, max_bytes=fetch.max_bytes, sketch=sketch)
     aggregator = Aggregator(
         expected.codec,
         expected.shapes,
         device=device,
         normalisation=settings.normalisation,
         peers=len(uids),
-        background=threads,
+        background=runner.threads,
     )
-    fetch = settings.fetch
-    if fetch.max_bytes is None:  # refuse oversized objects before downloading them
-        fetch = attrs.evolve(fetch, max_bytes=expected.size_limit())
-    sketch = settings.duplicate_threshold is not None
-    # Short compiled decodes run on the event loop (see `inline_decode_bytes`); a copy
-    # sketch is torch work, for a worker thread.
-    inline = _compiled(expected, device) and not sketch
-    inline = inline and fetch.max_bytes <= settings.inline_decode_bytes
-    decoder = PeerDecoder(expected, window, hotkeys, verifier, on_loop=inline or not threads)
-    norms: dict[int, dict[str, float]] = {}
+    decoder = PeerDecoder(expected, window, hotkeys, verifier, on_loop=runner.on_loop)
     valid: dict[int, _Valid] = {}
+    norms: dict[int, dict[str, float]] = {}
 
     def validate(uid: int, data: bytes) -> _Valid:
-        # Validate, normalise's parallel part and the copy sketch, several peers at a
-        # time: the serial add stays short, and a waiting peer holds only what it needs.
+        # Validation, normalisation's parallel part and the copy sketch, several peers at a
+        # time when the runner has threads: the serial add stays short, and a waiting peer
+        # holds only what the add needs.
         payload = decoder(uid, data)
         checked = payload.checked
         assert checked is not None
         signature = duplicates.signature(expected.codec, checked.compressed) if sketch else None
-        peer = aggregator.prepare(checked, on_loop=decoder.on_loop)
+        peer = aggregator.prepare(checked, on_loop=runner.on_loop)
         return _Valid(payload.meta.global_step, peer, signature)
 
-    async def aggregate(fetched: Fetched[_Valid]) -> None:
-        assert fetched.payload is not None and fetched.uid is not None
-        norms[fetched.uid] = await aggregator.add(fetched.payload.peer)
-        valid[fetched.uid] = attrs.evolve(fetched.payload, peer=None)
+    async def take(peers: Peers, got: Fetched[bytes]) -> None:
+        outcome = await decoding.decode(runner, validate, got)
+        if outcome.ok:
+            assert outcome.uid is not None and outcome.payload is not None
+            try:
+                norms[outcome.uid] = await aggregator.add(outcome.payload.peer)
+                valid[outcome.uid] = attrs.evolve(outcome.payload, peer=None)
+            except Exception as exc:  # a sum's refusal is that peer's skip
+                reason = f"rejected: {type(exc).__name__}: {exc}"
+                outcome = attrs.evolve(outcome, status=Status.ERROR, reason=reason)
+        peers.done(got, outcome)
 
-    records = await fetch_peers(
-        exchange,
-        buckets,
-        uids,
-        window,
-        validate,
-        aggregate,
-        reserve_uids=reserve_uids,
-        time_window=time_window,
-        settings=fetch,
-        kind=kind,
-        inline_decode=inline,
-    )
+    try:
+        async with (
+            fetch_peers(
+                exchange,
+                buckets,
+                uids,
+                window,
+                reserve_uids=reserve_uids,
+                time_window=time_window,
+                settings=fetch,
+                kind=kind,
+            ) as peers,
+            asyncio.TaskGroup() as adding,
+        ):
+            async for got in peers:
+                if got.ok:
+                    adding.create_task(take(peers, got))
+    finally:
+        if own:
+            runner.close()
+    records = peers.records
     used = tuple(r.uid for r in records if r.ok and r.uid is not None)
-    skipped = {r.uid: _reason(r) for r in records if not r.ok and r.uid is not None}
     signatures = {u: v.signature for u, v in valid.items() if v.signature is not None}
     return GatherResult(
         window=window,
         aggregate=aggregator.result() if len(used) >= max(settings.min_peers, 1) else None,
         uids=used,
-        skipped=skipped,
-        global_steps={u: v.global_step for u, v in valid.items()},
+        skipped={r.uid: _reason(r) for r in records if not r.ok and r.uid is not None},
+        global_steps={u: valid[u].global_step for u in used},
         success_rate=len(used) / len(uids) if uids else 0.0,
         download_bytes=sum(r.nbytes for r in records),
         seconds=exchange.clock.monotonic() - started,
@@ -187,11 +209,6 @@ async def gather(
         if sketch
         else (),
     )
-
-
-def _compiled(expected: Expected, device: torch.device | str) -> bool:
-    codec = expected.codec
-    return isinstance(codec, TopKCompressor) and compiled_sum.runs(codec.params, device)
 
 
 async def stream(
@@ -203,19 +220,38 @@ async def stream(
     *,
     hotkeys: Mapping[int, str] | None = None,
     verifier: Verifier | None = None,
-    **kwargs: object,
+    settings: FetchSettings | None = None,
+    runner: DecodeRunner | None = None,
+    **options: object,
 ) -> AsyncIterator[Fetched[Payload]]:
     """Each valid peer's decoded payload as it arrives, then a record per failed peer.
 
-    For validators that evaluate peers one by one; use `contextlib.aclosing` to stop early.
+    For validators that evaluate peers one by one: a peer keeps its fetch slot until the
+    consumer asks for the next one. Use `contextlib.aclosing` to stop early. `runner` as
+    in `gather` (None: a `decoding.Pool` for this stream); `options` as `fetch_peers`'s.
     """
-    # `Exchange.get` decodes in a worker thread unless the exchange decodes on the loop.
-    on_loop = not exchange.settings.decode_in_thread
-    decoder = PeerDecoder(expected, window, hotkeys, verifier, on_loop=on_loop)
-    fetch = kwargs.pop("settings", None) or FetchSettings()
-    if fetch.max_bytes is None:  # refuse oversized objects before downloading them
-        fetch = attrs.evolve(fetch, max_bytes=expected.size_limit())
-    async for fetched in stream_peers(
-        exchange, buckets, uids, window, decoder, settings=fetch, **kwargs
-    ):
-        yield fetched
+    own = runner is None
+    if runner is None:
+        runner = decoding.Pool()
+    decoder = PeerDecoder(expected, window, hotkeys, verifier, on_loop=runner.on_loop)
+    fetch = _bounded(settings or FetchSettings(), expected)
+    failed: list[Fetched] = []
+    try:
+        async with fetch_peers(exchange, buckets, uids, window, settings=fetch, **options) as peers:
+            async for got in peers:
+                if not got.ok:
+                    failed.append(got)
+                    continue
+                decoded = await decoding.decode(runner, decoder, got)
+                try:
+                    if decoded.ok:
+                        yield decoded
+                    else:
+                        failed.append(decoded)
+                finally:
+                    peers.done(got, decoded)
+        for record in failed:
+            yield record
+    finally:
+        if own:
+            runner.close()

@@ -180,6 +180,9 @@ class Container(containers.DeclarativeContainer):
 
     scratch = providers.Singleton(TempScratch, config.scratch_dir)
 
+    # Threads that decode peers' payloads: one per core, more only thrash (docs/gather.md).
+    decode_workers: providers.Provider[int] = providers.Object(max(1, os.cpu_count() or 1))
+
 
 def build_container(
     hparams: HParams,

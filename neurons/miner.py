@@ -92,6 +92,7 @@ class Miner(Neuron):
             hotkeys=dict(zip(metagraph.uids, metagraph.hotkeys, strict=True)),
             verifier=self.verifier,
             settings=hp.gather_settings(),
+            runner=self.runner,
         )
         if result.aggregate is not None:
             outer_step(self.model, result.aggregate, hp.learning_rate)

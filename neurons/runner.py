@@ -93,6 +93,7 @@ async def build_neuron(
         on_row=EventLog(settings.events),
         scratch=container.scratch(),
         timestamp_resolution=container.timestamp_resolution(),
+        decode_workers=container.decode_workers(),
         aggregates=opener.open(buckets.aggregator_read) if buckets.aggregator_read else None,
     )
 

@@ -12,9 +12,10 @@ import contextlib
 import logging
 import math
 
-from core import keys
+from core import decoding, keys
 from core.aggregate import Aggregator, Normalisation
 from core.compression import Checked, DenseCompressor
+from core.decoding import DecodeRunner
 from core.peers import (
     ActivityTracker,
     PeerList,
@@ -78,6 +79,11 @@ class Validator(Neuron):
         await post_start_window(self.store, start, self.hotkey, self.hparams.version)
         log.info("validator uid %s published start window %d", self.uid, start)
         return start
+
+    def decode_runner(self, workers: int) -> DecodeRunner:
+        # Each payload is evaluated right after its decode, on the loop: decodes go to
+        # worker threads, where they overlap the fetches and that evaluation.
+        return decoding.Pool(workers)
 
     def own_stores(self) -> list[ObjectStore]:
         # Peer lists and the start window live in our gradient bucket, aggregates in the

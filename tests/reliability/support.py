@@ -22,6 +22,7 @@ from core import codec
 from core.aggregate import Normalisation
 from core.codec import Expected, PayloadMeta
 from core.compression import TopKCompressor, TopKParams
+from core.decoding import Synchronous
 from core.exchange import Exchange, ExchangeSettings
 from core.fetch import FetchSettings
 from core.gather import GatherResult, GatherSettings, gather
@@ -116,7 +117,7 @@ class Net:
             self.chaos,
             self.clock,
             V,
-            ExchangeSettings(decode_in_thread=False, timestamp_resolution=0),
+            ExchangeSettings(timestamp_resolution=0),
         )
         self.buckets = {u: bucket(u) for u in range(1, 300)}
         self.expected = Expected(version=V, codec=COMP, shapes=SHAPES)
@@ -127,6 +128,7 @@ class Net:
 
     async def gather(self, uids, *, timeout: float = 10.0, **kw) -> GatherResult:
         settings = kw.pop("settings", GatherSettings(fetch=FetchSettings(timeout=timeout)))
+        kw.setdefault("runner", Synchronous())  # a fake clock sees every step
         return await gather(self.me, self.buckets, uids, W, self.expected, settings=settings, **kw)
 
 
