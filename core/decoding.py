@@ -66,6 +66,7 @@ class Synchronous:
         pass
 
 
+@attrs.define
 class Inline:
     """Short calls on the event loop, in slices of its time: a burst of fetches finishing
     together would otherwise be decoded in one pass of the loop, holding its timers and I/O
@@ -75,11 +76,8 @@ class Inline:
     on_loop = True
     threads = True
 
-    def __init__(self, slice_seconds: float = 0.02) -> None:
-        if slice_seconds <= 0:
-            raise ValueError("slice_seconds must be > 0")
-        self.slice_seconds = slice_seconds
-        self._slice: tuple[asyncio.AbstractEventLoop, float] | None = None
+    slice_seconds: float = attrs.field(default=0.02, validator=attrs.validators.gt(0))
+    _slice: tuple[asyncio.AbstractEventLoop, float] | None = attrs.field(default=None, init=False)
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         loop = asyncio.get_running_loop()
@@ -102,6 +100,7 @@ class Inline:
         pass
 
 
+@attrs.define
 class Pool:
     """Calls on a bounded pool of worker threads. More threads than cores only thrash
     (docs/gather.md)."""
@@ -109,11 +108,8 @@ class Pool:
     on_loop = False
     threads = True
 
-    def __init__(self, workers: int = 2) -> None:
-        if workers <= 0:
-            raise ValueError("workers must be > 0")
-        self.workers = workers
-        self._pool: ThreadPoolExecutor | None = None
+    workers: int = attrs.field(default=2, validator=attrs.validators.gt(0))
+    _pool: ThreadPoolExecutor | None = attrs.field(default=None, init=False)
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         if self._pool is None:
