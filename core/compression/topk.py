@@ -312,8 +312,8 @@ class TopKCompressor:
         k = members[0].k
         local = torch.topk(score, k, dim=1, largest=True, sorted=False).indices
         # In increasing order within each chunk: the format allows any order, but a
-        # receiver checks increasing indices for repeats with one compare each (kernels:
-        # 0.17 against 0.43 ms a payload); the sort costs the sender ~5% of the top-k.
+        # receiver checks increasing indices for repeats with one compare each, far cheaper
+        # than the sort costs the sender (docs/gather.md).
         local = local.sort(dim=1).values
         start = 0
         for m in members:
@@ -471,8 +471,8 @@ class TopKCompressor:
 def _has_repeats(rows: torch.Tensor) -> bool:
     """Whether any row holds a value twice (indices are below 4096, so int16 holds them)."""
     if rows.device.type == "cpu":
-        # numpy's vectorised small-row sort is ~30x faster than torch's here (0.3 ms
-        # against 8.7 ms for 6,280 rows of 64), and this check runs for every peer.
+        # numpy's vectorised small-row sort is much faster than torch's here
+        # (docs/gather.md), and this check runs for every peer.
         ordered = np.sort(rows.to(torch.int16).numpy(), axis=1)
         return bool((ordered[:, 1:] == ordered[:, :-1]).any())
     ordered = rows.sort(dim=1).values
