@@ -118,6 +118,11 @@ class Peers:
         if verdict is not None and not verdict.done():
             verdict.set_result(outcome)
 
+    def wants(self, arrival: Fetched[bytes]) -> bool:
+        """Whether `arrival` still waits for its verdict (not given up at the deadline)."""
+        verdict = self._verdicts.get(arrival.uid)  # type: ignore[arg-type]
+        return verdict is not None and not verdict.done()
+
     def _start(self, uid: int) -> None:
         self._pending[asyncio.ensure_future(self._one(uid))] = uid
 

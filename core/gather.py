@@ -162,7 +162,7 @@ async def gather(
 
     async def take(peers: Peers, got: Fetched[bytes]) -> None:
         outcome = await decoding.decode(runner, validate, got)
-        if outcome.ok:
+        if outcome.ok and peers.wants(got):  # a peer given up at the deadline adds nothing
             assert outcome.uid is not None and outcome.payload is not None
             try:
                 norms[outcome.uid] = await aggregator.add(outcome.payload.peer)

@@ -197,3 +197,13 @@ async def test_zero_or_tiny_deadline_never_hangs(timeout: float) -> None:
     await net.upload(1, b"ok")
     folded, rec = await collect_ok(net, [1, 2], settings=FetchSettings(timeout=timeout))
     assert folded == [] and set(rec) == {1, 2}
+
+
+async def test_an_arrival_is_wanted_until_its_verdict() -> None:
+    net = Net()
+    await net.upload(1, b"ok")
+    async with fetch_peers(net.me, net.buckets, [1], W) as peers:
+        async for got in peers:
+            assert peers.wants(got)
+            peers.done(got, got)
+            assert not peers.wants(got)
