@@ -147,8 +147,12 @@ class Validator(Neuron):
         contributors = set(miners if listed is None else listed)
         batches = [self.task.eval_batch(window, i) for i in range(hp.eval_batches)]
         before = mean_loss(self.task, self.model, batches)
+        # Adds on the loop wait there for the sum's background work, never blocking it.
         aggregator = Aggregator(
-            self.compressor, self.shapes, normalisation=Normalisation(hp.normalisation)
+            self.compressor,
+            self.shapes,
+            normalisation=Normalisation(hp.normalisation),
+            background=self.runner.threads,
         )
         evaluations: dict[str, float] = {}
         skipped: dict[str, str] = {}
