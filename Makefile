@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 # again when they change.
 WARM    = $(VENV)/.kernels-warm
 KERNELS = core/compression/kernels.py core/compression/cpu_fold.py core/compression/elias_fano.py \
-          core/compression/select.py core/warmup.py
+          core/compression/select.py core/compression/compiled_sum.py core/warmup.py
 
 .PHONY: test lint demo bench clean
 

@@ -14,6 +14,7 @@ result (4 for the dense case): what gather does per peer, batching included.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import time
@@ -105,11 +106,14 @@ class Case:
         self.held["dense"] = payload.dense(self.compressor, self.device)
 
     def _fold(self) -> None:
+        asyncio.run(self._fold_all())
+
+    async def _fold_all(self) -> None:
         aggregator = Aggregator(self.compressor, self.shapes, device=self.device)
         for _ in range(self.peers):
-            compressed = codec.decode(self.held["data"], self.expected).compressed
-            aggregator.add(compressed, aggregator.prepare(compressed))
-        aggregator.finish()
+            checked = codec.decode(self.held["data"], self.expected, on_loop=True).checked
+            await aggregator.add(aggregator.prepare(checked, on_loop=True))
+        aggregator.result()
 
     def round(self) -> None:
         self.times["encode"].append(_timed(self._encode, self.sync))

@@ -13,6 +13,7 @@ checked, is in docs/templar.md ("How interoperability was checked").
 """
 
 import argparse
+import asyncio
 import importlib.util
 import io
 import math
@@ -116,6 +117,7 @@ def run(use_dct: bool, peers: int = 4) -> None:
     agg = Aggregator(ours, shapes, normalisation=Normalisation.NONE)
     ref = {n: torch.zeros(s) for n, s in shapes.items()}
     worst = 0.0
+    held = []
     for uid in range(peers):
         grads = {n: torch.randn(s) * (uid + 1) for n, s in shapes.items()}
         path = os.path.join(tmp, f"temp_gradient-{WINDOW}-{uid}-v2.1.3.pt")
@@ -126,8 +128,14 @@ def run(use_dct: bool, peers: int = 4) -> None:
         worst = max(worst, largest(ours.decode(got.compressed), theirs))
         for n in shapes:
             ref[n] += theirs[n]
-        agg.add(got.compressed)
-    result = agg.finish()
+        held.append(got.checked)
+
+    async def fold():
+        for checked in held:
+            await agg.add(agg.prepare(checked))
+        return agg.result()
+
+    result = asyncio.run(fold())
     mean_err = largest(result, {n: t / peers for n, t in ref.items()})
     print(f"use_dct={use_dct}: Templar->ours per peer {worst:.3g}, mean of {peers} {mean_err:.3g}")
     # 2. this library writes; Templar reads

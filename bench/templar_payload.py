@@ -21,6 +21,7 @@ Writes templar_payload.json and templar_payload.md under --out.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
 import time
@@ -91,11 +92,16 @@ def run(quick: bool) -> dict:
     agg = Aggregator(comp, shapes, normalisation=Normalisation.UNIT)
     total = {n: torch.zeros(s) for n, s in shapes.items()}
 
+    loop = asyncio.new_event_loop()  # one loop for every add, as in a gather
+
+    def add(checked) -> None:
+        loop.run_until_complete(agg.add(agg.prepare(checked, on_loop=True)))
+
     def native_peer():
-        agg.add(codec.decode(native, expected).compressed)
+        add(codec.decode(native, expected, on_loop=True).checked)
 
     def templar_peer():
-        agg.add(payload.decode(templar, expected).compressed)
+        add(payload.decode(templar, expected, on_loop=True).checked)
 
     return {
         "payload_bytes": {"native": len(native), "templar": len(templar)},

@@ -21,9 +21,10 @@ import math
 import statistics
 from collections.abc import Mapping
 
+import attrs
 import torch
 
-from core.compression import Compressed, Compressor, Shape, make_sum
+from core.compression import Checked, Compressed, Compressor, Prepared, Shape, make_sum
 
 _TINY = 1e-12
 
@@ -60,7 +61,11 @@ def _zeros(norms: dict[str, float]) -> dict[str, float]:
 
 
 class Aggregator:
-    """Accumulates peers' compressed gradients into one dense mean per parameter."""
+    """Accumulates peers' checked gradients into one dense mean per parameter.
+
+    Every caller uses it the same way: `prepare` each peer (in parallel threads if wanted),
+    `await add` them one at a time on the event loop, then take the `result` once.
+    """
 
     def __init__(
         self,
@@ -70,51 +75,36 @@ class Aggregator:
         device: torch.device | str = "cpu",
         normalisation: Normalisation = Normalisation.UNIT,
         peers: int | None = None,
+        background: bool = False,
     ) -> None:
-        """`peers`: how many peers are expected, when known (lets the sum plan its work)."""
+        """`peers`: how many peers are expected, when known (lets the sum plan its work);
+        `background`: the sum may work on threads of its own (see `make_sum`)."""
         self._mode = normalisation
-        self._sum = make_sum(compressor, shapes, device, peers=peers)
+        self._sum = make_sum(compressor, shapes, device, peers=peers, background=background)
         self._held: list[tuple[Compressed, dict[str, float]]] = []
         self.count = 0
 
-    @property
-    def queues(self) -> bool:
-        """Whether `add` only queues the peer (a copy, well under a millisecond), the pass
-        over the sum running on a thread of its own: the compiled CPU sum."""
-        return bool(getattr(self._sum, "queues", False))
+    def prepare(self, checked: Checked, *, on_loop: bool = False) -> Peer:
+        """The part of `add` that may run in parallel threads (`on_loop`: this is the event
+        loop's thread). The wire tensors are kept only where a second pass needs them."""
+        keep = checked.compressed if self._mode is Normalisation.MEDIAN_CLIP else None
+        return Peer(self._sum.prepare(checked, on_loop=on_loop), keep)
 
-    def busy(self):
-        """A `concurrent.futures.Future` to await before the next `add` when that add
-        would wait for the sum's background work; None when it would not."""
-        busy = getattr(self._sum, "busy", None)
-        return None if busy is None else busy()
-
-    def prepare(self, compressed: Compressed) -> object:
-        """The part of `add` that may run in parallel threads, ahead of the serial part."""
-        return self._sum.prepare(compressed)
-
-    def add(
-        self, compressed: Compressed | None, prepared: object | None = None
-    ) -> dict[str, float]:
-        """Fold one peer in (from `prepare`'s result when given); returns its norms.
-
-        `compressed` may be None when `prepared` is given, except with MEDIAN_CLIP, which
-        keeps it for the second pass.
-        """
-        if prepared is None:
-            prepared = self._sum.prepare(compressed)
+    async def add(self, peer: Peer) -> dict[str, float]:
+        """Fold one prepared peer in; returns its norms."""
         if self._mode is Normalisation.MEDIAN_CLIP:
-            norms = getattr(prepared, "norms", None)
+            assert peer.compressed is not None
+            norms = peer.prepared.norms
             if norms is None:  # weight 0 adds nothing: the sum just measures the norms
-                norms = self._sum.commit(prepared, _zeros)
-            self._held.append((compressed, norms))
+                norms = await self._sum.add(peer.prepared, _zeros)
+            self._held.append((peer.compressed, norms))
         else:
             weigh = _unit if self._mode is Normalisation.UNIT else _ones
-            norms = self._sum.commit(prepared, weigh)
+            norms = await self._sum.add(peer.prepared, weigh)
         self.count += 1
         return norms
 
-    def finish(self) -> dict[str, torch.Tensor] | None:
+    def result(self) -> dict[str, torch.Tensor] | None:
         """The mean of the normalised gradients, or None when nothing was added."""
         if self.count == 0:
             return None
@@ -129,3 +119,12 @@ class Aggregator:
                 self._sum.fold(compressed, clip)
             self._held.clear()
         return self._sum.result(1.0 / self.count)
+
+
+@attrs.frozen(eq=False)
+class Peer:
+    """A peer prepared for `Aggregator.add` (its wire tensors only when a second pass needs
+    them)."""
+
+    prepared: Prepared
+    compressed: Compressed | None = attrs.field(default=None, repr=False)

@@ -24,7 +24,7 @@ import safetensors.torch
 import torch
 
 from core import strict_json
-from core.compression.base import Compressed, Compressor, Shape, Shapes, TensorSpec
+from core.compression.base import Checked, Compressed, Compressor, Shape, Shapes, TensorSpec
 from core.invalid import InvalidPayload
 from core.keys import check_version
 from ports.signing import Signer, Verifier
@@ -176,9 +176,16 @@ class Expected:
 @attrs.frozen(eq=False)
 class Payload:
     meta: PayloadMeta
-    compressed: Compressed
+    # The wire tensors as the compressor's checks passed them, with what those found (for
+    # the running sum); None once a gather has prepared the peer and needs them no more.
+    checked: Checked | None
     nbytes: int
     signed: bool
+
+    @property
+    def compressed(self) -> Compressed:
+        assert self.checked is not None, "the payload's tensors were released"
+        return self.checked.compressed
 
     def dense(
         self,
@@ -246,22 +253,26 @@ def payload_digest(metadata: Mapping[str, str], tensors: Mapping[str, torch.Tens
 # -- decode ------------------------------------------------------------------------------
 
 
-def decode(data: bytes, expected: Expected, *, verifier: Verifier | None = None) -> Payload:
-    """Validate `data` completely and return it; any defect raises InvalidPayload."""
+def decode(
+    data: bytes, expected: Expected, *, verifier: Verifier | None = None, on_loop: bool = False
+) -> Payload:
+    """Validate `data` completely and return it; any defect raises InvalidPayload.
+
+    `on_loop`: this runs on an event loop's thread (see `Compressor.validate`)."""
     if expected.require_signature and verifier is None:
         raise ValueError("require_signature needs a verifier")
     if expected.require_signature and expected.hotkey is None:
         # else the payload's own claim of who signed it would be believed
         raise ValueError("require_signature needs the expected hotkey")
     try:
-        return _decode(data, expected, verifier)
+        return _decode(data, expected, verifier, on_loop)
     except InvalidPayload:
         raise
     except Exception as exc:  # the last guard: no other exception type leaves decode
         raise InvalidPayload("malformed", f"{type(exc).__name__}: {exc}") from None
 
 
-def _decode(data: bytes, expected: Expected, verifier: Verifier | None) -> Payload:
+def _decode(data: bytes, expected: Expected, verifier: Verifier | None, on_loop: bool) -> Payload:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidPayload("not_bytes", f"payload is {type(data).__name__}, not bytes")
     data = bytes(data)
@@ -279,8 +290,8 @@ def _decode(data: bytes, expected: Expected, verifier: Verifier | None) -> Paylo
     _check_loaded(tensors, layout)
     signed = _check_signature(metadata, tensors, expected, verifier)
     compressed = Compressed(spec=codec.spec, shapes=expected.wire_shapes(), tensors=tensors)
-    codec.validate(compressed)
-    return Payload(meta=meta, compressed=compressed, nbytes=len(data), signed=signed)
+    checked = codec.validate(compressed, on_loop=on_loop)
+    return Payload(meta=meta, checked=checked, nbytes=len(data), signed=signed)
 
 
 def _read_header(data: bytes, max_header: int) -> tuple[dict[str, Any], dict[str, str]]:

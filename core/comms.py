@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from core import peers
+from core import decoding, peers
 from core.checkpoints import (
     Checkpointer,
     CheckpointMeta,
@@ -72,16 +72,23 @@ class Comms:
         bucket: Bucket,
         window: int,
         key: KeyKind,
-        decode: Callable[[bytes], T],
+        decode: Callable[[int, bytes], T] | None = None,
         *,
         local: bool = False,
+        runner: decoding.DecodeRunner | None = None,
         **options: Any,
-    ) -> Fetched[T]:
-        """One peer's object of `window`, size-bounded, time-checked and decoded
-        (options: those of `Exchange.get_from`: uid, time_window, max_bytes, timeout)."""
+    ) -> Fetched[Any]:
+        """One peer's object of `window`, size-bounded and time-checked (options: those of
+        `Exchange.get_from`: uid, time_window, max_bytes, timeout), then, with `decode`,
+        decoded as `decode(uid, data)` on `runner` (default: right here): a refusal is the
+        record's INVALID status and reason."""
         if local:
-            return await self.exchange.get_local(window, key, decode, **options)
-        return await self.exchange.get(bucket, window, key, decode, **options)
+            fetched = await self.exchange.get_local(window, key, **options)
+        else:
+            fetched = await self.exchange.get(bucket, window, key, **options)
+        if decode is None or not fetched.ok:
+            return fetched
+        return await decoding.decode(runner or decoding.Synchronous(), decode, fetched)
 
     async def gather(
         self,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -33,7 +31,6 @@ from ports import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-R = TypeVar("R")
 
 
 class Status(enum.Enum):
@@ -62,14 +59,6 @@ class Fetched(Generic[T]):
         return self.status is Status.OK
 
 
-class Rejected(ValueError):
-    """Raised by a decoder for a payload that is invalid; `reason` is a short slug."""
-
-    def __init__(self, reason: str, message: str = "") -> None:
-        super().__init__(message or reason)
-        self.reason = reason
-
-
 @attrs.frozen(kw_only=True)
 class ExchangeSettings:
     # How often to look again for an object that is not there yet.
@@ -77,15 +66,6 @@ class ExchangeSettings:
     # Uploads finishing at time_max still need a moment to become visible.
     grace_seconds: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
     max_payload_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.gt(0))
-    # Decoding in a worker thread keeps the event loop (and other fetches) moving. Tests on a
-    # fake clock turn it off: time would run on while a thread works, unseen by the clock.
-    decode_in_thread: bool = True
-    # Worker threads for decoding and folding. More threads than cores only thrash: measured
-    # on 2 cores, 6 threads took 12.1 ms a peer and 2 took 10.5 (with torch at 1 thread).
-    decode_workers: int = attrs.field(default=2, validator=attrs.validators.gt(0))
-    # Short decodes that run on the event loop (`get_from(inline=True)`) run back to back
-    # for at most this many seconds before the loop gets a pass for its timers and I/O.
-    inline_slice: float = attrs.field(default=0.02, validator=attrs.validators.gt(0))
     # S3 and R2 report Last-Modified rounded down to the second: an upload at 12:00:00.7 reads
     # as 12:00:00. A stamp counts only when every moment it may stand for is inside the time
     # window (core/windows.py); 0 for stores with exact times.
@@ -123,45 +103,6 @@ class Exchange:
         self.settings = settings or ExchangeSettings()
         self.local = local
         self._uploads: set[asyncio.Task[datetime]] = set()
-        self._workers: ThreadPoolExecutor | None = None
-        self._slice: tuple[asyncio.AbstractEventLoop, float] | None = None
-
-    async def run_blocking(self, fn: Callable[..., R], *args: Any) -> R:
-        """Run CPU-bound `fn(*args)` on the exchange's bounded worker pool."""
-        if self._workers is None:
-            self._workers = ThreadPoolExecutor(
-                max_workers=self.settings.decode_workers, thread_name_prefix="exchange-decode"
-            )
-        return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
-
-    async def run_inline(self, fn: Callable[..., R], *args: Any) -> R:
-        """Run short CPU-bound `fn(*args)` on the event loop, in slices of the loop's time.
-
-        Many fetches finish together, and decoding a whole burst in one pass of the loop
-        would hold its timers and I/O back for all of it. Calls run back to back for at most
-        `inline_slice` seconds; a call after that first lets the loop make a pass.
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            began = self._slice[1] if self._slice is not None and self._slice[0] is loop else None
-            if began is None:  # the loop has made a pass since the last slice began
-                self._slice = (loop, loop.time())
-                loop.call_soon(self._end_slice, loop)  # runs after the loop's next poll
-                break
-            if loop.time() - began < self.settings.inline_slice:
-                break
-            await asyncio.sleep(0)
-        return fn(*args)
-
-    def _end_slice(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._slice is not None and self._slice[0] is loop:
-            self._slice = None
-
-    def close(self) -> None:
-        """Let the worker threads go (pending work still finishes)."""
-        if self._workers is not None:
-            self._workers.shutdown(wait=False)
-            self._workers = None
 
     def key(self, kind: keys.KeyKind, window: int, uid: int | None) -> str:
         return self.scheme.for_kind(kind, window, self.version, uid)
@@ -197,28 +138,21 @@ class Exchange:
                     log.warning("background upload failed: %s", result)
 
     async def get(
-        self,
-        bucket: Bucket,
-        window: int,
-        kind: keys.KeyKind,
-        decode: Callable[[bytes], T],
-        **options: Any,
-    ) -> Fetched[T]:
-        """Fetch, time-check and decode a peer's payload from `bucket` (see `get_from`)."""
+        self, bucket: Bucket, window: int, kind: keys.KeyKind, **options: Any
+    ) -> Fetched[bytes]:
+        """Fetch and time-check a peer's payload from `bucket` (see `get_from`)."""
         try:
             store = self.opener.open(bucket)
         except Exception as exc:  # a bucket comes from the chain: refusing it is the peer's fault
             reason = f"bad_bucket: {type(exc).__name__}: {exc}"
             return Fetched(uid=options.get("uid"), status=Status.ERROR, reason=reason)
-        return await self.get_from(store, window, kind, decode, **options)
+        return await self.get_from(store, window, kind, **options)
 
-    async def get_local(
-        self, window: int, kind: keys.KeyKind, decode: Callable[[bytes], T], **options: Any
-    ) -> Fetched[T]:
+    async def get_local(self, window: int, kind: keys.KeyKind, **options: Any) -> Fetched[bytes]:
         """`get_from` the local store; same options, same statuses."""
         if self.local is None:
             raise RuntimeError("this exchange has no local store")
-        return await self.get_from(self.local, window, kind, decode, **options)
+        return await self.get_from(self.local, window, kind, **options)
 
     def _gave_up(self, deadline: float, time_window: TimeWindow | None) -> bool:
         if self.clock.monotonic() >= deadline:
@@ -232,26 +166,23 @@ class Exchange:
         store: ObjectStore,
         window: int,
         kind: keys.KeyKind,
-        decode: Callable[[bytes], T],
         *,
         uid: int | None = None,
         time_window: TimeWindow | None = None,
         timeout: float = 30.0,
         max_bytes: int | None = None,
-        inline: bool = False,
-    ) -> Fetched[T]:
-        """Fetch, time-check and decode the payload of `kind` for `window` (and `uid`).
+    ) -> Fetched[bytes]:
+        """Fetch and time-check the payload of `kind` for `window` (and `uid`): its bytes,
+        unread (core.decoding reads them).
 
         Polls until the object appears, `timeout` seconds pass, or the time window's end plus
-        the grace has passed. `decode` runs on the worker pool (on the event loop with
-        `inline`, or when `decode_in_thread` is off) and signals a bad payload by raising
-        `Rejected` (or any ValueError). Never raises for the peer's fault.
+        the grace has passed. Never raises for the peer's fault.
         """
         started = self.clock.monotonic()
         deadline = started + max(timeout, 0.0)
         limit = min(max_bytes or self.settings.max_payload_bytes, self.settings.max_payload_bytes)
 
-        def done(status: Status, reason: str = "", **kw: object) -> Fetched[T]:
+        def done(status: Status, reason: str = "", **kw: object) -> Fetched[bytes]:
             return Fetched(
                 uid=uid,
                 status=status,
@@ -292,20 +223,4 @@ class Exchange:
                     f"[{time_window.start.isoformat()}, {time_window.end.isoformat()}]"
                 )
                 return done(status, reason, meta=meta, nbytes=size)
-        try:
-            if not self.settings.decode_in_thread:
-                payload = decode(blob.data)
-            elif inline:
-                payload = await self.run_inline(decode, blob.data)
-            else:
-                payload = await self.run_blocking(decode, blob.data)
-        except Rejected as exc:
-            return done(Status.INVALID, f"{exc.reason}: {exc}", meta=meta, nbytes=size)
-        except ValueError as exc:
-            return done(Status.INVALID, f"invalid: {exc}", meta=meta, nbytes=size)
-        except Exception as exc:  # a decoder bug must not take the gather down
-            log.exception("decoder failed on %s", key)
-            return done(
-                Status.ERROR, f"decode_error: {type(exc).__name__}: {exc}", meta=meta, nbytes=size
-            )
-        return done(Status.OK, meta=meta, payload=payload, nbytes=size)
+        return done(Status.OK, meta=meta, payload=blob.data, nbytes=size)

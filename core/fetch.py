@@ -1,19 +1,20 @@
 """The concurrent fetch engine under gather: many peers, one deadline, reserves.
 
-Each peer is fetched, time-checked and decoded by `Exchange.get`; a successful payload is
-handed to `on_ok` while the fetch still holds its concurrency slot, so at most `concurrency`
-payloads are alive at once whatever the number of peers (memory is bounded by concurrency,
-not by peer count). Every failure is recorded with its reason, and the next reserve peer, in
-order, takes the failed peer's place while time remains.
+`fetch_peers` is a stream. Each peer is fetched and time-checked by `Exchange.get`; the
+stream yields each peer's bytes as they arrive, and the record of each try that failed. An
+arrival keeps its concurrency slot until the consumer gives its verdict (`Peers.done`), so
+at most `concurrency` payloads are alive at once whatever the number of peers (memory is
+bounded by concurrency, not by peer count). Every failure, the consumer's verdicts
+included, is recorded with its reason, and the next reserve peer, in order, takes the
+failed peer's place while time remains.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from typing import TypeVar
 
 import attrs
@@ -60,59 +61,95 @@ async def _within(clock: Clock, work: Awaitable[T], seconds: float) -> T | None:
     return None if late else task.result()
 
 
-async def fetch_peers(
-    exchange: Exchange,
-    buckets: Mapping[int, Bucket],
-    uids: Iterable[int],
-    window: int,
-    decode: Callable[[int, bytes], T],
-    on_ok: Callable[[Fetched[T]], Awaitable[None]],
-    *,
-    reserve_uids: Iterable[int] = (),
-    time_window: TimeWindow | None = None,
-    settings: FetchSettings | None = None,
-    kind: KeyKind = KeyKind.GRADIENT,
-    inline_decode: bool = False,
-) -> list[Fetched[T]]:
-    """Fetch every uid (and reserves for failures); returns one payload-free record per try.
+class Peers:
+    """The fetches of one gather: `async with fetch_peers(...) as peers`, then `async for got
+    in peers` yields each arrival (an OK `Fetched` holding the bytes) and each failed try
+    (payload-free). The consumer answers every arrival with `peers.done(got, outcome)`:
+    `outcome` is the peer's final record (OK, or the reason it is skipped; a reserve then
+    takes its place). `records` then holds one payload-free record per try."""
 
-    `decode(uid, data)` validates one peer's bytes (raising `Rejected` / ValueError).
-    `on_ok` runs for each valid payload inside the fetch's slot; if it raises, that peer is
-    recorded as an ERROR and a reserve is tried. `inline_decode`: `decode` is short enough
-    to run on the event loop (`Exchange.get_from`'s `inline`). Never raises for a peer's
-    fault.
-    """
-    settings = settings or FetchSettings()
-    clock = exchange.clock
-    deadline = clock.monotonic() + settings.timeout
-    primaries = list(dict.fromkeys(uids))
-    reserves = deque(u for u in dict.fromkeys(reserve_uids) if u not in primaries)
-    gate = asyncio.Semaphore(settings.concurrency)
-    records: list[Fetched[T]] = []
+    def __init__(
+        self,
+        exchange: Exchange,
+        buckets: Mapping[int, Bucket],
+        uids: Iterable[int],
+        window: int,
+        *,
+        reserve_uids: Iterable[int] = (),
+        time_window: TimeWindow | None = None,
+        settings: FetchSettings | None = None,
+        kind: KeyKind = KeyKind.GRADIENT,
+    ) -> None:
+        self._exchange = exchange
+        self._buckets = buckets
+        self._window = window
+        self._time_window = time_window
+        self._settings = settings or FetchSettings()
+        self._kind = kind
+        self._clock: Clock = exchange.clock
+        self._deadline = self._clock.monotonic() + self._settings.timeout
+        self._primaries = list(dict.fromkeys(uids))
+        self._reserves = deque(u for u in dict.fromkeys(reserve_uids) if u not in self._primaries)
+        self._gate = asyncio.Semaphore(self._settings.concurrency)
+        self._arrivals: asyncio.Queue[Fetched[bytes]] = asyncio.Queue()
+        self._verdicts: dict[int, asyncio.Future[Fetched]] = {}
+        self._pending: dict[asyncio.Future[Fetched], int] = {}
+        self._arrived: set[int] = set()
+        self.records: list[Fetched] = []
 
-    def failed(uid: int, status: Status, reason: str) -> Fetched[T]:
+    async def __aenter__(self) -> Peers:
+        for uid in self._primaries:
+            self._start(uid)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pending, self._pending = list(self._pending), {}
+        for task in pending:
+            task.cancel()
+        if pending:
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    def done(self, arrival: Fetched[bytes], outcome: Fetched) -> None:
+        """The consumer's verdict on `arrival`: frees its slot; a failed `outcome` is
+        recorded as that peer's skip and brings the next reserve."""
+        assert arrival.uid is not None
+        verdict = self._verdicts.pop(arrival.uid, None)
+        if verdict is not None and not verdict.done():
+            verdict.set_result(outcome)
+
+    def wants(self, arrival: Fetched[bytes]) -> bool:
+        """Whether `arrival` still waits for its verdict (not given up at the deadline)."""
+        verdict = self._verdicts.get(arrival.uid)  # type: ignore[arg-type]
+        return verdict is not None and not verdict.done()
+
+    def _start(self, uid: int) -> None:
+        self._pending[asyncio.ensure_future(self._one(uid))] = uid
+
+    def _failed(self, uid: int, status: Status, reason: str) -> Fetched:
         return Fetched(uid=uid, status=status, reason=reason)
 
-    async def one(uid: int) -> Fetched[T]:
-        bucket = buckets.get(uid)
+    async def _one(self, uid: int) -> Fetched:
+        bucket = self._buckets.get(uid)
         if bucket is None:
-            return failed(uid, Status.ERROR, "no_bucket: uid has no bucket commitment")
-        async with gate:
-            remaining = deadline - clock.monotonic()
+            return self._failed(uid, Status.ERROR, "no_bucket: uid has no bucket commitment")
+        settings, clock = self._settings, self._clock
+        async with self._gate:
+            remaining = self._deadline - clock.monotonic()
             if settings.peer_timeout is not None:
                 remaining = min(remaining, settings.peer_timeout)
             if remaining <= 0:
-                return failed(uid, Status.ERROR, "timeout: gather deadline passed before fetch")
-            fetch = exchange.get(
+                return self._failed(
+                    uid, Status.ERROR, "timeout: gather deadline passed before fetch"
+                )
+            fetch = self._exchange.get(
                 bucket,
-                window,
-                kind,
-                functools.partial(decode, uid),
+                self._window,
+                self._kind,
                 uid=uid,
-                time_window=time_window,
+                time_window=self._time_window,
                 timeout=remaining,
                 max_bytes=settings.max_bytes,
-                inline=inline_decode,
             )
             if settings.peer_timeout is None:
                 got = await fetch
@@ -121,93 +158,69 @@ async def fetch_peers(
                 # must also give way, or the reserve never gets its turn.
                 got = await _within(clock, fetch, remaining + _SLACK)
                 if got is None:
-                    return failed(uid, Status.ERROR, f"timeout: no answer in {remaining:g} s")
-            if got.ok and clock.monotonic() > deadline:
+                    return self._failed(uid, Status.ERROR, f"timeout: no answer in {remaining:g} s")
+            if got.ok and clock.monotonic() > self._deadline:
                 return _strip(
                     attrs.evolve(got, status=Status.ERROR, reason="timeout: after the deadline")
                 )
-            if got.ok:
-                try:
-                    await on_ok(got)
-                except Exception as exc:  # a consumer's failure is that peer's skip
-                    return _strip(
-                        attrs.evolve(
-                            got,
-                            status=Status.ERROR,
-                            reason=f"rejected: {type(exc).__name__}: {exc}",
+            if not got.ok:
+                return _strip(got)
+            verdict: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
+            self._verdicts[uid] = verdict
+            self._arrived.add(uid)
+            await self._arrivals.put(got)
+            return _strip(await verdict)  # the slot is held until the consumer is done
+
+    async def _stream(self) -> AsyncIterator[Fetched]:
+        clock = self._clock
+        getter: asyncio.Future[Fetched[bytes]] | None = None
+        try:
+            while self._pending or not self._arrivals.empty():
+                if getter is None:
+                    getter = asyncio.ensure_future(self._arrivals.get())
+                wait_for = max(self._deadline - clock.monotonic(), 0.0) + _SLACK
+                done, _ = await asyncio.wait(
+                    {*self._pending, getter}, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:  # the real-time deadline passed with fetches still hanging
+                    for task, uid in self._pending.items():
+                        task.cancel()
+                        self.records.append(
+                            self._failed(uid, Status.ERROR, "timeout: fetch still running")
                         )
-                    )
-            return _strip(got)
+                    self._pending = {}
+                    break
+                if getter in done:
+                    arrival, getter = getter.result(), None
+                    yield arrival
+                for task in done:
+                    uid = self._pending.pop(task, None)  # type: ignore[call-overload]
+                    if uid is None:
+                        continue  # the getter
+                    record = task.result()
+                    self.records.append(record)
+                    if record.ok:
+                        continue
+                    if self._reserves and clock.monotonic() < self._deadline:
+                        self._start(self._reserves.popleft())
+                    if record.uid not in self._arrived:  # the consumer knows its verdicts
+                        yield record
+        finally:
+            if getter is not None:
+                getter.cancel()
 
-    pending = {asyncio.ensure_future(one(uid)): uid for uid in primaries}
-    try:
-        while pending:
-            wait_for = max(deadline - clock.monotonic(), 0.0) + _SLACK
-            done, _ = await asyncio.wait(
-                pending, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:  # the real-time deadline passed with fetches still hanging
-                for task, uid in pending.items():
-                    task.cancel()
-                    records.append(failed(uid, Status.ERROR, "timeout: fetch still running"))
-                break
-            for task in done:
-                uid = pending.pop(task)
-                record = task.result()
-                records.append(record)
-                if not record.ok and reserves and clock.monotonic() < deadline:
-                    nxt = reserves.popleft()
-                    pending[asyncio.ensure_future(one(nxt))] = nxt
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(*pending, return_exceptions=True)
-    return records
+    def __aiter__(self) -> AsyncIterator[Fetched]:
+        return self._stream()
 
 
-async def stream_peers(
+def fetch_peers(
     exchange: Exchange,
     buckets: Mapping[int, Bucket],
     uids: Iterable[int],
     window: int,
-    decode: Callable[[int, bytes], T],
-    **kwargs: object,
-) -> AsyncIterator[Fetched[T]]:
-    """Yield each valid peer's `Fetched` (payload included) as it arrives, then one
-    payload-free record per failed try.
-
-    The consumer's pace holds the fetch slots (backpressure), so a validator that evaluates
-    peers one by one never has more than `concurrency` payloads in memory. The gather
-    deadline runs while the consumer works: give it room for the evaluation too.
-    """
-    queue: asyncio.Queue[Fetched[T] | None] = asyncio.Queue(maxsize=1)
-
-    async def hand_over(fetched: Fetched[T]) -> None:
-        await queue.put(fetched)
-
-    async def run() -> None:
-        records = await fetch_peers(exchange, buckets, uids, window, decode, hand_over, **kwargs)
-        for record in records:
-            if not record.ok:
-                await queue.put(record)
-        await queue.put(None)
-
-    runner = asyncio.ensure_future(run())
-    try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                runner.result()  # the runner failed: raise its error here
-                continue
-            item = getter.result()
-            if item is None:
-                return
-            yield item
-    finally:
-        runner.cancel()
-        with contextlib.suppress(BaseException):
-            await runner
+    **options: object,
+) -> Peers:
+    """The fetches of `uids` (and reserves for failures) for `window`, as a stream (`Peers`):
+    `reserve_uids`, `time_window`, `settings` (`FetchSettings`) and `kind` as options.
+    Never raises for a peer's fault."""
+    return Peers(exchange, buckets, uids, window, **options)  # type: ignore[arg-type]

@@ -1,5 +1,9 @@
 """Gather: fetch, validate, normalise and average many peers' gradients for one window.
 
+The seed's flowchart, step by step: `fetch_peers` streams the peers' bytes (core/fetch.py),
+a `DecodeRunner` validates each (core/decoding.py, core/codec.py), the `Aggregator`
+normalises and adds it (core/aggregate.py), and every failure is a skip with its reason.
+
 The result says who contributed, who was skipped and why, and what it cost. A peer can only
 ever cost us its own skip: every failure (missing, early, late, oversized, malformed,
 unsigned, a copy of another peer) becomes a reason in `skipped`, never an exception.
@@ -9,16 +13,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import torch
 
-from core import codec, duplicates
-from core.aggregate import Aggregator, Normalisation
+from core import codec, decoding, duplicates
+from core.aggregate import Aggregator, Normalisation, Peer
 from core.codec import Expected, InvalidPayload, Payload
-from core.exchange import Exchange, Fetched, Rejected
-from core.fetch import FetchSettings, fetch_peers, stream_peers
+from core.decoding import DecodeRunner, Rejected
+from core.exchange import Exchange, Fetched, Status
+from core.fetch import FetchSettings, Peers, fetch_peers
 from core.keys import KeyKind
 from core.windows import TimeWindow
 from ports import Bucket
@@ -33,11 +37,6 @@ class GatherSettings:
     min_peers: int = attrs.field(default=1, validator=attrs.validators.ge(0))
     # Flag pairs of peers whose kept-index sets are at least this similar (None: off).
     duplicate_threshold: float | None = None
-    # With the compiled CPU sum, payloads of at most this many bytes (the download limit
-    # decides) are decoded on the event loop instead of a worker thread: at ~0.5 ms for a
-    # 0.7 MB payload the trips between threads cost more than the decode (measured
-    # 1.71-1.77x against 1.88-2.11x the raw GET at 64 peers). 0: always a worker thread.
-    inline_decode_bytes: int = attrs.field(default=4 << 20, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen(kw_only=True)
@@ -61,7 +60,8 @@ class GatherResult:
 
 
 class PeerDecoder:
-    """Decodes one peer's bytes against what we expect of that uid (run in a worker thread)."""
+    """Decodes one peer's bytes against what we expect of that uid. `on_loop`: it runs on
+    the event loop's thread (the compiled checks then keep the GIL)."""
 
     def __init__(
         self,
@@ -69,11 +69,14 @@ class PeerDecoder:
         window: int,
         hotkeys: Mapping[int, str] | None = None,
         verifier: Verifier | None = None,
+        *,
+        on_loop: bool = False,
     ) -> None:
         self._expected = expected
         self._window = window
         self._hotkeys = hotkeys or {}
         self._verifier = verifier
+        self.on_loop = on_loop
 
     def __call__(self, uid: int, data: bytes) -> Payload:
         hotkey = self._hotkeys.get(uid)
@@ -81,13 +84,29 @@ class PeerDecoder:
             raise Rejected("unsigned", f"uid {uid} has no hotkey on the metagraph")
         expected = self._expected.for_peer(self._window, uid, hotkey)
         try:
-            return codec.decode(data, expected, verifier=self._verifier)
+            return codec.decode(data, expected, verifier=self._verifier, on_loop=self.on_loop)
         except InvalidPayload as exc:
             raise Rejected(exc.reason, exc.message) from None
 
 
 def _reason(record: Fetched) -> str:
     return f"{record.status.value}: {record.reason}" if record.reason else record.status.value
+
+
+@attrs.frozen(eq=False)
+class _Valid:
+    """A validated peer: its step, its prepared sum work, its copy sketch."""
+
+    global_step: int
+    peer: Peer | None = attrs.field(repr=False)
+    signature: torch.Tensor | None = attrs.field(repr=False)
+
+
+def _bounded(fetch: FetchSettings, expected: Expected) -> FetchSettings:
+    """Oversized objects are refused before they are downloaded."""
+    if fetch.max_bytes is None:
+        return attrs.evolve(fetch, max_bytes=expected.size_limit())
+    return fetch
 
 
 async def gather(
@@ -104,108 +123,91 @@ async def gather(
     settings: GatherSettings | None = None,
     device: torch.device | str = "cpu",
     kind: KeyKind = KeyKind.GRADIENT,
+    runner: DecodeRunner | None = None,
 ) -> GatherResult:
-    """Gather `uids` (reserves replacing failures) for `window` into one normalised mean."""
+    """Gather `uids` (reserves replacing failures) for `window` into one normalised mean.
+
+    `runner`: where payloads are decoded (None: `decoding.runner_for` picks, and the runner
+    lives for this gather only)."""
     settings = settings or GatherSettings()
-    clock = exchange.clock
-    started = clock.monotonic()
+    started = exchange.clock.monotonic()
     uids = list(dict.fromkeys(uids))
+    fetch = _bounded(settings.fetch, expected)
+    sketch = settings.duplicate_threshold is not None
+    own = runner is None
+    if runner is None:
+        runner = decoding.runner_for(expected, device, max_bytes=fetch.max_bytes, sketch=sketch)
     aggregator = Aggregator(
         expected.codec,
         expected.shapes,
         device=device,
         normalisation=settings.normalisation,
         peers=len(uids),
+        background=runner.threads,
     )
-    global_steps: dict[int, int] = {}
+    decoder = PeerDecoder(expected, window, hotkeys, verifier, on_loop=runner.on_loop)
+    valid: dict[int, _Valid] = {}
     norms: dict[int, dict[str, float]] = {}
-    signatures: dict[int, torch.Tensor] = {}
-    # The fold is serial (one shared sum): a thread of its own, so that it never waits behind
-    # the decode pool's queue while prepared peers pile up in memory. Where adding only
-    # queues the peer (the compiled CPU sum folds batches on its own thread) it runs right
-    # here on the loop instead: one trip between threads less per peer, measured 5-10%
-    # faster at 64-256 peers with less memory held.
-    folder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gather-fold")
-    fold_here = aggregator.queues and settings.duplicate_threshold is None
 
-    decoder = PeerDecoder(expected, window, hotkeys, verifier)
-
-    keep_compressed = (
-        settings.normalisation is Normalisation.MEDIAN_CLIP
-        or settings.duplicate_threshold is not None
-    )
-
-    def decode(uid: int, data: bytes) -> tuple[Payload, object]:
-        # Runs in a worker thread, several peers at a time (or on the loop when short, see
-        # `inline_decode_bytes`): validate and prepare the fold here, so the serial part
-        # (adding into the shared sum) stays short. The wire tensors are dropped once
-        # prepared unless needed later, so a peer waiting for its turn holds only what the
-        # fold needs.
+    def validate(uid: int, data: bytes) -> _Valid:
+        # Validation, normalisation's parallel part and the copy sketch, several peers at a
+        # time when the runner has threads: the serial add stays short, and a waiting peer
+        # holds only what the add needs.
         payload = decoder(uid, data)
-        prepared = aggregator.prepare(payload.compressed)
-        if not keep_compressed:
-            payload = attrs.evolve(payload, compressed=None)
-        return payload, prepared
+        checked = payload.checked
+        assert checked is not None
+        signature = duplicates.signature(expected.codec, checked.compressed) if sketch else None
+        peer = aggregator.prepare(checked, on_loop=runner.on_loop)
+        return _Valid(payload.meta.global_step, peer, signature)
 
-    def fold(uid: int, payload: Payload, prepared: object) -> None:
-        norms[uid] = aggregator.add(payload.compressed, prepared)
-        if settings.duplicate_threshold is not None:
-            signatures[uid] = duplicates.signature(expected.codec, payload.compressed)
+    async def take(peers: Peers, got: Fetched[bytes]) -> None:
+        outcome = await decoding.decode(runner, validate, got)
+        if outcome.ok and peers.wants(got):  # a peer given up at the deadline adds nothing
+            assert outcome.uid is not None and outcome.payload is not None
+            try:
+                norms[outcome.uid] = await aggregator.add(outcome.payload.peer)
+                valid[outcome.uid] = attrs.evolve(outcome.payload, peer=None)
+            except Exception as exc:  # a sum's refusal is that peer's skip
+                reason = f"rejected: {type(exc).__name__}: {exc}"
+                outcome = attrs.evolve(outcome, status=Status.ERROR, reason=reason)
+        peers.done(got, outcome)
 
-    async def on_ok(fetched: Fetched[tuple[Payload, object]]) -> None:
-        assert fetched.payload is not None and fetched.uid is not None
-        payload, prepared = fetched.payload
-        if not exchange.settings.decode_in_thread:
-            fold(fetched.uid, payload, prepared)
-        elif fold_here:
-            busy = aggregator.busy()
-            if busy is not None:  # a batch is still folding: wait here, not in the loop
-                await asyncio.wrap_future(busy)
-            fold(fetched.uid, payload, prepared)
-        else:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(folder, fold, fetched.uid, payload, prepared)
-        global_steps[fetched.uid] = payload.meta.global_step
-
-    fetch = settings.fetch
-    if fetch.max_bytes is None:  # refuse oversized objects before downloading them
-        fetch = attrs.evolve(fetch, max_bytes=expected.size_limit())
-    # Decoding a payload on the compiled path is one bounded compiled pass plus a little
-    # Python; the longest it can hold the loop follows from the download limit.
-    inline = fold_here and fetch.max_bytes <= settings.inline_decode_bytes
     try:
-        records = await fetch_peers(
-            exchange,
-            buckets,
-            uids,
-            window,
-            decode,
-            on_ok,
-            reserve_uids=reserve_uids,
-            time_window=time_window,
-            settings=fetch,
-            kind=kind,
-            inline_decode=inline,
-        )
+        async with (
+            fetch_peers(
+                exchange,
+                buckets,
+                uids,
+                window,
+                reserve_uids=reserve_uids,
+                time_window=time_window,
+                settings=fetch,
+                kind=kind,
+            ) as peers,
+            asyncio.TaskGroup() as adding,
+        ):
+            async for got in peers:
+                if got.ok:
+                    adding.create_task(take(peers, got))
     finally:
-        folder.shutdown(wait=False)  # every fold was awaited; never block the loop here
+        if own:
+            runner.close()
+    records = peers.records
     used = tuple(r.uid for r in records if r.ok and r.uid is not None)
-    skipped = {r.uid: _reason(r) for r in records if not r.ok and r.uid is not None}
-    aggregate = aggregator.finish() if len(used) >= max(settings.min_peers, 1) else None
-    pairs: tuple[tuple[int, int, float], ...] = ()
-    if settings.duplicate_threshold is not None:
-        pairs = duplicates.similar_pairs(signatures, settings.duplicate_threshold)
+    signatures = {u: v.signature for u, v in valid.items() if v.signature is not None}
     return GatherResult(
         window=window,
-        aggregate=aggregate,
+        aggregate=aggregator.result() if len(used) >= max(settings.min_peers, 1) else None,
         uids=used,
-        skipped=skipped,
-        global_steps=global_steps,
+        skipped={r.uid: _reason(r) for r in records if not r.ok and r.uid is not None},
+        global_steps={u: valid[u].global_step for u in used},
         success_rate=len(used) / len(uids) if uids else 0.0,
         download_bytes=sum(r.nbytes for r in records),
-        seconds=clock.monotonic() - started,
+        seconds=exchange.clock.monotonic() - started,
         norms=norms,
-        duplicates=pairs,
+        duplicates=duplicates.similar_pairs(signatures, settings.duplicate_threshold)
+        if sketch
+        else (),
     )
 
 
@@ -218,17 +220,38 @@ async def stream(
     *,
     hotkeys: Mapping[int, str] | None = None,
     verifier: Verifier | None = None,
-    **kwargs: object,
+    settings: FetchSettings | None = None,
+    runner: DecodeRunner | None = None,
+    **options: object,
 ) -> AsyncIterator[Fetched[Payload]]:
     """Each valid peer's decoded payload as it arrives, then a record per failed peer.
 
-    For validators that evaluate peers one by one; use `contextlib.aclosing` to stop early.
+    For validators that evaluate peers one by one: a peer keeps its fetch slot until the
+    consumer asks for the next one. Use `contextlib.aclosing` to stop early. `runner` as
+    in `gather` (None: a `decoding.Pool` for this stream); `options` as `fetch_peers`'s.
     """
-    decoder = PeerDecoder(expected, window, hotkeys, verifier)
-    fetch = kwargs.pop("settings", None) or FetchSettings()
-    if fetch.max_bytes is None:  # refuse oversized objects before downloading them
-        fetch = attrs.evolve(fetch, max_bytes=expected.size_limit())
-    async for fetched in stream_peers(
-        exchange, buckets, uids, window, decoder, settings=fetch, **kwargs
-    ):
-        yield fetched
+    own = runner is None
+    if runner is None:
+        runner = decoding.Pool()
+    decoder = PeerDecoder(expected, window, hotkeys, verifier, on_loop=runner.on_loop)
+    fetch = _bounded(settings or FetchSettings(), expected)
+    failed: list[Fetched] = []
+    try:
+        async with fetch_peers(exchange, buckets, uids, window, settings=fetch, **options) as peers:
+            async for got in peers:
+                if not got.ok:
+                    failed.append(got)
+                    continue
+                decoded = await decoding.decode(runner, decoder, got)
+                try:
+                    if decoded.ok:
+                        yield decoded
+                    else:
+                        failed.append(decoded)
+                finally:
+                    peers.done(got, decoded)
+        for record in failed:
+            yield record
+    finally:
+        if own:
+            runner.close()

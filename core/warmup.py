@@ -25,7 +25,7 @@ import torch
 from core import codec
 from core.codec import Expected, PayloadMeta
 from core.compression import TopKCompressor, TopKParams, cpu_fold
-from core.compression.summing import ChunkSum
+from core.compression.compiled_sum import CompiledSum
 from core.compression.topk import INDEX_CODES
 from core.invalid import InvalidPayload
 
@@ -63,11 +63,11 @@ def warm_up(formats: Iterable[TopKParams] = FORMATS) -> int:
         small = attrs.evolve(params, target_chunk=4, topk=2, use_dct=False, quantization_range=6.0)
         with _lock:
             if small not in _warmed:
-                # A worker thread (the checks that let the GIL go) and an event loop's thread
-                # (the ones that keep it, and the compiled copy): `cpu_fold` picks by where it
-                # runs, so each runs where that choice is made, whoever calls this.
-                _in_thread(lambda p=small: _exercise(p))
-                _in_thread(lambda p=small: asyncio.run(_on_loop(p)))
+                # Both variants of the checks: those that let the GIL go (worker threads)
+                # and those that keep it (an event loop's thread), on a thread of their own
+                # whoever calls this (the adds run an event loop).
+                for on_loop in (False, True):
+                    _in_thread(lambda p=small, h=on_loop: _exercise(p, on_loop=h))
                 _warmed.add(small)
         done += 1
     return done
@@ -89,12 +89,8 @@ def _in_thread(job: Callable[[], object]) -> None:
         raise failed[0]
 
 
-async def _on_loop(params: TopKParams) -> None:
-    _exercise(params)
-
-
 @torch.no_grad()
-def _exercise(params: TopKParams) -> None:
+def _exercise(params: TopKParams, *, on_loop: bool) -> None:
     compressor = TopKCompressor(params)
     expected = Expected(version=_VERSION, codec=compressor, shapes=_SHAPES)
     gen = torch.Generator().manual_seed(0)
@@ -105,27 +101,36 @@ def _exercise(params: TopKParams) -> None:
             window=0, uid=uid, hotkey=f"warmup-{uid}", global_step=0, version=_VERSION
         )
         data = codec.encode(compressor.encode(grads), meta)
-        payloads.append(codec.decode(data, expected).compressed)
-    _refused(compressor, payloads[0])
+        payloads.append(codec.decode(data, expected, on_loop=on_loop).checked)
+    first = payloads[0].compressed
+    _refused(compressor, first, on_loop=on_loop)
     # Copy detection's sketch and a dense decode read the indices back on their own.
-    compressor.positions(payloads[0])
-    compressor.decode(payloads[0])
-    plan = compressor._plans.get(payloads[0].shapes)
+    compressor.positions(first, on_loop=on_loop)
+    compressor.decode(first)
     # A batch of two for three peers: the first batch folds on its own thread over the
     # whole model, the last one at the end in two halves.
-    total = ChunkSum(compressor, plan, "cpu", batch=2, peers=_PEERS)
-    for payload in payloads:
-        total.commit(total.prepare(payload), lambda norms: dict.fromkeys(norms, 1.0))
+    plan = compressor.plan(_SHAPES)
+    total = CompiledSum(compressor, plan, batch=2, peers=_PEERS, background=True)
+    asyncio.run(_add_all(total, payloads, on_loop=on_loop))
     total.result(scale=0.5)
 
 
-def _refused(compressor: TopKCompressor, payload) -> None:
+async def _add_all(total: CompiledSum, payloads: list, *, on_loop: bool) -> None:
+    for checked in payloads:
+        await total.add(total.prepare(checked, on_loop=on_loop), _ones)
+
+
+def _ones(norms: dict[str, float]) -> dict[str, float]:
+    return dict.fromkeys(norms, 1.0)
+
+
+def _refused(compressor: TopKCompressor, payload, *, on_loop: bool) -> None:
     """An index beyond its chunk: the refusal's message reads it back with a kernel."""
     idx = payload.tensors["idx"].clone()
     idx[:] = 0xFF
     bad = attrs.evolve(payload, tensors={**payload.tensors, "idx": idx})
     try:
-        compressor.validate(bad)
+        compressor.validate(bad, on_loop=on_loop)
     except InvalidPayload:
         return
     raise AssertionError("an out-of-range index passed the compiled check")

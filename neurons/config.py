@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -287,16 +286,11 @@ class HParams:
             version=self.version,
         )
 
-    def exchange_settings(
-        self, *, decode_in_thread: bool = True, timestamp_resolution: float = 1.0
-    ) -> ExchangeSettings:
+    def exchange_settings(self, *, timestamp_resolution: float = 1.0) -> ExchangeSettings:
         return ExchangeSettings(
             poll_interval=self.poll_interval,
             grace_seconds=self.grace_seconds,
-            decode_in_thread=decode_in_thread,
             timestamp_resolution=timestamp_resolution,
-            # One decode worker per core: more only thrash (docs/gather.md).
-            decode_workers=max(1, os.cpu_count() or 1),
         )
 
     def fetch_settings(self) -> FetchSettings:

@@ -199,6 +199,9 @@ class Container(containers.DeclarativeContainer):
         LocalStore, config.local_dir, clock=clock
     )
 
+    # Threads that decode peers' payloads: one per core, more only thrash (docs/gather.md).
+    decode_workers: providers.Provider[int] = providers.Object(max(1, os.cpu_count() or 1))
+
 
 def build_container(
     hparams: HParams,

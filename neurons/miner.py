@@ -106,6 +106,7 @@ class Miner(Neuron):
             hotkeys=dict(zip(metagraph.uids, metagraph.hotkeys, strict=True)),
             verifier=self.verifier,
             settings=hp.gather_settings(),
+            runner=self.runner,
         )
         if result.aggregate is not None:
             apply_aggregate(self.training, result.aggregate)

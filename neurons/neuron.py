@@ -17,10 +17,11 @@ from typing import Any
 import attrs
 import torch
 
-from core import clock_skew, codec
+from core import clock_skew, codec, decoding
 from core.checkpoints import CheckpointMeta
 from core.codec import Expected, Payload, PayloadMeta
 from core.compression import Compressed, TopKCompressor
+from core.decoding import DecodeRunner
 from core.exchange import Exchange, Fetched
 from core.gather import stream
 from core.janitor import sweep
@@ -70,8 +71,9 @@ class Neuron:
         signer: Signer,
         verifier: Verifier,
         on_row: Callable[[Row], None] | None = None,
-        decode_in_thread: bool = True,
         timestamp_resolution: float = 1.0,
+        decode_workers: int = 2,
+        runner: DecodeRunner | None = None,
         scratch: Scratch | None = None,
         aggregates: ObjectStore | None = None,
         profile: ProtocolProfile = NATIVE,
@@ -108,9 +110,7 @@ class Neuron:
             opener,
             self.clock,
             hparams.version,
-            hparams.exchange_settings(
-                decode_in_thread=decode_in_thread, timestamp_resolution=timestamp_resolution
-            ),
+            hparams.exchange_settings(timestamp_resolution=timestamp_resolution),
             scheme=profile.keys,
         )
         # The runner loads the task before any bucket is touched (neurons/runner.py); a
@@ -135,6 +135,8 @@ class Neuron:
             shapes=self.shapes,
             require_signature=True,
         )
+        # Where peers' payloads are decoded (tests inject `decoding.Synchronous()`).
+        self.runner = runner or self.decode_runner(decode_workers)
         self.uid: int | None = None
         self.global_step = 0
         self.last_window: int | None = None
@@ -146,6 +148,13 @@ class Neuron:
         # The network's first window, as the highest-stake validator published it.
         self.start_window: int | None = None
         self._windows_since_clock_check = 0
+
+    def decode_runner(self, workers: int) -> DecodeRunner:
+        """The runner this neuron's gathers want (core.decoding.runner_for)."""
+        max_bytes = self.hparams.fetch_settings().max_bytes
+        return decoding.runner_for(
+            self.expected, self.settings.device, max_bytes=max_bytes, workers=workers
+        )
 
     # Identity and chain --------------------------------------------------------------
 
@@ -325,6 +334,7 @@ class Neuron:
             verifier=self.verifier,
             time_window=await self.time_window(window),
             settings=fetch,
+            runner=self.runner,
         )
 
     async def peers_view(self) -> tuple[Metagraph, dict[int, Bucket]]:
@@ -473,6 +483,7 @@ class Neuron:
                 log.warning("%s: clock check failed: %s", self.role, exc)
 
     async def close(self) -> None:
+        self.runner.close()
         await self.exchange.flush()
         await self.store.close()
         await self.training.close()

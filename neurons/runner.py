@@ -106,6 +106,7 @@ async def build_neuron(
         local=container.local_store(),
         timestamp_resolution=container.timestamp_resolution(),
         profile=container.protocol(),
+        decode_workers=container.decode_workers(),
         aggregates=opener.open(buckets.aggregator_read) if buckets.aggregator_read else None,
         task=training,
     )

@@ -13,9 +13,10 @@ import contextlib
 import logging
 import math
 
-from core import debug
+from core import debug, decoding
 from core.aggregate import Aggregator, Normalisation
-from core.compression import Compressed, DenseCompressor
+from core.compression import Checked, DenseCompressor
+from core.decoding import DecodeRunner
 from core.peers import (
     ActivityTracker,
     PeerList,
@@ -89,6 +90,11 @@ class Validator(Neuron):
         )
         log.info("validator uid %s published start window %d", self.uid, start)
         return start
+
+    def decode_runner(self, workers: int) -> DecodeRunner:
+        # Each payload is evaluated right after its decode, on the loop: decodes go to
+        # worker threads, where they overlap the fetches and that evaluation.
+        return decoding.Pool(workers)
 
     def own_stores(self) -> list[ObjectStore]:
         # Peer lists and the start window live in our gradient bucket, aggregates in the
@@ -200,8 +206,12 @@ class Validator(Neuron):
             # Unscored, but aggregated and stepped: the model must follow the network.
             log.warning("validator: no held-out batch of window %d; nothing is scored", window)
         before = mean_loss(self.task, self.model, batches)
+        # Adds on the loop wait there for the sum's background work, never blocking it.
         aggregator = Aggregator(
-            self.compressor, self.shapes, normalisation=Normalisation(hp.normalisation)
+            self.compressor,
+            self.shapes,
+            normalisation=Normalisation(hp.normalisation),
+            background=self.runner.threads,
         )
         evaluations: dict[str, float] = {}
         skipped: dict[str, str] = {}
@@ -213,7 +223,7 @@ class Validator(Neuron):
         # Who copied whom is known only once every upload's time is: scores and the fold wait
         # for the end of the stream, holding the compressed payloads of the aggregate's peers.
         judged = CopyJudge(hp.duplicate_threshold, self.compressor)
-        held: dict[int, Compressed] = {}
+        held: dict[int, Checked] = {}
         async with contextlib.aclosing(peers):
             async for fetched in peers:
                 uid = fetched.uid
@@ -233,7 +243,7 @@ class Validator(Neuron):
                     evaluations[str(uid)] = relative_improvement(before, after)
                 judged.add(uid, compressed, fetched.meta)
                 if uid in contributors:
-                    held[uid] = compressed
+                    held[uid] = fetched.payload.checked
         for uid, verdict in judged.verdicts().items():
             evaluations.pop(str(uid), None)
             held.pop(uid, None)
@@ -244,12 +254,12 @@ class Validator(Neuron):
             self.scores.update(int(key), evaluation)
         self.tracker.evaluated(chosen)
         reports = await self._read_reports(window - 1, chosen, commitments)
-        for uid, compressed in held.items():
-            aggregator.add(compressed)
+        for uid, checked in held.items():
+            await aggregator.add(aggregator.prepare(checked, on_loop=True))
             used.append(uid)
         gather_seconds = self.clock.monotonic() - gather_started
 
-        aggregate = aggregator.finish() if len(used) >= hp.minimum_peers else None
+        aggregate = aggregator.result() if len(used) >= hp.minimum_peers else None
         published, upload_seconds = 0, None
         if aggregate is not None:
             upload_started = self.clock.monotonic()

@@ -5,10 +5,11 @@
   `TopKParams(quantization_bins=0)` is the top-k-only variant.
 - `DenseCompressor`: no compression.
 - `compress_with_feedback`: the error-feedback step the caller runs each window.
-- `make_sum`: a running sum of many peers' payloads (chunk-domain for top-k), for gather.
+- `make_sum`: a running sum of many peers' payloads (`RunningSum`), for gather.
 """
 
 from core.compression.base import (
+    Checked,
     Compressed,
     Compressor,
     Shape,
@@ -17,7 +18,8 @@ from core.compression.base import (
 )
 from core.compression.dense import DenseCompressor
 from core.compression.feedback import FeedbackStep, compress_with_feedback
-from core.compression.summing import ChunkSum, DenseSum, make_sum
+from core.compression.summing import ChunkSum, DenseSum, Prepared, RunningSum
+from core.compression.sums import make_sum
 from core.compression.topk import TopKCompressor, TopKParams
 
 
@@ -34,12 +36,15 @@ def topk_only_compressor(target_chunk: int = 64, topk: int = 64, use_dct: bool =
 
 
 __all__ = [
+    "Checked",
     "ChunkSum",
     "Compressed",
     "Compressor",
     "DenseCompressor",
     "DenseSum",
     "FeedbackStep",
+    "Prepared",
+    "RunningSum",
     "Shape",
     "Spec",
     "TensorSpec",

@@ -60,6 +60,16 @@ class Compressed:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
+@attrs.frozen(eq=False)
+class Checked:
+    """A payload whose content checks passed, with what the checks found on the way (the
+    compiled scan of a top-k payload; None when the checks keep nothing). The caller hands
+    it on to the running sum, which then does not check or scan the payload again."""
+
+    compressed: Compressed
+    found: object = attrs.field(default=None, repr=False)
+
+
 @runtime_checkable
 class Compressor(Protocol):
     @property
@@ -89,8 +99,10 @@ class Compressor(Protocol):
         """The exact wire tensors (name -> dtype, shape) for parameters of these shapes."""
         ...
 
-    def validate(self, compressed: Compressed) -> None:
-        """Content checks on tensors already known to match `layout`.
+    def validate(self, compressed: Compressed, *, on_loop: bool = False) -> Checked:
+        """Content checks on tensors already known to match `layout`; returns the payload as
+        `Checked`. `on_loop`: the caller is an event loop's thread (compiled checks then keep
+        the GIL, see core.compression.kernels).
 
         Raises `core.invalid.InvalidPayload` (index_out_of_range, duplicate_index,
         bad_value_code, non_finite) for anything `decode` must not see.

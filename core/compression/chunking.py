@@ -25,6 +25,7 @@ from core.compression.base import Shape, Shapes
 
 # Bits of one index within its chunk on the wire: chunks are at most 64 x 64 = 4096 entries.
 INDEX_BITS = 12
+INDEX_MASK = (1 << INDEX_BITS) - 1
 
 
 def largest_divisor_at_most(n: int, limit: int) -> int:

@@ -7,11 +7,8 @@ code in `topk` and `summing` does the same work.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import threading
-import weakref
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import attrs
@@ -26,7 +23,6 @@ __all__ = [
     "BatchFold",
     "Layout",
     "Scan",
-    "ScanMemo",
     "compact_dtype",
     "layout",
     "raise_for",
@@ -140,10 +136,11 @@ class Scan:
     packed: np.ndarray | None = None
 
 
-def scan(plan: Plan, params, tensors) -> Scan:
+def scan(plan: Plan, params, tensors, *, on_loop: bool = False) -> Scan:
     """Check a payload's indices (and codes) and gather what its norms and its fold need.
 
-    Raises `InvalidPayload` as `TopKCompressor.validate` documents.
+    `on_loop`: the caller is an event loop's thread, so the kernels that keep the GIL run
+    (see `kernels.HOLDING`). Raises `InvalidPayload` as `TopKCompressor.validate` documents.
     """
     lay = layout(plan)
     entries = plan.total_entries
@@ -162,7 +159,6 @@ def scan(plan: Plan, params, tensors) -> Scan:
             raise InvalidPayload("malformed", f"{name} is not {size} {dtype} values on the CPU")
     idx = _array(tensors["idx"])
     compact: np.ndarray | None = None
-    on_loop = _on_event_loop()
     if stream:
         return _scan_stream(plan, params, idx, _array(tensors["val"]), on_loop)
     checks = kernels.HOLDING if on_loop else kernels.RELEASING
@@ -234,47 +230,6 @@ def raise_for(plan: Plan, status: int, entry: int, *, stream: bool) -> None:
     raise InvalidPayload(reason, f"{name}: {text} (entry {entry})")
 
 
-def _on_event_loop() -> bool:
-    """Whether this thread runs an event loop (see `kernels.HOLDING`)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-class ScanMemo:
-    """Recent scan results, keyed by the very tensors scanned.
-
-    A gather checks each payload in the codec, then prepares it for the sum; both need the
-    same scan. The codec leaves its result here and the sum takes it, so each payload is
-    scanned once. Entries hold weak references and are matched by identity: a result is
-    only ever handed back for the same idx and val tensor objects it was computed from. A
-    result holds the compact entries (0.8 MB for the 25M model), so only the last few are
-    kept: in a gather the sum takes each one right after the codec left it.
-    """
-
-    def __init__(self, size: int = 8) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._items: OrderedDict[int, tuple[weakref.ref, weakref.ref, np.ndarray]] = OrderedDict()
-
-    def put(self, tensors, result: Scan) -> None:
-        idx, val = tensors["idx"], tensors["val"]
-        with self._lock:
-            self._items[id(idx)] = (weakref.ref(idx), weakref.ref(val), result)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def take(self, tensors) -> Scan | None:
-        idx, val = tensors["idx"], tensors["val"]
-        with self._lock:
-            item = self._items.pop(id(idx), None)
-        if item is None or item[0]() is not idx or item[1]() is not val:
-            return None
-        return item[2]
-
-
 def compact_dtype(params) -> type:
     """One integer per entry: its index in the low 12 bits, its code above them."""
     return np.uint16 if params.value_bits <= 4 else np.uint32
@@ -325,17 +280,17 @@ class BatchFold:
         self._failed: BaseException | None = None
         self.cleared = False  # whether a flush has cleared the sum yet
 
-    def add(self, arrays, table: torch.Tensor, out: np.ndarray) -> None:
+    def add(self, arrays, table: torch.Tensor, out: np.ndarray, *, on_loop: bool) -> None:
         """Queue one validated peer (its arrays in the order the class doc gives, and its
         float32 table or weights); a full batch starts folding into `out` in the
         background, except the last expected peer's, which waits for the final `flush` so
-        that the scale is applied on the way."""
+        that the scale is applied on the way. `on_loop`: the caller is an event loop's
+        thread."""
         self._healthy()
         columns, tables = self._set(self._filling)
         i = self._count
         # numpy lets the GIL go to copy a large array; an event loop's thread then queues to
         # get it back (see kernels.HOLDING), so there the copy is compiled and keeps it.
-        on_loop = _on_event_loop()
         for column, array in zip(columns, arrays, strict=True):
             source = array.numpy() if isinstance(array, torch.Tensor) else array
             if on_loop:
@@ -401,8 +356,8 @@ class BatchFold:
         tables = tables[:, part.first : part.first + part.offsets.size]
         args = (*part.fold_args, tables, zero, np.float32(scale), out)
         if self._params.quantized:
-            return functools.partial(kernels.fold_compact, columns[0], n, *args)
-        return functools.partial(kernels.fold_values, *columns, n, *args)
+            return functools.partial(kernels.fold, columns[0], n, *args)
+        return functools.partial(kernels.fold, tuple(columns), n, *args)
 
     def _healthy(self) -> None:
         if self._failed is not None:  # a batch is missing from the sum: it must not be used

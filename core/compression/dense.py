@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import torch
 
-from core.compression.base import Compressed, Shape, Spec, TensorSpec
+from core.compression.base import Checked, Compressed, Shape, Spec, TensorSpec
 from core.compression.bounds import check_values
 
 PREFIX = "dense/"
@@ -50,6 +50,7 @@ class DenseCompressor:
             out[name] = t.to(device=device or t.device, dtype=dtype)
         return out
 
-    def validate(self, compressed: Compressed) -> None:
+    def validate(self, compressed: Compressed, *, on_loop: bool = False) -> Checked:
         for name, t in compressed.tensors.items():
             check_values(name, t)
+        return Checked(compressed)

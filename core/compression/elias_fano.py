@@ -56,8 +56,6 @@ OK, OUT_OF_RANGE, NOT_RISING, COUNT, TRAILING, BAD_CODE = 0, 1, 2, 3, 4, 5
 # Columns of the per-parameter geometry array the kernels take.
 OFFSET, CHUNKS, K, SIZE, LOW, UPPER, CHUNK_BYTES, START = range(8)
 
-_INDEX_MASK = (1 << INDEX_BITS) - 1
-
 
 def low_bits(size: int, k: int) -> int:
     """L for k of `size` positions: floor(log2(size / k)), the width that makes the upper

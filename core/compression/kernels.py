@@ -1,29 +1,29 @@
 """Compiled CPU loops over the top-k wire stream (numba), for the per-peer work of a gather.
 
-A peer's payload is ~400K entries: a 12-bit index within its chunk and a small value code
-(or a float). Torch does the per-peer work as a dozen vectorised passes (unpack, compare,
-sort, bincount, gather, scatter), each allocating an entry-sized tensor. Here each job is one
-pass, allocating at most the compact entries:
+A peer's payload is ~400K entries: an index within its chunk (`chunking.INDEX_BITS` wide)
+and a small value code (or a float). Torch does the per-peer work as a dozen vectorised
+passes (unpack, compare, sort, bincount, gather, scatter), each allocating an entry-sized
+tensor. Here each job is one pass, allocating at most the compact entries:
 
 - `decode_compact` unpacks a quantised payload into one integer per entry, `index | code <<
-  12`; `check_compact` then validates it (index inside its chunk, no index twice in a chunk,
-  code within the quantisation bins) and, in the same pass, counts what the norms need;
-  `scan_values` does both for float values, from the packed index. A verdict has the torch
-  validator's precedence: an index out of range anywhere first, then a repeated index, then a
-  bad code. The compact entries are also what the fold reads, so the serial fold does no
-  bit work.
-- `fold_*` adds a batch of validated peers into the sum. The sum is a model-sized buffer
-  far larger than the caches, and one peer touches ~64 random cache lines in each 16 KB
-  chunk: peer by peer, nearly every write is a cache miss (9 ms a peer for the
-  25M-parameter model). Folding a batch band by band (a row of chunks) brings each band
-  into the cache once, in address order, for all peers of the batch (0.65 ms a peer at 32,
-  plus ~4 ms a pass, from compact entries). docs/gather.md has the measurements.
+  INDEX_BITS`; `check_compact` then validates it (index inside its chunk, no index twice in
+  a chunk, code within the quantisation bins) and, in the same pass, counts what the norms
+  need; `scan_values` does both for float values, from the packed index. A verdict has the
+  torch validator's precedence: an index out of range anywhere first, then a repeated
+  index, then a bad code. The compact entries are also what the fold reads, so the serial
+  fold does no bit work.
+- `fold` adds a batch of validated peers into the sum. The sum is a model-sized buffer far
+  larger than the caches, and one peer touches ~64 random cache lines in each 16 KB chunk:
+  peer by peer, nearly every write is a cache miss. Folding a batch band by band (a row of
+  chunks) brings each band into the cache once, in address order, for all peers of the
+  batch: a small cost a peer plus one pass over the sum a batch. docs/gather.md has the
+  measurements.
 
-Stream layout (core.compression.packing): entry e's index is bits [12e, 12e+12) of the
-little-endian bit stream; its code is bits [we, we+w), where the width w divides 8 here.
-Entries run parameter by parameter, chunk by chunk, k per chunk. Callers pass arrays whose
-lengths the codec has already checked; the fold re-checks each index against its chunk so
-that no input can write outside the sum.
+Stream layout (core.compression.packing): entry e's index is bits [INDEX_BITS * e,
+INDEX_BITS * (e + 1)) of the little-endian bit stream; its code is bits [we, we+w), where
+the width w divides 8 here. Entries run parameter by parameter, chunk by chunk, k per
+chunk. Callers pass arrays whose lengths the codec has already checked; the fold re-checks
+each index against its chunk so that no input can write outside the sum.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ from collections.abc import Callable
 
 import attrs
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
+
+from core.compression.chunking import INDEX_BITS, INDEX_MASK
 
 __all__ = [
     "BAD_CODE",
@@ -45,20 +48,37 @@ __all__ = [
     "check_compact",
     "copy_held",
     "decode_compact",
-    "fold_compact",
-    "fold_values",
+    "fold",
     "scan_values",
 ]
 
 OK, OUT_OF_RANGE, DUPLICATE, BAD_CODE = 0, 1, 2, 3
+
+# Two packed indices share three bytes: the first is a byte and the low `_SPLIT` bits of the
+# next, the second the high bits of that middle byte and the third byte. numba freezes these
+# module-level ints into the compiled code.
+if INDEX_BITS != 12:  # pragma: no cover - the readers below take two fields from three bytes
+    raise ImportError("the kernels read index fields two to three bytes")
+_SPLIT = INDEX_BITS - 8
+_LOW = (1 << _SPLIT) - 1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _first(b0, b1):
+    return b0 | ((b1 & _LOW) << 8)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _second(b1, b2):
+    return (b1 >> _SPLIT) | (b2 << (8 - _SPLIT))
 
 
 @njit(nogil=True, cache=True, inline="always")
 def _index(idx, e):
     b = 3 * (e >> 1)
     if e & 1:
-        return (np.int64(idx[b + 1]) >> 4) | (np.int64(idx[b + 2]) << 4)
-    return np.int64(idx[b]) | ((np.int64(idx[b + 1]) & 0xF) << 8)
+        return _second(np.int64(idx[b + 1]), np.int64(idx[b + 2]))
+    return _first(np.int64(idx[b]), np.int64(idx[b + 1]))
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -74,8 +94,8 @@ def _rising(chunk, k, size):
     seen. Our encoder sends them so."""
     step = np.int32(1)
     for j in range(1, k):
-        step = min(step, np.int32(chunk[j] & 0xFFF) - np.int32(chunk[j - 1] & 0xFFF))
-    return step > 0 and np.int64(chunk[k - 1] & 0xFFF) < size
+        step = min(step, np.int32(chunk[j] & INDEX_MASK) - np.int32(chunk[j - 1] & INDEX_MASK))
+    return step > 0 and np.int64(chunk[k - 1] & INDEX_MASK) < size
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -83,11 +103,11 @@ def _tally(entries, bins, tally):
     """Add the code counts of `entries` to `tally`; returns the first entry whose code is
     beyond the bins, or -1. Up to four bins (the default two-bit codes) as four sums the
     compiler vectorises; one counter per bin in memory would chain each increment to the
-    last one of the same code (0.3 against 0.02 ms a payload)."""
+    last one of the same code (docs/gather.md has the figures)."""
     if bins <= 4:
         c0, c1, c2, c3 = 0, 0, 0, 0
         for e in range(entries.size):
-            code = np.int64(entries[e]) >> 12
+            code = np.int64(entries[e]) >> INDEX_BITS
             c0 += code == 0
             c1 += code == 1
             c2 += code == 2
@@ -101,11 +121,11 @@ def _tally(entries, bins, tally):
                 tally[b] += sums[b]
             return -1
     for e in range(entries.size):
-        code = np.int64(entries[e]) >> 12
+        code = np.int64(entries[e]) >> INDEX_BITS
         if code >= bins:
             return e
     for e in range(entries.size):
-        tally[np.int64(entries[e]) >> 12] += 1
+        tally[np.int64(entries[e]) >> INDEX_BITS] += 1
     return -1
 
 
@@ -115,8 +135,8 @@ def _check_compact(entries, bins, offsets, n_chunks, ks, sizes, counts):
     code counts per parameter to `counts` (parameters x bins). Returns (status, first bad
     entry or -1).
 
-    A parameter whose every chunk rises (`_rising`) needs no table of the indices seen
-    (0.1 against 0.4 ms a payload); any other parameter is checked entry by entry."""
+    A parameter whose every chunk rises (`_rising`) needs no table of the indices seen;
+    any other parameter is checked entry by entry."""
     seen = np.zeros(sizes.max(), np.int64)
     chunk_id = 0
     found, at = OK, -1
@@ -143,13 +163,13 @@ def _check_compact(entries, bins, offsets, n_chunks, ks, sizes, counts):
             chunk = entries[first : first + k]
             for j in range(k):
                 v = np.int64(chunk[j])
-                local = v & 0xFFF
+                local = v & INDEX_MASK
                 if local >= size:
                     return OUT_OF_RANGE, first + j
                 if seen[local] == chunk_id and found != DUPLICATE:
                     found, at = DUPLICATE, first + j
                 seen[local] = chunk_id
-                code = v >> 12
+                code = v >> INDEX_BITS
                 if code >= bins:
                     if found == OK:
                         found, at = BAD_CODE, first + j
@@ -192,13 +212,13 @@ def _scan_values(idx, vals, offsets, n_chunks, ks, sizes, squares):
 
 @njit(cache=True)
 def _decode_compact(idx, codes, width, out):
-    """out[e] = index | code << 12 for every entry: the fold's input, unpacked once, in the
-    parallel stage, instead of in the serial fold."""
+    """out[e] = index | code << INDEX_BITS for every entry: the fold's input, unpacked once,
+    in the parallel stage, instead of in the serial fold."""
     mask = (1 << width) - 1
     start = 0
     if width == 2:
         # The default format, four entries at a time (six index bytes, one code byte): a
-        # branch-free loop LLVM vectorises, 0.08 against 0.44 ms entry by entry.
+        # branch-free loop LLVM vectorises, several times faster than entry by entry.
         start = out.size - out.size % 4
         for g in range(out.size >> 2):
             b = 6 * g
@@ -206,20 +226,19 @@ def _decode_compact(idx, codes, width, out):
             i3, i4, i5 = np.uint32(idx[b + 3]), np.uint32(idx[b + 4]), np.uint32(idx[b + 5])
             c = np.uint32(codes[g])
             e = 4 * g
-            out[e] = i0 | ((i1 & 0xF) << 8) | ((c & 3) << 12)
-            out[e + 1] = (i1 >> 4) | (i2 << 4) | (((c >> 2) & 3) << 12)
-            out[e + 2] = i3 | ((i4 & 0xF) << 8) | (((c >> 4) & 3) << 12)
-            out[e + 3] = (i4 >> 4) | (i5 << 4) | (((c >> 6) & 3) << 12)
+            out[e] = _first(i0, i1) | ((c & 3) << INDEX_BITS)
+            out[e + 1] = _second(i1, i2) | (((c >> 2) & 3) << INDEX_BITS)
+            out[e + 2] = _first(i3, i4) | (((c >> 4) & 3) << INDEX_BITS)
+            out[e + 3] = _second(i4, i5) | (((c >> 6) & 3) << INDEX_BITS)
     for e in range(start, out.size):
-        out[e] = _index(idx, e) | (_code(codes, e, width, mask) << 12)
+        out[e] = _index(idx, e) | (_code(codes, e, width, mask) << INDEX_BITS)
 
 
 # The per-peer checks come twice: releasing the GIL, for worker threads, so that other
 # threads run meanwhile; and holding it, for an event loop's thread. A loop thread that lets
 # the GIL go for a fraction of a millisecond queues behind the other threads to get it back,
-# up to the 5 ms switch interval each time (measured: 3 waits and ~15 ms a decode against
-# 1 ms of CPU, beside a busy thread). Separate functions, not two dispatchers of one: numba's
-# on-disk cache does not key on nogil.
+# up to the switch interval each time (docs/gather.md). Separate functions, not two
+# dispatchers of one: numba's on-disk cache does not key on nogil.
 
 
 @njit(nogil=True, cache=True)
@@ -278,8 +297,8 @@ HOLDING = Checks(decode_compact_held, check_compact_held, scan_values_held)
 def _enter(band, zero):
     """Bring a band of chunks into the cache in address order, before the scattered adds:
     cleared when `zero`, else read one number per cache line. The adds alone would fetch
-    it line by line in random order, which the prefetcher cannot follow (measured: 20
-    peers take 14 ms against 28 ms). Returns the numbers read, so that the reads stay."""
+    it line by line in random order, which the prefetcher cannot follow. Returns the
+    numbers read, so that the reads stay."""
     seen = np.float32(0.0)
     if zero:
         band[:] = 0.0
@@ -289,13 +308,44 @@ def _enter(band, zero):
     return seen
 
 
+def _add_chunk(peers, b, first, k, size, row, loc, table):
+    """Add peer b's entries first..first+k-1 into `row` (one chunk); see `fold`."""
+
+
+@overload(_add_chunk, inline="always")
+def _add_chunk_typed(peers, b, first, k, size, row, loc, table):
+    # Chosen when `fold` is compiled, by the type of `peers`: no branch in the loop.
+    if isinstance(peers, types.BaseTuple):  # (packed indices, float values)
+
+        def add_values(peers, b, first, k, size, row, loc, table):
+            idx, vals = peers[0][b], peers[1][b]
+            for e in range(first, first + k):
+                local = _index(idx, e)
+                if local < size:
+                    row[loc[local]] += vals[e] * table
+
+        return add_values
+
+    def add_compact(peers, b, first, k, size, row, loc, table):
+        peer = peers[b, first : first + k]
+        for j in range(k):
+            v = np.int64(peer[j])
+            local = v & INDEX_MASK
+            if local < size:
+                row[loc[local]] += table[v >> INDEX_BITS]
+
+    return add_compact
+
+
 @njit(nogil=True, cache=True)
-def fold_compact(
-    entries, count, offsets, n_chunks, ks, sizes, starts, shape, locs, tables, zero, scale, out
-):
-    """out[chunk + locs[index]] += tables[b, parameter, code] for the first `count` peers of
-    the batch (entries: peers x entries from decode_compact; tables: peers x parameters x
-    bins, float32).
+def fold(peers, count, offsets, n_chunks, ks, sizes, starts, shape, locs, tables, zero, scale, out):
+    """Add the first `count` peers of a batch into `out`: out[chunk + locs[index]] +=
+    their value.
+
+    `peers` is either the compact entries (peers x entries, from decode_compact) with
+    `tables` the weighted value tables (peers x parameters x bins, float32), or a pair
+    (packed indices, float values) (peers x bytes, peers x entries) with `tables` the
+    weights (peers x parameters, float32).
 
     `shape` places each parameter's chunks (see `cpu_fold.Layout`); they are visited a band
     at a time: a row of chunks, which is one contiguous stretch of `out` in either layout.
@@ -311,49 +361,11 @@ def fold_compact(
             band = out[starts[p] + cy * ystride : starts[p] + (cy + 1) * ystride]
             seen += _enter(band, zero)
             for cx in range(gx):
-                # Slices, not offsets into the whole arrays: measured 0.9 against 1.16 ms
-                # a peer.
+                # Slices, not offsets into the whole arrays: measurably faster.
                 row = band[cx * xstride : cx * xstride + span]
                 first = offsets[p] + (cy * gx + cx) * k
                 for b in range(count):
-                    peer = entries[b, first : first + k]
-                    table = tables[b, p]
-                    for j in range(k):
-                        v = np.int64(peer[j])
-                        local = v & 0xFFF
-                        if local < size:
-                            row[loc[local]] += table[v >> 12]
-            if scale != 1.0:
-                band *= scale
-    return seen
-
-
-@njit(nogil=True, cache=True)
-def fold_values(
-    idx, vals, count, offsets, n_chunks, ks, sizes, starts, shape, locs, weights, zero, scale, out
-):
-    """out[chunk + locs[index]] += vals[b, e] * weights[b, parameter] (float32), as
-    fold_compact."""
-    seen = np.float32(0.0)
-    for p in range(offsets.size):
-        size = sizes[p]
-        k = ks[p]
-        gx, ystride, xstride, span, loc_at = shape[p]
-        loc = locs[loc_at : loc_at + size]
-        for cy in range(n_chunks[p] // gx):
-            band = out[starts[p] + cy * ystride : starts[p] + (cy + 1) * ystride]
-            seen += _enter(band, zero)
-            for cx in range(gx):
-                row = band[cx * xstride : cx * xstride + span]
-                first = offsets[p] + (cy * gx + cx) * k
-                for b in range(count):
-                    peer_idx = idx[b]
-                    peer_vals = vals[b]
-                    wt = weights[b, p]
-                    for e in range(first, first + k):
-                        local = _index(peer_idx, e)
-                        if local < size:
-                            row[loc[local]] += peer_vals[e] * wt
+                    _add_chunk(peers, b, first, k, size, row, loc, tables[b, p])
             if scale != 1.0:
                 band *= scale
     return seen

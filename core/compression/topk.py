@@ -30,11 +30,10 @@ import numpy as np
 import torch
 
 from core.compression import cpu_fold, dct, elias_fano, packing, select
-from core.compression.base import Compressed, Shape, Spec, TensorSpec
+from core.compression.base import Checked, Compressed, Shape, Spec, TensorSpec
 from core.compression.bounds import check_values, peak
 from core.compression.chunking import INDEX_BITS, Plan, PlanCache
 from core.compression.quantize import dequantize, quantize
-from core.compression.summing import ChunkSum
 from core.invalid import InvalidPayload
 
 METHOD = "chunked_topk"
@@ -95,9 +94,8 @@ class TopKCompressor:
         self._encode_lock = threading.Lock()
         if _shared is None:
             self._plans = PlanCache(self.params.target_chunk, self.params.topk)
-            self.scans = cpu_fold.ScanMemo()
-        else:  # the other index code of the same compressor: one plan cache, one memo
-            self._plans, self.scans = _shared._plans, _shared.scans
+        else:  # the other index code of the same compressor: one plan cache
+            self._plans = _shared._plans
         self.transition_until = transition_until
         # CPU gradients without the DCT: the compiled selection (`select`); False forces
         # the torch path (the one CUDA takes), for comparison.
@@ -259,14 +257,20 @@ class TopKCompressor:
         elias_fano.encode(host, elias_fano.geometry(plan), out)
         return torch.from_numpy(out).to(local.device)
 
-    def local_indices(self, compressed: Compressed, device=None) -> torch.Tensor:
-        """Every entry's within-chunk index (int64, one per entry), from either index code.
+    def local_indices(
+        self, compressed: Compressed, device=None, *, on_loop: bool = False
+    ) -> torch.Tensor:
+        """Every entry's within-chunk index (int64, one per entry), from either index code;
+        `on_loop` as `validate`.
 
         Raises `InvalidPayload` for an Elias-Fano stream that does not decode."""
         plan = self._plans.get(compressed.shapes)
-        return self._local(plan, compressed.tensors["idx"], self._code_of(compressed), device)
+        code = self._code_of(compressed)
+        return self._local(plan, compressed.tensors["idx"], code, device, on_loop=on_loop)
 
-    def _local(self, plan: Plan, t: torch.Tensor, code: str, device=None) -> torch.Tensor:
+    def _local(
+        self, plan: Plan, t: torch.Tensor, code: str, device=None, *, on_loop: bool = False
+    ) -> torch.Tensor:
         device = torch.device(device) if device is not None else t.device
         if code == "packed":
             return packing.unpack(t.to(device), plan.total_entries, INDEX_BITS)
@@ -276,7 +280,7 @@ class TopKCompressor:
         if stream.numel() != elias_fano.nbytes(plan):
             raise InvalidPayload("malformed", "idx is not the size of its plan's stream")
         out = np.empty(plan.total_entries, np.uint16)
-        checks = elias_fano.HOLDING if cpu_fold._on_event_loop() else elias_fano.RELEASING
+        checks = elias_fano.HOLDING if on_loop else elias_fano.RELEASING
         status, entry = checks.decode_indices(
             cpu_fold._array(stream), elias_fano.geometry(plan), out
         )
@@ -308,8 +312,8 @@ class TopKCompressor:
         k = members[0].k
         local = torch.topk(score, k, dim=1, largest=True, sorted=False).indices
         # In increasing order within each chunk: the format allows any order, but a
-        # receiver checks increasing indices for repeats with one compare each (kernels:
-        # 0.17 against 0.43 ms a payload); the sort costs the sender ~5% of the top-k.
+        # receiver checks increasing indices for repeats with one compare each, far cheaper
+        # than the sort costs the sender (docs/gather.md).
         local = local.sort(dim=1).values
         start = 0
         for m in members:
@@ -361,21 +365,17 @@ class TopKCompressor:
                 out[m.name] = dense.view(m.shape)
         return {m.name: out[m.name] for m in plan.params}
 
-    def chunk_sum(
-        self, shapes: Mapping[str, Shape], device: torch.device | str = "cpu", *, peers=None
-    ):
-        """A running sum of payloads for these parameter shapes (see core.compression.summing);
-        `peers`: how many are expected, if known (sizes the CPU fold's batches)."""
-        plan = self._plans.get(sorted(shapes.items()))
-        return ChunkSum(self, plan, device, peers=peers)
+    def plan(self, shapes: Mapping[str, Shape]) -> Plan:
+        """The chunk plan of these parameter shapes (what the running sums are laid out by)."""
+        return self._plans.get(sorted(shapes.items()))
 
     @torch.no_grad()
-    def positions(self, compressed: Compressed) -> torch.Tensor:
+    def positions(self, compressed: Compressed, *, on_loop: bool = False) -> torch.Tensor:
         """Every kept entry as one int64: parameter number << 40 | offset in the parameter
         (the chunk-domain offset under DCT). Two payloads keeping the same entries have the
-        same positions, whatever their values."""
+        same positions, whatever their values. `on_loop` as `validate`."""
         plan = self._plans.get(compressed.shapes)
-        local = self.local_indices(compressed)
+        local = self.local_indices(compressed, on_loop=on_loop)
         parts = []
         for number, m in enumerate(plan.params):
             sl = slice(m.offset, m.offset + m.n_entries)
@@ -416,29 +416,35 @@ class TopKCompressor:
     # -- checks ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def validate(self, compressed: Compressed) -> None:
+    def validate(self, compressed: Compressed, *, on_loop: bool = False) -> Checked:
+        """The checks `Compressor.validate` lists; on the CPU one compiled pass, whose
+        findings (`cpu_fold.Scan`: counts for the norms, entries for the fold) the returned
+        `Checked` carries to the running sum."""
         plan = self._plans.get(compressed.shapes)
         t = compressed.tensors
         p = self._params_of(compressed)
+        found = None
         if t["idx"].device.type == "cpu" and cpu_fold.supported(p):
-            # Indices and codes in one compiled pass; its counts wait for the running sum.
-            self.scans.put(t, cpu_fold.scan(plan, p, t))
+            found = cpu_fold.scan(plan, p, t, on_loop=on_loop)
         else:
-            self._validate_entries(plan, t, self._code_of(compressed))
+            self._validate_entries(plan, t, self._code_of(compressed), on_loop=on_loop)
         if not p.quantized:
             check_values("val", t["val"])
-            return
+            return Checked(compressed, found)
         for name in ("shift", "lookup"):
             if not math.isfinite(peak(t[name])):
                 raise InvalidPayload("non_finite", f"{name} holds NaN or inf")
         # Each is finite, but a value decodes to their sum, and that is what is added.
         check_values("shift + lookup", t["lookup"].double() + t["shift"].double()[:, None])
+        return Checked(compressed, found)
 
-    def _validate_entries(self, plan: Plan, t, code: str | None = None) -> None:
+    def _validate_entries(
+        self, plan: Plan, t, code: str | None = None, *, on_loop: bool = False
+    ) -> None:
         e = plan.total_entries
         if (code or self.params.index_code) != "packed":
             # The decoder checks the stream: rising indices inside their chunks.
-            self._local(plan, t["idx"], "elias_fano")
+            self._local(plan, t["idx"], "elias_fano", on_loop=on_loop)
             self._check_codes(plan, t)
             return
         local = packing.unpack(t["idx"], e, INDEX_BITS)
@@ -465,8 +471,8 @@ class TopKCompressor:
 def _has_repeats(rows: torch.Tensor) -> bool:
     """Whether any row holds a value twice (indices are below 4096, so int16 holds them)."""
     if rows.device.type == "cpu":
-        # numpy's vectorised small-row sort is ~30x faster than torch's here (0.3 ms
-        # against 8.7 ms for 6,280 rows of 64), and this check runs for every peer.
+        # numpy's vectorised small-row sort is much faster than torch's here
+        # (docs/gather.md), and this check runs for every peer.
         ordered = np.sort(rows.to(torch.int16).numpy(), axis=1)
         return bool((ordered[:, 1:] == ordered[:, :-1]).any())
     ordered = rows.sort(dim=1).values

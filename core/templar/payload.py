@@ -71,23 +71,28 @@ def size_limit(expected: Expected) -> int:
     return expected_layout(expected).size_limit()
 
 
-def decode(data: bytes, expected: Expected) -> Payload:
-    """Validate a Templar payload completely and return it; any defect is InvalidPayload."""
-    return decode_with_metadata(data, expected)[0]
+def decode(data: bytes, expected: Expected, *, on_loop: bool = False) -> Payload:
+    """Validate a Templar payload completely and return it; any defect is InvalidPayload.
+    `on_loop`: the kernel variant of the codec's checks (as for `codec.decode`)."""
+    return decode_with_metadata(data, expected, on_loop=on_loop)[0]
 
 
-def decode_with_metadata(data: bytes, expected: Expected) -> tuple[Payload, dict[str, Any]]:
+def decode_with_metadata(
+    data: bytes, expected: Expected, *, on_loop: bool = False
+) -> tuple[Payload, dict[str, Any]]:
     """`decode`, plus the payload's `metadata` dict (primitives only, checked)."""
     layout = expected_layout(expected)  # a configuration error is a ValueError, not a peer's
     try:
-        return _decode(data, expected, layout)
+        return _decode(data, expected, layout, on_loop)
     except InvalidPayload:
         raise
     except Exception as exc:  # the last guard: no other exception type leaves decode
         raise InvalidPayload("malformed", f"{type(exc).__name__}: {exc}") from None
 
 
-def _decode(data: bytes, expected: Expected, layout: Layout) -> tuple[Payload, dict[str, Any]]:
+def _decode(
+    data: bytes, expected: Expected, layout: Layout, on_loop: bool
+) -> tuple[Payload, dict[str, Any]]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidPayload("not_bytes", f"payload is {type(data).__name__}, not bytes")
     limit = size_limit(expected)
@@ -108,7 +113,7 @@ def _decode(data: bytes, expected: Expected, layout: Layout) -> tuple[Payload, d
     spec = dict(codec.spec)
     spec.pop("index_code", None)  # Templar's 12-bit indices: the "packed" index code
     compressed = Compressed(spec=spec, shapes=expected.wire_shapes(), tensors=tensors_)
-    codec.validate(compressed)
+    checked = codec.validate(compressed, on_loop=on_loop)
     meta = PayloadMeta(
         window=metadata["window"],
         uid=expected.uid if expected.uid is not None else 0,
@@ -116,7 +121,7 @@ def _decode(data: bytes, expected: Expected, layout: Layout) -> tuple[Payload, d
         global_step=global_step,
         version=expected.version,
     )
-    return Payload(meta=meta, compressed=compressed, nbytes=len(data), signed=False), metadata
+    return Payload(meta=meta, checked=checked, nbytes=len(data), signed=False), metadata
 
 
 def _is_count(v: Any) -> bool:

@@ -13,10 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.compression import TopKCompressor, TopKParams, cpu_fold, packing
+from core.compression import ChunkSum, TopKCompressor, TopKParams, cpu_fold, packing
 from core.compression.buffers import BUFFERS
 from core.compression.chunking import INDEX_BITS
-from core.compression.summing import ChunkSum
+from core.compression.compiled_sum import CompiledSum
 from core.invalid import InvalidPayload
 
 dims = st.integers(1, 40)
@@ -48,9 +48,15 @@ def one_payload(shape_map, target, topk, nbins, seed, code="elias_fano"):
     return params, comp, c, comp._plans.get(c.shapes)
 
 
-def summed(comp, shape_map, payloads, weigh, **kwargs):
-    total = ChunkSum(comp, comp._plans.get(sorted(shape_map.items())), "cpu", **kwargs)
-    norms = [total.commit(total.prepare(c), weigh) for c in payloads]
+def summed(comp, shape_map, payloads, weigh, *, compiled, **kwargs):
+    """The running sum of `payloads` as a gather takes it: checked, prepared, added."""
+    plan = comp.plan(shape_map)
+    total = CompiledSum(comp, plan, **kwargs) if compiled else ChunkSum(comp, plan, "cpu")
+
+    async def add_all():
+        return [await total.add(total.prepare(comp.validate(c)), weigh) for c in payloads]
+
+    norms = asyncio.run(add_all())
     return total.result(0.5), norms
 
 

@@ -14,6 +14,7 @@ from adapters.storage.chaos import NO_FAULT, ChaosOpener, Fault
 from adapters.storage.memory import MemoryStoreOpener
 from core.aggregate import Normalisation
 from core.codec import Expected
+from core.decoding import Synchronous
 from core.exchange import Exchange, ExchangeSettings
 from core.fetch import FetchSettings
 from core.gather import GatherSettings, gather
@@ -67,7 +68,7 @@ class GatherMachine(RuleBasedStateMachine):
             ChaosOpener(base, clock, faults),
             clock,
             V,
-            ExchangeSettings(decode_in_thread=False, timestamp_resolution=0),
+            ExchangeSettings(timestamp_resolution=0),
         )
 
         async def put(uid: int, data: bytes) -> None:
@@ -101,6 +102,7 @@ class GatherMachine(RuleBasedStateMachine):
             settings=GatherSettings(
                 normalisation=self.mode, fetch=FetchSettings(timeout=60, peer_timeout=20)
             ),
+            runner=Synchronous(),
         )
         good = list(result.uids)
         assert all(by[u] == "ok" for u in good)

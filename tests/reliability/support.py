@@ -19,13 +19,15 @@ from adapters.clock import FakeClock
 from adapters.storage.chaos import NO_FAULT, ChaosOpener, Fault
 from adapters.storage.memory import MemoryStoreOpener
 from core import codec
-from core.aggregate import Aggregator, Normalisation
+from core.aggregate import Normalisation
 from core.codec import Expected, PayloadMeta
 from core.compression import TopKCompressor, TopKParams
+from core.decoding import Synchronous
 from core.exchange import Exchange, ExchangeSettings
 from core.fetch import FetchSettings
 from core.gather import GatherResult, GatherSettings, gather
 from ports import Bucket
+from tests.support.aggregating import mean_of
 
 V = "1"
 W = 12
@@ -76,10 +78,7 @@ def rebuild(data: bytes, meta: Mapping | None = None, tensors: Mapping | None = 
 
 def reference(uids, mode: Normalisation = Normalisation.UNIT) -> dict[str, torch.Tensor]:
     """The aggregate of the honest payloads of `uids`, computed without gather."""
-    agg = Aggregator(COMP, SHAPES, normalisation=mode)
-    for uid in uids:
-        agg.add(COMP.encode(grads(uid)))
-    return agg.finish()
+    return mean_of(COMP, SHAPES, [COMP.encode(grads(uid)) for uid in uids], normalisation=mode)
 
 
 class Marker:
@@ -118,7 +117,7 @@ class Net:
             self.chaos,
             self.clock,
             V,
-            ExchangeSettings(decode_in_thread=False, timestamp_resolution=0),
+            ExchangeSettings(timestamp_resolution=0),
         )
         self.buckets = {u: bucket(u) for u in range(1, 300)}
         self.expected = Expected(version=V, codec=COMP, shapes=SHAPES)
@@ -129,6 +128,7 @@ class Net:
 
     async def gather(self, uids, *, timeout: float = 10.0, **kw) -> GatherResult:
         settings = kw.pop("settings", GatherSettings(fetch=FetchSettings(timeout=timeout)))
+        kw.setdefault("runner", Synchronous())  # a fake clock sees every step
         return await gather(self.me, self.buckets, uids, W, self.expected, settings=settings, **kw)
 
 

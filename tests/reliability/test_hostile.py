@@ -22,6 +22,7 @@ from adapters.storage.memory import MemoryStoreOpener
 from core import codec
 from core.codec import Expected, PayloadMeta
 from core.compression import TopKCompressor, TopKParams
+from core.decoding import Synchronous
 from core.exchange import Status
 from core.fetch import FetchSettings
 from core.gather import gather, stream
@@ -152,7 +153,15 @@ async def test_every_hostile_payload_is_skipped_with_its_reason(tmp_path, monkey
 
     # The validator's path (peer by peer) meets the same payloads and raises nothing either.
     async with contextlib.aclosing(
-        stream(net.me, net.buckets, uids, W, net.expected, settings=FetchSettings(timeout=5))
+        stream(
+            net.me,
+            net.buckets,
+            uids,
+            W,
+            net.expected,
+            settings=FetchSettings(timeout=5),
+            runner=Synchronous(),
+        )
     ) as items:
         seen = {f.uid: f.status async for f in items}
     assert {u for u, s in seen.items() if s is Status.OK} == {*HONEST, 38}
@@ -252,7 +261,7 @@ async def test_malformed_chain_commitments_never_reach_gather(caplog) -> None:
     await net.base.open(commitments[honest]).put(
         f"gradient-{W}-{honest}-v{V}.safetensors", encode(honest)
     )
-    result = await gather(net.me, commitments, uids.values(), W, net.expected)
+    result = await gather(net.me, commitments, uids.values(), W, net.expected, runner=Synchronous())
     assert result.uids == (honest,)
     assert {u: r.split(":")[0] for u, r in result.skipped.items()} == {
         uid: "error" for hk, uid in uids.items() if hk != "honest"

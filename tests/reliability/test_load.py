@@ -20,7 +20,6 @@ from adapters.clock import SystemClock
 from adapters.storage.s3 import S3Settings, S3StoreOpener
 from bench.common import PeakRss
 from core import codec
-from core.aggregate import Aggregator
 from core.codec import Expected, PayloadMeta
 from core.compression import TopKCompressor, TopKParams
 from core.exchange import Exchange, ExchangeSettings
@@ -29,6 +28,7 @@ from core.gather import GatherSettings, gather
 from core.windows import TimeWindow
 from tests.reliability.support import V, W, rebuild, split
 from tests.s3.server import SeaweedServer
+from tests.support.aggregating import mean_of
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
@@ -145,11 +145,8 @@ class Load:
         )
 
     def reference(self) -> dict[str, torch.Tensor]:
-        agg = Aggregator(COMP, SHAPES)
-        for uid in range(1, PEERS + 1):
-            if kind_of(uid) is None:
-                agg.add(self.compressed[uid % DISTINCT])
-        return agg.finish()
+        honest = [u for u in range(1, PEERS + 1) if kind_of(u) is None]
+        return mean_of(COMP, SHAPES, [self.compressed[u % DISTINCT] for u in honest])
 
 
 def _check(result, want) -> None:

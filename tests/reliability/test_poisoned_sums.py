@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from core import codec
-from core.aggregate import Aggregator, Normalisation, _clip
+from core.aggregate import Normalisation, _clip
 from core.codec import Expected, PayloadMeta
-from core.compression import TopKCompressor, TopKParams
+from core.compression import TopKCompressor, TopKParams, make_sum
 from core.compression.bounds import MAX_ABS_VALUE
-from core.compression.summing import ChunkSum
 from core.fetch import FetchSettings
 from core.gather import GatherSettings
 from tests.reliability.support import COMP, SHAPES, Net, V, W, encode, grads, rebuild, split
+from tests.support.aggregating import mean_of
 
 FLOAT = TopKCompressor(TopKParams(target_chunk=16, topk=8, quantization_bins=0))
 MODES = list(Normalisation)
@@ -85,10 +85,9 @@ def test_norms_are_squared_in_float64(compiled) -> None:
     """1e20 is a finite float32 whose float32 square is inf; its norm is not."""
     compressed = FLOAT.encode(grads(1))
     compressed.tensors["val"].fill_(1e20)
-    total = Aggregator(FLOAT, SHAPES, normalisation=Normalisation.NONE)
-    plan = FLOAT._plans.get(sorted(SHAPES.items()))
-    total._sum = ChunkSum(FLOAT, plan, "cpu", compiled=compiled)
-    norms = total.add(compressed)
+    plan = FLOAT.plan(SHAPES)
+    total = make_sum(FLOAT, SHAPES, compiled=compiled)
+    norms = total.fold(compressed, lambda n: dict.fromkeys(n, 1.0))
     for m in plan.params:
         expected = 1e20 * math.sqrt(m.n_chunks * m.k)
         assert math.isfinite(norms[m.name])
@@ -98,14 +97,10 @@ def test_norms_are_squared_in_float64(compiled) -> None:
 def test_two_attackers_among_four_cannot_keep_full_weight_under_median_clip() -> None:
     """With half the peers at 3e38, the median norm is an attacker's: weights must still be
     finite and at most 1, and the mean finite (it was inf: inf norms gave min(1.0, nan) = 1)."""
-    agg = Aggregator(FLOAT, SHAPES, normalisation=Normalisation.MEDIAN_CLIP)
-    for uid in (1, 2):
-        agg.add(FLOAT.encode(grads(uid)))
-    for uid in (3, 4):
-        hostile = FLOAT.encode(grads(uid))
+    payloads = [FLOAT.encode(grads(uid)) for uid in (1, 2, 3, 4)]
+    for hostile in payloads[2:]:
         hostile.tensors["val"].fill_(3e38)
-        agg.add(hostile)
-    assert _finite(agg.finish())
+    assert _finite(mean_of(FLOAT, SHAPES, payloads, normalisation=Normalisation.MEDIAN_CLIP))
 
 
 @pytest.mark.parametrize(

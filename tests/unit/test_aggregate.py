@@ -9,6 +9,7 @@ import torch
 
 from core.aggregate import Aggregator, Normalisation
 from core.compression import DenseCompressor, TopKCompressor, TopKParams
+from tests.support.aggregating import mean_of
 
 SHAPES = {"w1": (24, 40), "w2": (16, 16), "b": (40,), "emb": (3, 5, 8)}
 COMPRESSORS = {
@@ -43,10 +44,7 @@ def test_sum_matches_dense_reference(name: str, mode: Normalisation) -> None:
         comp.encode({n: torch.randn(s, generator=gen) * (i + 1) for n, s in SHAPES.items()})
         for i in range(5)
     ]
-    agg = Aggregator(comp, SHAPES, normalisation=mode)
-    for p in payloads:
-        agg.add(p, agg.prepare(p))
-    got = agg.finish()
+    got = mean_of(comp, SHAPES, payloads, normalisation=mode)
     ref = reference(comp, payloads, mode)
     for n in SHAPES:
         assert got[n].shape == SHAPES[n]
@@ -55,7 +53,6 @@ def test_sum_matches_dense_reference(name: str, mode: Normalisation) -> None:
 
 def test_empty_aggregate_is_none_and_zero_gradients_add_nothing() -> None:
     comp = COMPRESSORS["quantised"]
-    assert Aggregator(comp, SHAPES).finish() is None
-    agg = Aggregator(comp, SHAPES)
-    agg.add(comp.encode({n: torch.zeros(s) for n, s in SHAPES.items()}))
-    assert all(float(t.abs().sum()) == 0 for t in agg.finish().values())
+    assert Aggregator(comp, SHAPES).result() is None
+    zeros = comp.encode({n: torch.zeros(s) for n, s in SHAPES.items()})
+    assert all(float(t.abs().sum()) == 0 for t in mean_of(comp, SHAPES, [zeros]).values())

@@ -6,7 +6,7 @@ import torch
 
 from core.compression import TopKCompressor, TopKParams
 from core.compression.buffers import BufferPool
-from core.compression.summing import ChunkSum
+from core.compression.compiled_sum import CompiledSum
 
 
 def address(array) -> int:
@@ -51,9 +51,9 @@ def test_a_sum_from_a_reused_buffer_starts_from_zero() -> None:
     plan = comp._plans.get(payload.shapes)
 
     def one_peer(peers):
-        total = ChunkSum(comp, plan, "cpu", peers=peers)
+        total = CompiledSum(comp, plan, peers=peers)
         for _ in range(peers):
-            total.commit(total.prepare(payload), lambda n: dict.fromkeys(n, 1.0))
+            total.fold(payload, lambda n: dict.fromkeys(n, 1.0))
         return total.result()
 
     expected = {k: v.clone() for k, v in one_peer(1).items()}

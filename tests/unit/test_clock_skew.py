@@ -122,9 +122,7 @@ async def test_a_node_whose_clock_runs_ahead_still_waits_for_an_on_time_peer(cor
     network = FakeClock(EPOCH)
     opener = MemoryStoreOpener(network)
     local = NetworkClock(ahead(network, 5.0))
-    settings = ExchangeSettings(
-        poll_interval=0.5, grace_seconds=1.0, decode_in_thread=False, timestamp_resolution=0
-    )
+    settings = ExchangeSettings(poll_interval=0.5, grace_seconds=1.0, timestamp_resolution=0)
     me = Exchange(opener.open(bucket("me")), opener, local, "1", settings)
     peer = Exchange(opener.open(bucket("peer")), opener, network, "1")
     if corrected:
@@ -137,7 +135,7 @@ async def test_a_node_whose_clock_runs_ahead_still_waits_for_an_on_time_peer(cor
         await peer.put(b"grad", 3, KeyKind.GRADIENT, uid=1)
 
     uploader = asyncio.ensure_future(upload_soon())
-    got = await me.get(bucket("peer"), 3, KeyKind.GRADIENT, bytes, uid=1, time_window=tw)
+    got = await me.get(bucket("peer"), 3, KeyKind.GRADIENT, uid=1, time_window=tw)
     await uploader
     if corrected:
         assert got.status is Status.OK

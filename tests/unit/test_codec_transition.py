@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from core import codec
-from core.aggregate import Aggregator
 from core.codec import Expected, InvalidPayload, PayloadMeta
 from core.compression import TopKCompressor, TopKParams
+from tests.support.aggregating import mean_of
 from tests.unit.compression_models import SHAPES, grads
 
 PACKED = TopKParams(index_code="packed")
@@ -67,11 +67,8 @@ def test_a_gather_folds_both_codes_into_the_same_sum() -> None:
     same = [payload(TopKParams(), 7, seed=i) for i in range(4)]
 
     def total(datas):
-        agg = Aggregator(exp.codec, SHAPES, peers=len(datas))
-        for data in datas:
-            c = codec.decode(data, exp).compressed
-            agg.add(c, agg.prepare(c))
-        return agg.finish()
+        payloads = [codec.decode(data, exp).compressed for data in datas]
+        return mean_of(exp.codec, SHAPES, payloads, peers=len(datas))
 
     a, b = total(mixed), total(same)
     assert all(torch.equal(a[n], b[n]) for n in SHAPES)

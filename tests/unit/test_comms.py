@@ -93,7 +93,11 @@ async def test_every_operation_through_comms(tmp_path, profile) -> None:
         await node.comms.put(gradient(uid, window), window, KeyKind.GRADIENT, uid)
     expected = Expected(version=V, codec=COMP, shapes=SHAPES, window=window)
     got = await net.val.comms.get(
-        commitments[1], window, KeyKind.GRADIENT, lambda data: codec.decode(data, expected), uid=1
+        commitments[1],
+        window,
+        KeyKind.GRADIENT,
+        lambda _uid, data: codec.decode(data, expected),
+        uid=1,
     )
     assert got.ok and got.payload.meta.uid == 1
     result = await net.val.comms.gather(commitments, [1, 2], window, expected)
@@ -142,7 +146,7 @@ async def test_local_put_and_get_use_the_local_store(tmp_path) -> None:
     )
     await comms.put(b"mine", 5, KeyKind.GRADIENT, 1, local=True)
     assert [m.key async for m in opener.open(bucket("mine")).list("")] == []
-    got = await comms.get(bucket("mine"), 5, KeyKind.GRADIENT, bytes, local=True, uid=1)
+    got = await comms.get(bucket("mine"), 5, KeyKind.GRADIENT, local=True, uid=1)
     assert got.ok and got.payload == b"mine"
 
 

@@ -1,18 +1,30 @@
-"""The compiled path's bookkeeping: one scan per payload in a gather, and no result reused
-for tensors it was not computed from."""
+"""The compiled sum's bookkeeping: one scan per payload (handed on by the checks), batches,
+back-pressure on the event loop, the kernel variant the caller names."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import threading
 
 import attrs
 import numpy as np
 import pytest
 import torch
 
-from core.compression import TopKCompressor, TopKParams, cpu_fold, elias_fano, kernels
-from core.compression.summing import ChunkSum
+from core.compression import (
+    Checked,
+    ChunkSum,
+    DenseCompressor,
+    DenseSum,
+    TopKCompressor,
+    TopKParams,
+    cpu_fold,
+    elias_fano,
+    kernels,
+    make_sum,
+)
+from core.compression.compiled_sum import CompiledSum
 
 SHAPES = {"a": (64, 64), "b": (40,)}
 
@@ -22,44 +34,33 @@ def payload(comp: TopKCompressor, seed: int):
     return comp.encode({k: torch.randn(s, generator=gen) for k, s in SHAPES.items()})
 
 
-def test_the_sum_takes_the_codecs_scan_instead_of_scanning_again(monkeypatch) -> None:
+def test_the_sum_takes_the_checks_scan_instead_of_scanning_again(monkeypatch) -> None:
     comp = TopKCompressor(TopKParams())
     c = payload(comp, 0)
     calls = []
     real = cpu_fold.scan
-    monkeypatch.setattr(cpu_fold, "scan", lambda *a: calls.append(1) or real(*a))
-    comp.validate(c)
-    total = ChunkSum(comp, comp._plans.get(c.shapes), "cpu")
-    total.prepare(c)
+    monkeypatch.setattr(cpu_fold, "scan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    checked = comp.validate(c)
+    total = CompiledSum(comp, comp.plan(SHAPES))
+    total.prepare(checked)
     assert len(calls) == 1
-    total.prepare(c)  # taken once: a second prepare scans again
+    total.prepare(Checked(c))  # a payload checked elsewhere is scanned here
     assert len(calls) == 2
 
 
-def test_a_memo_is_only_returned_for_the_same_tensor_objects() -> None:
-    comp = TopKCompressor(TopKParams())
-    c, other = payload(comp, 0), payload(comp, 1)
-    memo = cpu_fold.ScanMemo(size=2)
-    memo.put(c.tensors, "result")
-    assert memo.take({"idx": c.tensors["idx"], "val": other.tensors["val"]}) is None
-    memo.put(c.tensors, "result")
-    assert memo.take({"idx": c.tensors["idx"].clone(), "val": c.tensors["val"]}) is None
-    memo.put(c.tensors, "result")
-    assert memo.take(c.tensors) == "result" and memo.take(c.tensors) is None
-    for i in range(3):  # bounded: the oldest goes
-        memo.put(payload(comp, i).tensors, i)
-    assert len(memo._items) == 2
+async def _add_all(total, peers, weigh) -> None:
+    for c in peers:
+        await total.add(total.prepare(c if isinstance(c, Checked) else Checked(c)), weigh)
 
 
-def test_batches_flush_as_they_fill_and_at_the_end() -> None:
+async def test_batches_flush_as_they_fill_and_at_the_end() -> None:
     comp = TopKCompressor(TopKParams())
     peers = [payload(comp, s) for s in range(5)]
-    plan = comp._plans.get(peers[0].shapes)
-    one = ChunkSum(comp, plan, "cpu", compiled=False)
-    batched = ChunkSum(comp, plan, "cpu", batch=2)
-    for c in peers:
-        for total in (one, batched):
-            total.commit(total.prepare(c), lambda n: dict.fromkeys(n, 1.0))
+    plan = comp.plan(SHAPES)
+    one = ChunkSum(comp, plan, "cpu")
+    batched = CompiledSum(comp, plan, batch=2)
+    for total in (one, batched):
+        await _add_all(total, peers, lambda n: dict.fromkeys(n, 1.0))
     a, b = one.result(0.2), batched.result(0.2)
     assert all(torch.equal(a[k], b[k]) for k in SHAPES)
 
@@ -69,11 +70,11 @@ def test_batches_flush_as_they_fill_and_at_the_end() -> None:
 )
 def test_batches_are_equal_when_the_peer_count_is_known(peers, batch) -> None:
     comp = TopKCompressor(TopKParams())
-    plan = comp._plans.get(payload(comp, 0).shapes)
+    plan = comp.plan(SHAPES)
     assert cpu_fold.BatchFold(cpu_fold.layout(plan), plan, comp.params, peers=peers).batch == batch
 
 
-def test_the_last_flush_split_over_two_cores_adds_what_one_pass_adds() -> None:
+async def test_the_last_flush_split_over_two_cores_adds_what_one_pass_adds() -> None:
     comp = TopKCompressor(TopKParams(target_chunk=8, topk=6))
     shapes = {f"w{i}": (16, 24) for i in range(5)}
     gen = torch.Generator().manual_seed(0)
@@ -83,82 +84,73 @@ def test_the_last_flush_split_over_two_cores_adds_what_one_pass_adds() -> None:
     plan = comp._plans.get(peers[0].shapes)
     halves = cpu_fold.layout(plan).halves()
     assert len(halves) == 2 and halves[1].first == len(halves[0].offsets)
-    one = ChunkSum(comp, plan, "cpu", compiled=False)
-    split = ChunkSum(comp, plan, "cpu", batch=4)  # everything waits for the last flush
-    for c in peers:
-        for total in (one, split):
-            total.commit(total.prepare(c), lambda n: {k: float(k[1:]) + 0.5 for k in n})
+    one = ChunkSum(comp, plan, "cpu")
+    split = CompiledSum(comp, plan, batch=4)  # everything waits for the last flush
+    for total in (one, split):
+        await _add_all(total, peers, lambda n: {k: float(k[1:]) + 0.5 for k in n})
     a, b = one.result(), split.result()
     assert all(torch.equal(a[k], b[k]) for k in shapes)
 
 
 def test_the_compiled_sum_refuses_what_it_cannot_do() -> None:
     comp = TopKCompressor(TopKParams(quantization_bins=8))  # 3-bit codes
-    plan = comp._plans.get(payload(comp, 0).shapes)
+    plan = comp.plan(SHAPES)
     assert not cpu_fold.supported(comp.params)
     with pytest.raises(ValueError, match="compiled sum"):
-        ChunkSum(comp, plan, "cpu", compiled=True)
-    ChunkSum(comp, plan, "cpu")  # the torch path takes it
+        CompiledSum(comp, plan)
+    with pytest.raises(ValueError, match="compiled sum"):
+        make_sum(comp, SHAPES, compiled=True)
 
 
-def test_only_the_compiled_sum_queues_its_adds() -> None:
-    """The gather folds on its event loop only where adding is a queued copy."""
-    from core.aggregate import Aggregator
-    from core.compression import DenseCompressor
-
-    comp = TopKCompressor(TopKParams())
-    assert Aggregator(comp, SHAPES).queues
-    assert not Aggregator(TopKCompressor(TopKParams(quantization_bins=8)), SHAPES).queues
-    assert not Aggregator(DenseCompressor(), SHAPES).queues
+def test_the_sum_is_chosen_once_from_compressor_device_and_format() -> None:
+    assert isinstance(make_sum(TopKCompressor(TopKParams()), SHAPES), CompiledSum)
+    three_bits = TopKCompressor(TopKParams(quantization_bins=8))
+    assert isinstance(make_sum(three_bits, SHAPES), ChunkSum)
+    assert isinstance(make_sum(TopKCompressor(TopKParams()), SHAPES, compiled=False), ChunkSum)
+    assert isinstance(make_sum(DenseCompressor(), SHAPES), DenseSum)
 
 
-def test_a_full_batch_folds_in_the_background_and_busy_says_when_to_wait(monkeypatch) -> None:
-    import threading
-
-    from core.compression import kernels
-
+async def test_an_add_waits_on_the_loop_while_a_full_batch_folds(monkeypatch) -> None:
     comp = TopKCompressor(TopKParams())
     peers = [payload(comp, s) for s in range(4)]
-    plan = comp._plans.get(peers[0].shapes)
-    reference = ChunkSum(comp, plan, "cpu", compiled=False)
-    total = ChunkSum(comp, plan, "cpu", batch=2)
+    plan = comp.plan(SHAPES)
+    reference = ChunkSum(comp, plan, "cpu")
+    total = CompiledSum(comp, plan, batch=2, background=True)
     release = threading.Event()
-    real = kernels.fold_compact
-    monkeypatch.setattr(kernels, "fold_compact", lambda *a: release.wait(5) and real(*a))
+    real = kernels.fold
+    monkeypatch.setattr(kernels, "fold", lambda *a: release.wait(5) and real(*a))
     ones = lambda n: dict.fromkeys(n, 1.0)  # noqa: E731
-    for c in peers[:3]:
-        assert total.busy() is None  # the next add would not wait
-        total.commit(total.prepare(c), ones)
-        reference.commit(reference.prepare(c), ones)
-    busy = total.busy()  # the 4th add fills the second set while the first still folds
-    assert busy is not None and not busy.done()
+    await _add_all(total, peers[:3], ones)  # the first batch folds in the background
+    fourth = asyncio.ensure_future(total.add(total.prepare(comp.validate(peers[3])), ones))
+    ticks = 0
+    while not fourth.done() and ticks < 3:  # the loop keeps running meanwhile
+        await asyncio.sleep(0)
+        ticks += 1
+    assert ticks == 3 and not fourth.done()
     release.set()
-    busy.result(timeout=5)
-    total.commit(total.prepare(peers[3]), ones)
-    reference.commit(reference.prepare(peers[3]), ones)
+    await fourth
+    await _add_all(reference, peers, ones)
     a, b = total.result(0.25), reference.result(0.25)
     assert all(torch.equal(a[k], b[k]) for k in SHAPES)
 
 
-def test_a_batch_that_fails_to_fold_fails_the_sum_instead_of_leaving_it_short(
+async def test_a_batch_that_fails_to_fold_fails_the_sum_instead_of_leaving_it_short(
     monkeypatch,
 ) -> None:
-    from core.compression import kernels
-
     comp = TopKCompressor(TopKParams())
-    peers = [payload(comp, s) for s in range(3)]
-    total = ChunkSum(comp, comp._plans.get(peers[0].shapes), "cpu", batch=1)
+    peers = [Checked(payload(comp, s)) for s in range(3)]
+    total = CompiledSum(comp, comp.plan(SHAPES), batch=1)
 
     def broken(*args):
         raise MemoryError("no room")
 
-    monkeypatch.setattr(kernels, "fold_compact", broken)
+    monkeypatch.setattr(kernels, "fold", broken)
     ones = lambda n: dict.fromkeys(n, 1.0)  # noqa: E731
-    total.commit(total.prepare(peers[0]), ones)  # its batch folds in the background
+    await total.add(total.prepare(peers[0]), ones)  # its batch folds in the background
     with pytest.raises(MemoryError):
-        total.commit(total.prepare(peers[1]), ones)  # waits for it, and sees it fail
+        await total.add(total.prepare(peers[1]), ones)  # waits for it, and sees it fail
     with pytest.raises(RuntimeError, match="earlier batch"):
-        total.commit(total.prepare(peers[2]), ones)
+        await total.add(total.prepare(peers[2]), ones)
     with pytest.raises(RuntimeError, match="earlier batch"):
         total.result()
 
@@ -184,13 +176,13 @@ def test_a_code_beyond_the_bins_is_refused_on_the_rising_path(bins, code) -> Non
 
 @pytest.mark.parametrize("quantized", [True, False])
 @pytest.mark.parametrize("code", ["packed", "elias_fano"])
-async def test_checks_on_an_event_loop_keep_the_gil_and_in_a_worker_let_it_go(
+def test_checks_for_an_event_loop_keep_the_gil_and_for_a_worker_let_it_go(
     monkeypatch, quantized, code
 ) -> None:
-    """A loop thread that lets the GIL go waits up to a switch interval to get it back."""
+    """A loop thread that lets the GIL go waits up to a switch interval to get it back: the
+    caller says which it is."""
     comp = TopKCompressor(TopKParams(quantization_bins=4 if quantized else 0, index_code=code))
     c = payload(comp, 0)
-    plan = comp._plans.get(c.shapes)
     used = []
 
     def spied(variant: kernels.Checks, label: str) -> kernels.Checks:
@@ -211,38 +203,39 @@ async def test_checks_on_an_event_loop_keep_the_gil_and_in_a_worker_let_it_go(
     monkeypatch.setattr(kernels, "RELEASING", spied(kernels.RELEASING, "releasing"))
     monkeypatch.setattr(elias_fano, "HOLDING", spied_stream(elias_fano.HOLDING, "holding"))
     monkeypatch.setattr(elias_fano, "RELEASING", spied_stream(elias_fano.RELEASING, "releasing"))
-    cpu_fold.scan(plan, comp.params, c.tensors)  # on the loop
+    comp.validate(c, on_loop=True)
     on_loop = set(used)
     used.clear()
-    await asyncio.to_thread(cpu_fold.scan, plan, comp.params, c.tensors)
+    comp.validate(c, on_loop=False)
     assert (on_loop, set(used)) == ({"holding"}, {"releasing"})
 
 
-def _sum_of(comp: TopKCompressor, peers) -> dict[str, torch.Tensor]:
-    total = ChunkSum(comp, comp._plans.get(peers[0].shapes), "cpu", batch=2, peers=len(peers))
-    for c in peers:
-        total.commit(total.prepare(c), lambda norms: dict.fromkeys(norms, 1.0))
+async def _sum_of(comp: TopKCompressor, peers, *, background: bool) -> dict:
+    total = CompiledSum(comp, comp.plan(SHAPES), batch=2, peers=len(peers), background=background)
+    await _add_all(total, peers, lambda norms: dict.fromkeys(norms, 1.0))
     return {k: v.clone() for k, v in total.result(1 / len(peers)).items()}
 
 
 async def test_a_batch_filled_on_an_event_loop_copies_holding_the_gil(monkeypatch) -> None:
     comp = TopKCompressor(TopKParams())
     peers = [payload(comp, seed) for seed in range(5)]
-    off_loop = await asyncio.to_thread(_sum_of, comp, peers)
+    plain = ChunkSum(comp, comp.plan(SHAPES), "cpu")
+    await _add_all(plain, peers, lambda norms: dict.fromkeys(norms, 1.0))
+    reference = plain.result(1 / len(peers))
     copies = []
     real = kernels.copy_held
     monkeypatch.setattr(kernels, "copy_held", lambda out, src: copies.append(1) or real(out, src))
-    on_loop = _sum_of(comp, peers)
+    on_loop = await _sum_of(comp, peers, background=True)
     assert len(copies) == len(peers)  # numpy's copy would let the GIL go
     for name in SHAPES:
-        assert torch.equal(on_loop[name], off_loop[name])
+        assert torch.equal(on_loop[name], reference[name])
 
 
 def test_norms_are_correctly_rounded_square_roots_on_both_paths() -> None:
     """torch's vectorised sqrt missed the last bit for ~1.5% of float64 inputs here (this one
     among them, with AVX-512); both paths take Python's, so their norms agree to the bit."""
     comp = TopKCompressor(TopKParams())
-    total = ChunkSum(comp, comp._plans.get(payload(comp, 0).shapes), "cpu", compiled=False)
+    total = ChunkSum(comp, comp.plan(SHAPES), "cpu")
     squares = [64.71895115742501, 2.0]
     want = [math.sqrt(v) for v in squares]
     for given in (np.array(squares), torch.tensor(squares, dtype=torch.float64)):

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 
+import attrs
 import pytest
 
 from adapters.clock import FakeClock
 from adapters.storage.chaos import NO_FAULT, ChaosOpener, Fault
 from adapters.storage.memory import MemoryStoreOpener
-from core.exchange import Exchange, ExchangeSettings, Rejected, Status
-from core.fetch import FetchSettings, fetch_peers, stream_peers
+from core.exchange import Exchange, ExchangeSettings, Fetched, Status
+from core.fetch import FetchSettings, fetch_peers
 from core.windows import TimeWindow
 from ports import Bucket
 
@@ -22,10 +23,11 @@ def bucket(uid: int) -> Bucket:
     return Bucket(name=f"peer-{uid}", account_id="a", access_key_id="k", secret_access_key="s")
 
 
-def decode(uid: int, data: bytes) -> bytes:
-    if data.startswith(b"bad"):
-        raise Rejected("bad_shape", "a broken payload")
-    return data
+def verdict(got: Fetched) -> Fetched:
+    """A consumer's verdict: bytes that start with "bad" are refused."""
+    if got.payload.startswith(b"bad"):
+        return attrs.evolve(got, status=Status.INVALID, reason="bad_shape: a broken payload")
+    return got
 
 
 class Net:
@@ -44,7 +46,7 @@ class Net:
             opener,
             self.clock,
             V,
-            ExchangeSettings(decode_in_thread=False, timestamp_resolution=0),
+            ExchangeSettings(timestamp_resolution=0),
         )
         self.buckets = {u: bucket(u) for u in range(1, 40)}
 
@@ -53,13 +55,16 @@ class Net:
 
 
 async def collect_ok(net: Net, uids, **kw):
+    """Consume the stream as gather does; the uids taken, and every try's record."""
     folded: list[int] = []
-
-    async def on_ok(f) -> None:
-        folded.append(f.uid)
-
-    records = await fetch_peers(net.me, net.buckets, uids, W, decode, on_ok, **kw)
-    return folded, {r.uid: r for r in records}
+    async with fetch_peers(net.me, net.buckets, uids, W, **kw) as peers:
+        async for got in peers:
+            if got.ok:
+                outcome = verdict(got)
+                if outcome.ok:
+                    folded.append(got.uid)
+                peers.done(got, outcome)
+    return folded, {r.uid: r for r in peers.records}
 
 
 async def test_mixed_peers_get_the_right_statuses() -> None:
@@ -126,21 +131,24 @@ async def test_slow_peer_past_the_deadline_is_skipped_and_others_kept() -> None:
     assert rec[3].status is Status.ERROR and rec[3].reason.startswith("timeout")
 
 
-async def test_peers_without_buckets_and_failing_consumers_are_skipped() -> None:
+async def test_peers_without_buckets_and_refused_arrivals_are_skipped() -> None:
     net = Net()
     await net.upload(1, b"ok")
     await net.upload(2, b"ok")
-
-    async def picky(f) -> None:
-        if f.uid == 2:
-            raise ValueError("shape mismatch while folding")
-
-    records = await fetch_peers(
-        net.me, net.buckets, [1, 2, 99], W, decode, picky, settings=FetchSettings(timeout=1)
-    )
-    rec = {r.uid: r for r in records}
+    async with fetch_peers(
+        net.me, net.buckets, [1, 2, 99], W, settings=FetchSettings(timeout=1)
+    ) as peers:
+        yielded = []
+        async for got in peers:
+            yielded.append((got.uid, got.ok))
+            if got.ok:
+                refused = attrs.evolve(got, status=Status.ERROR, reason="rejected: shape")
+                peers.done(got, refused if got.uid == 2 else got)
+    rec = {r.uid: r for r in peers.records}
     assert rec[1].ok and rec[99].reason.startswith("no_bucket")
-    assert rec[2].status is Status.ERROR and "shape mismatch" in rec[2].reason
+    assert rec[2].status is Status.ERROR and "shape" in rec[2].reason
+    # the stream yields arrivals and fetch failures; the consumer knows its own verdicts
+    assert sorted(yielded) == [(1, True), (2, True), (99, False)]
 
 
 async def test_live_payloads_are_bounded_by_concurrency() -> None:
@@ -149,47 +157,38 @@ async def test_live_payloads_are_bounded_by_concurrency() -> None:
         await net.upload(uid, b"x" * 10)
     alive = peak = 0
 
-    def counting_decode(uid: int, data: bytes) -> bytes:
-        nonlocal alive, peak
-        alive += 1
-        peak = max(peak, alive)
-        return data
-
-    async def slow_fold(f) -> None:
+    async def slow_fold(peers, got) -> None:
         nonlocal alive
         await net.clock.sleep(1.0)
         alive -= 1
+        peers.done(got, got)
 
-    records = await fetch_peers(
-        net.me,
-        net.buckets,
-        range(1, 40),
-        W,
-        counting_decode,
-        slow_fold,
-        settings=FetchSettings(concurrency=4, timeout=1000),
-    )
-    assert sum(r.ok for r in records) == 39
+    async with (
+        fetch_peers(
+            net.me,
+            net.buckets,
+            range(1, 40),
+            W,
+            settings=FetchSettings(concurrency=4, timeout=1000),
+        ) as peers,
+        asyncio.TaskGroup() as folds,
+    ):
+        async for got in peers:
+            alive += 1
+            peak = max(peak, alive)
+            folds.create_task(slow_fold(peers, got))
+    assert sum(r.ok for r in peers.records) == 39
     assert peak <= 4
 
 
-async def test_stream_yields_valid_payloads_then_failures_and_can_stop_early() -> None:
+async def test_leaving_the_stream_early_cancels_the_rest_cleanly() -> None:
     net = Net()
     for uid in (1, 2, 3):
         await net.upload(uid, b"payload-%d" % uid)
-    items = [
-        f
-        async for f in stream_peers(
-            net.me, net.buckets, [1, 2, 3, 4], W, decode, settings=FetchSettings(timeout=2)
-        )
-    ]
-    assert sorted(f.payload for f in items if f.ok) == [b"payload-1", b"payload-2", b"payload-3"]
-    assert [(f.uid, f.status) for f in items if not f.ok] == [(4, Status.NOT_FOUND)]
-    assert all(f.ok for f in items[:3])
-    async with contextlib.aclosing(stream_peers(net.me, net.buckets, [1, 2, 3], W, decode)) as it:
-        async for first in it:
+    async with fetch_peers(net.me, net.buckets, [1, 2, 3], W) as peers:
+        async for first in peers:
             assert first.ok
-            break  # leaving early cancels the rest cleanly
+            break
 
 
 @pytest.mark.parametrize("timeout", [0.0, 0.5])
@@ -198,3 +197,13 @@ async def test_zero_or_tiny_deadline_never_hangs(timeout: float) -> None:
     await net.upload(1, b"ok")
     folded, rec = await collect_ok(net, [1, 2], settings=FetchSettings(timeout=timeout))
     assert folded == [] and set(rec) == {1, 2}
+
+
+async def test_an_arrival_is_wanted_until_its_verdict() -> None:
+    net = Net()
+    await net.upload(1, b"ok")
+    async with fetch_peers(net.me, net.buckets, [1], W) as peers:
+        async for got in peers:
+            assert peers.wants(got)
+            peers.done(got, got)
+            assert not peers.wants(got)

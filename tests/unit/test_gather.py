@@ -15,6 +15,7 @@ from core import codec
 from core.aggregate import Normalisation
 from core.codec import Expected, PayloadMeta
 from core.compression import topk_only_compressor
+from core.decoding import Inline, Pool, Synchronous
 from core.exchange import Exchange, ExchangeSettings, Status
 from core.fetch import FetchSettings
 from core.gather import GatherSettings, PeerDecoder, gather, stream
@@ -62,7 +63,7 @@ class Net:
             self.opener,
             self.clock,
             V,
-            ExchangeSettings(decode_in_thread=False, timestamp_resolution=0),
+            ExchangeSettings(timestamp_resolution=0),
         )
         self.buckets = {u: bucket(u) for u in range(1, 30)}
         self.expected = Expected(version=V, codec=COMP, shapes=SHAPES)
@@ -82,6 +83,7 @@ class Net:
             self.expected,
             hotkeys=self.hotkeys,
             settings=settings,
+            runner=kw.pop("runner", Synchronous()),  # a fake clock sees every step
             **kw,
         )
 
@@ -229,7 +231,15 @@ async def test_stream_yields_decoded_payloads() -> None:
     for uid in (1, 2):
         await net.upload(uid, payload(uid, step=uid))
     async with contextlib.aclosing(
-        stream(net.me, net.buckets, [1, 2, 3], W, net.expected, settings=FetchSettings(timeout=1))
+        stream(
+            net.me,
+            net.buckets,
+            [1, 2, 3],
+            W,
+            net.expected,
+            settings=FetchSettings(timeout=1),
+            runner=Synchronous(),
+        )
     ) as it:
         items = [f async for f in it]
     ok = {f.uid: f.payload.meta.global_step for f in items if f.ok}
@@ -251,24 +261,17 @@ async def test_aggregator_bucket_payloads_use_the_same_path() -> None:
         net.expected,
         kind=KeyKind.AGGREGATOR,
         settings=GatherSettings(normalisation=Normalisation.NONE),
+        runner=Synchronous(),
     )
     assert result.ok and result.global_steps == {0: 3}
 
 
-@pytest.mark.parametrize("inline_bytes", [4 << 20, 0])
-async def test_small_payloads_decode_on_the_loop_and_large_ones_in_workers(
-    monkeypatch, inline_bytes
+@pytest.mark.parametrize("runner", [Inline(), Pool(2)], ids=["inline", "pool"])
+async def test_the_runner_says_where_payloads_decode_and_the_aggregate_does_not_care(
+    monkeypatch, runner
 ) -> None:
-    """With the compiled CPU sum a payload under `inline_decode_bytes` is decoded on the
-    event loop (no trip between threads); the aggregate does not depend on where."""
+    """`Inline` decodes on the event loop (no trip between threads), `Pool` in workers."""
     net = Net()
-    net.me = Exchange(
-        net.opener.open(bucket(0)),
-        net.opener,
-        net.clock,
-        V,
-        ExchangeSettings(timestamp_resolution=0),  # decode_in_thread on, as a neuron runs
-    )
     for uid in (1, 2, 3):
         await net.upload(uid, payload(uid))
     threads = set()
@@ -279,11 +282,12 @@ async def test_small_payloads_decode_on_the_loop_and_large_ones_in_workers(
         return real(self, uid, data)
 
     monkeypatch.setattr(PeerDecoder, "__call__", spy)
-    settings = GatherSettings(fetch=FetchSettings(timeout=5), inline_decode_bytes=inline_bytes)
-    result = await net.gather([1, 2, 3], settings=settings)
+    try:
+        result = await net.gather([1, 2, 3], runner=runner)
+    finally:
+        runner.close()
     assert sorted(result.uids) == [1, 2, 3]
-    on_loop = threads == {threading.get_ident()}
-    assert on_loop == (inline_bytes > 0)
+    assert (threads == {threading.get_ident()}) == runner.on_loop
     want = reference([1, 2, 3], Normalisation.UNIT)
     for name in SHAPES:
         torch.testing.assert_close(result.aggregate[name], want[name], rtol=1e-5, atol=1e-6)

@@ -17,6 +17,7 @@ from core import codec, keys
 from core.clock_skew import NetworkClock
 from core.codec import Expected
 from core.compression import DenseCompressor
+from core.decoding import Synchronous
 from core.peers import get_peer_list
 from neurons.buckets import local_buckets
 from neurons.config import NeuronSettings, hparams_from_mapping
@@ -69,8 +70,8 @@ class Net:
             buckets=local_buckets(hotkey, with_aggregator=aggregator),
             hotkey=hotkey,
             on_row=self.rows.append,
-            decode_in_thread=False,
             timestamp_resolution=0.0,
+            runner=Synchronous(),  # a fake clock sees every step
             scratch=self.scratch,
             **extra,
         )

@@ -108,13 +108,13 @@ def test_round_trip_write_then_read(use_dct, index_code):
         assert torch.equal(want[name], back[name]), name
 
 
-def test_decoded_payload_folds_into_the_running_sum():
+async def test_decoded_payload_folds_into_the_running_sum():
     from core.aggregate import Aggregator, Normalisation
 
     agg = Aggregator(COMPRESSOR, SHAPES, normalisation=Normalisation.NONE)
-    agg.add(payload.decode(golden_bytes(), EXPECTED).compressed)
-    agg.add(payload.decode(golden_bytes(), EXPECTED).compressed)
-    result = agg.finish()
+    for _ in range(2):
+        await agg.add(agg.prepare(payload.decode(golden_bytes(), EXPECTED).checked))
+    result = agg.result()
     for name, want in golden_dense().items():
         assert torch.allclose(result[name], want), name
 

@@ -18,6 +18,7 @@ from adapters.clock import FakeClock
 from adapters.signing import DevKeyVerifier, dev_signer
 from adapters.storage.memory import MemoryStoreOpener
 from core.compression import elias_fano, kernels, select
+from core.decoding import Pool, Synchronous
 from core.warmup import warm_up
 from neurons.buckets import local_buckets
 from neurons.config import NeuronSettings, hparams_from_mapping
@@ -43,8 +44,9 @@ def grown(before: Signatures) -> dict[str, list[str]]:
     return {name: sorted(sigs) for name, sigs in new.items() if sigs}
 
 
-def network(bins: int, decode_in_thread: bool, state_dir: str):
-    """A validator, two honest miners and a garbage miner on in-memory fakes."""
+def network(bins: int, runner, state_dir: str):
+    """A validator, two honest miners and a garbage miner on in-memory fakes; `runner()`
+    makes each one's decode runner (None: the neuron picks its own)."""
     hparams = hparams_from_mapping({**localnet_hparams(0.5), "quantization_bins": bins})
     clock = FakeClock()
     chain = FakeNetwork.in_memory(clock, block_time=0.5)
@@ -77,7 +79,7 @@ def network(bins: int, decode_in_thread: bool, state_dir: str):
                 hotkey=hotkey,
                 signer=dev_signer(hotkey),
                 verifier=DevKeyVerifier(),
-                decode_in_thread=decode_in_thread,
+                runner=runner() if runner is not None else None,
                 timestamp_resolution=0.0,
             )
         )
@@ -94,7 +96,7 @@ async def main() -> dict[str, dict[str, list[str]]]:
     with tempfile.TemporaryDirectory() as state:
         # A neuron warms its format as it is made: a warm-up after that compiles nothing
         # more, and neither do its windows.
-        hparams, neurons = network(hparams_from_mapping({}).quantization_bins, True, state)
+        hparams, neurons = network(hparams_from_mapping({}).quantization_bins, None, state)
         before = signatures()
         warm_up([hparams.topk_params()])
         report["made"] = grown(before)
@@ -105,8 +107,8 @@ async def main() -> dict[str, dict[str, list[str]]]:
         warm_up()
         before = signatures()
         for bins in (0, 2, 4, 16, 256):
-            for in_thread in (True, False):
-                await run(network(bins, in_thread, state)[1])
+            for runner in (Pool, Synchronous):
+                await run(network(bins, runner, state)[1])
         report["formats"] = grown(before)
     return report
 
