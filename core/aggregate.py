@@ -10,8 +10,12 @@ gradient cannot dominate the mean:
   norm first, so the compressed payloads (not dense tensors) are held until `finish`:
   memory grows by one compressed payload per peer.
 - `NONE`: plain sum.
+- `KEPT_MEAN`: Templar's rule (its `batch_decompress`): the median clip above, then each
+  entry is the mean over the peers that kept it (a `scatter_reduce` mean), not over every
+  peer. Holds the compressed payloads like `MEDIAN_CLIP`, and at `result` counts every
+  entry's keepers from the payloads' kept positions. Top-k payloads without DCT only.
 
-The result is the mean over peers (sum of weighted gradients / number of peers).
+The result is otherwise the mean over peers (sum of weighted gradients / number of peers).
 """
 
 from __future__ import annotations
@@ -27,12 +31,22 @@ import torch
 from core.compression import Checked, Compressed, Compressor, Prepared, Shape, make_sum
 
 _TINY = 1e-12
+# `Compressor.positions` packs a kept entry as parameter number << 40 | offset.
+_PARAM_SHIFT = 40
+_OFFSET_MASK = (1 << _PARAM_SHIFT) - 1
+
+
+def _positional(compressor: Compressor) -> bool:
+    """Whether `positions` gives offsets in the parameter itself (top-k without DCT)."""
+    params = getattr(compressor, "params", None)
+    return hasattr(compressor, "positions") and params is not None and not params.use_dct
 
 
 class Normalisation(enum.Enum):
     NONE = "none"
     UNIT = "unit"
     MEDIAN_CLIP = "median_clip"
+    KEPT_MEAN = "kept_mean"
 
 
 def _usable(n: float) -> bool:
@@ -80,6 +94,10 @@ class Aggregator:
         """`peers`: how many peers are expected, when known (lets the sum plan its work);
         `background`: the sum may work on threads of its own (see `make_sum`)."""
         self._mode = normalisation
+        self._holds = normalisation in (Normalisation.MEDIAN_CLIP, Normalisation.KEPT_MEAN)
+        if normalisation is Normalisation.KEPT_MEAN and not _positional(compressor):
+            raise ValueError("kept_mean needs a top-k compressor without DCT")
+        self._compressor = compressor
         self._sum = make_sum(compressor, shapes, device, peers=peers, background=background)
         self._held: list[tuple[Compressed, dict[str, float]]] = []
         self.count = 0
@@ -87,12 +105,12 @@ class Aggregator:
     def prepare(self, checked: Checked, *, on_loop: bool = False) -> Peer:
         """The part of `add` that may run in parallel threads (`on_loop`: this is the event
         loop's thread). The wire tensors are kept only where a second pass needs them."""
-        keep = checked.compressed if self._mode is Normalisation.MEDIAN_CLIP else None
+        keep = checked.compressed if self._holds else None
         return Peer(self._sum.prepare(checked, on_loop=on_loop), keep)
 
     async def add(self, peer: Peer) -> dict[str, float]:
         """Fold one prepared peer in; returns its norms."""
-        if self._mode is Normalisation.MEDIAN_CLIP:
+        if self._holds:
             assert peer.compressed is not None
             norms = peer.prepared.norms
             if norms is None:  # weight 0 adds nothing: the sum just measures the norms
@@ -108,6 +126,7 @@ class Aggregator:
         """The mean of the normalised gradients, or None when nothing was added."""
         if self.count == 0:
             return None
+        keepers = None
         if self._held:
             names = self._held[0][1]
             median = {name: statistics.median(n[name] for _, n in self._held) for name in names}
@@ -115,10 +134,31 @@ class Aggregator:
             def clip(norms: dict[str, float]) -> dict[str, float]:
                 return {name: _clip(median[name], n) for name, n in norms.items()}
 
+            if self._mode is Normalisation.KEPT_MEAN:
+                keepers = self._keepers()
             for compressed, _ in self._held:
                 self._sum.fold(compressed, clip)
             self._held.clear()
-        return self._sum.result(1.0 / self.count)
+        if keepers is None:
+            return self._sum.result(1.0 / self.count)
+        total = self._sum.result(1.0)
+        return {
+            name: t / keepers[name].reshape(t.shape).clamp(min=1).to(t.dtype)
+            for name, t in total.items()
+        }
+
+    def _keepers(self) -> dict[str, torch.Tensor]:
+        """How many held peers kept each entry, per parameter (flat)."""
+        shapes = self._held[0][0].shapes
+        counts = {name: torch.zeros(math.prod(shape), dtype=torch.int64) for name, shape in shapes}
+        names = [name for name, _ in shapes]
+        for compressed, _ in self._held:
+            positions = self._compressor.positions(compressed)  # type: ignore[attr-defined]
+            numbers, offsets = positions >> _PARAM_SHIFT, positions & _OFFSET_MASK
+            for number, name in enumerate(names):
+                mine = offsets[numbers == number]
+                counts[name] += torch.bincount(mine, minlength=counts[name].numel())
+        return counts
 
 
 @attrs.frozen(eq=False)

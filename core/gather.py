@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 import attrs
 import torch
 
-from core import codec, decoding, duplicates
+from core import decoding, duplicates, payload_format
 from core.aggregate import Aggregator, Normalisation, Peer
 from core.codec import Expected, InvalidPayload, Payload
 from core.decoding import DecodeRunner, Rejected
 from core.exchange import Exchange, Fetched, Status
 from core.fetch import FetchSettings, Peers, fetch_peers
 from core.keys import KeyKind
+from core.payload_format import PayloadFormat
 from core.windows import TimeWindow
 from ports import Bucket
 from ports.signing import Verifier
@@ -71,7 +72,9 @@ class PeerDecoder:
         verifier: Verifier | None = None,
         *,
         on_loop: bool = False,
+        payloads: PayloadFormat = payload_format.NATIVE,
     ) -> None:
+        self._payloads = payloads
         self._expected = expected
         self._window = window
         self._hotkeys = hotkeys or {}
@@ -84,7 +87,9 @@ class PeerDecoder:
             raise Rejected("unsigned", f"uid {uid} has no hotkey on the metagraph")
         expected = self._expected.for_peer(self._window, uid, hotkey)
         try:
-            return codec.decode(data, expected, verifier=self._verifier, on_loop=self.on_loop)
+            return self._payloads.decode(
+                data, expected, verifier=self._verifier, on_loop=self.on_loop
+            )
         except InvalidPayload as exc:
             raise Rejected(exc.reason, exc.message) from None
 
@@ -102,10 +107,10 @@ class _Valid:
     signature: torch.Tensor | None = attrs.field(repr=False)
 
 
-def _bounded(fetch: FetchSettings, expected: Expected) -> FetchSettings:
+def _bounded(fetch: FetchSettings, expected: Expected, payloads: PayloadFormat) -> FetchSettings:
     """Oversized objects are refused before they are downloaded."""
     if fetch.max_bytes is None:
-        return attrs.evolve(fetch, max_bytes=expected.size_limit())
+        return attrs.evolve(fetch, max_bytes=payloads.size_limit(expected))
     return fetch
 
 
@@ -124,6 +129,7 @@ async def gather(
     device: torch.device | str = "cpu",
     kind: KeyKind = KeyKind.GRADIENT,
     runner: DecodeRunner | None = None,
+    payloads: PayloadFormat = payload_format.NATIVE,
 ) -> GatherResult:
     """Gather `uids` (reserves replacing failures) for `window` into one normalised mean.
 
@@ -132,7 +138,7 @@ async def gather(
     settings = settings or GatherSettings()
     started = exchange.clock.monotonic()
     uids = list(dict.fromkeys(uids))
-    fetch = _bounded(settings.fetch, expected)
+    fetch = _bounded(settings.fetch, expected, payloads)
     sketch = settings.duplicate_threshold is not None
     own = runner is None
     if runner is None:
@@ -145,7 +151,9 @@ async def gather(
         peers=len(uids),
         background=runner.threads,
     )
-    decoder = PeerDecoder(expected, window, hotkeys, verifier, on_loop=runner.on_loop)
+    decoder = PeerDecoder(
+        expected, window, hotkeys, verifier, on_loop=runner.on_loop, payloads=payloads
+    )
     valid: dict[int, _Valid] = {}
     norms: dict[int, dict[str, float]] = {}
 
@@ -222,6 +230,7 @@ async def stream(
     verifier: Verifier | None = None,
     settings: FetchSettings | None = None,
     runner: DecodeRunner | None = None,
+    payloads: PayloadFormat = payload_format.NATIVE,
     **options: object,
 ) -> AsyncIterator[Fetched[Payload]]:
     """Each valid peer's decoded payload as it arrives, then a record per failed peer.
@@ -233,8 +242,10 @@ async def stream(
     own = runner is None
     if runner is None:
         runner = decoding.Pool()
-    decoder = PeerDecoder(expected, window, hotkeys, verifier, on_loop=runner.on_loop)
-    fetch = _bounded(settings or FetchSettings(), expected)
+    decoder = PeerDecoder(
+        expected, window, hotkeys, verifier, on_loop=runner.on_loop, payloads=payloads
+    )
+    fetch = _bounded(settings or FetchSettings(), expected, payloads)
     failed: list[Fetched] = []
     try:
         async with fetch_peers(exchange, buckets, uids, window, settings=fetch, **options) as peers:

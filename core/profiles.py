@@ -12,10 +12,11 @@ from datetime import datetime
 
 import attrs
 
-from core import keys
+from core import keys, payload_format
 from core.peers import peer_list
 from core.templar import coordination as templar_coordination
 from core.templar import keys as templar_keys
+from core.templar import payload_format as templar_payloads
 from core.windows import TimeWindow, first_block
 
 
@@ -24,6 +25,8 @@ class ProtocolProfile:
     name: str
     keys: keys.KeyScheme
     coordination: peer_list.CoordinationCodec
+    # How gradients are encoded and read (signed safetensors, or Templar's torch.save).
+    payloads: payload_format.PayloadFormat
     # Window w's gradients are judged from the timestamp of the first block of window
     # w + anchor_offset: 0 here (uploads during w), 1 in Templar (uploads once w is over).
     anchor_offset: int = attrs.field(validator=attrs.validators.ge(0))
@@ -51,12 +54,17 @@ class ProtocolProfile:
 
 
 NATIVE = ProtocolProfile(
-    name="native", keys=keys.NATIVE, coordination=peer_list.NATIVE, anchor_offset=0
+    name="native",
+    keys=keys.NATIVE,
+    coordination=peer_list.NATIVE,
+    payloads=payload_format.NATIVE,
+    anchor_offset=0,
 )
 TEMPLAR = ProtocolProfile(
     name="templar",
     keys=templar_keys.TEMPLAR,
     coordination=templar_coordination.TEMPLAR,
+    payloads=templar_payloads.TEMPLAR,
     anchor_offset=1,
     reported_stamps=True,
     debug_reports=False,

@@ -132,7 +132,11 @@ class HParams:
     grace_seconds: float = _hp(
         2.0, "seconds past the time window an upload may take to become visible", minimum=0
     )
-    normalisation: str = _hp("unit", "per-peer normalisation: unit, median_clip or none")
+    normalisation: str = _hp(
+        "unit",
+        "per-peer normalisation: unit, median_clip, kept_mean (Templar's rule, the templar "
+        "profile's default) or none",
+    )
     duplicate_threshold: float = _hp(
         0.5,
         "a validator scores an upload as a copy when its kept entries are at least this alike "
@@ -372,6 +376,9 @@ def hparams_from_mapping(values: Mapping[str, Any], base: HParams | None = None)
     if protocol == "templar":
         values = _templar_names(values)
     changes: dict[str, Any] = {}
+    if protocol == "templar" and base.protocol != "templar" and "normalisation" not in values:
+        # Templar's own aggregation rule, so our miners take the step Templar's miners take.
+        changes["normalisation"] = Normalisation.KEPT_MEAN.value
     unmapped: dict[str, Any] = {}
     for key, value in values.items():
         field = HPARAM_FIELDS.get(key)

@@ -49,4 +49,4 @@ def _relabel(miner: Miner, payload: codec.Payload, window: int) -> bytes:
         name: t + NOISE * float(t.std()) * torch.randn(t.shape, generator=gen)
         for name, t in dense.items()
     }
-    return miner.encode(miner.compressor.encode(noisy), window)
+    return miner.encode_gradient(miner.compressor.encode(noisy), window)

@@ -72,7 +72,7 @@ class Miner(Neuron):
                 self.compressor, grads, self.error, decay=hp.momentum_decay
             )
             self.error = fed.residual
-            data = self.encode(fed.compressed, window)
+            data = self.encode_gradient(fed.compressed, window)
             upload_started = self.clock.monotonic()
             upload = await self._upload(data, window)
             upload_seconds = self.clock.monotonic() - upload_started
@@ -107,6 +107,7 @@ class Miner(Neuron):
             verifier=self.verifier,
             settings=hp.gather_settings(),
             runner=self.runner,
+            payloads=self.profile.payloads,
         )
         if result.aggregate is not None:
             apply_aggregate(self.training, result.aggregate)

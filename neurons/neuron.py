@@ -133,7 +133,8 @@ class Neuron:
             version=hparams.version,
             codec=self.compressor,
             shapes=self.shapes,
-            require_signature=True,
+            # Native payloads are signed by their uploader's hotkey; Templar's carry none.
+            require_signature=profile.payloads.signed,
         )
         # Where peers' payloads are decoded (tests inject `decoding.Synchronous()`).
         self.runner = runner or self.decode_runner(decode_workers)
@@ -212,17 +213,25 @@ class Neuron:
             )
             self.global_step += self.last_window - start
 
-    def encode(self, compressed: Compressed, window: int) -> bytes:
-        """`compressed` as our payload of `window`, signed with our hotkey."""
+    def _meta(self, window: int) -> PayloadMeta:
         assert self.uid is not None
-        meta = PayloadMeta(
+        return PayloadMeta(
             window=window,
             uid=self.uid,
             hotkey=self.hotkey,
             global_step=self.global_step,
             version=self.hparams.version,
         )
-        return codec.encode(compressed, meta, signer=self.signer)
+
+    def encode(self, compressed: Compressed, window: int) -> bytes:
+        """`compressed` as our native payload of `window`, signed with our hotkey (the
+        validator's aggregates are native in every profile)."""
+        return codec.encode(compressed, self._meta(window), signer=self.signer)
+
+    def encode_gradient(self, compressed: Compressed, window: int) -> bytes:
+        """Our gradient of `window` in the profile's payload format."""
+        payloads = self.profile.payloads
+        return payloads.encode(compressed, self.compressor, self._meta(window), self.signer)
 
     def checkpoint_meta(self, window: int) -> CheckpointMeta:
         assert self.uid is not None
@@ -321,7 +330,8 @@ class Neuron:
     ) -> AsyncIterator[Fetched[Payload]]:
         """`core.gather.stream` over `uids`' gradients of `window`, signed by their hotkeys,
         within the gather deadline (or `timeout` seconds)."""
-        fetch = attrs.evolve(self.hparams.fetch_settings(), max_bytes=self.expected.size_limit())
+        limit = self.profile.payloads.size_limit(self.expected)
+        fetch = attrs.evolve(self.hparams.fetch_settings(), max_bytes=limit)
         if timeout is not None:
             fetch = attrs.evolve(fetch, timeout=timeout)
         return stream(
@@ -335,6 +345,7 @@ class Neuron:
             time_window=await self.time_window(window),
             settings=fetch,
             runner=self.runner,
+            payloads=self.profile.payloads,
         )
 
     async def peers_view(self) -> tuple[Metagraph, dict[int, Bucket]]:

@@ -30,8 +30,16 @@ def reference(comp, payloads, mode: Normalisation) -> dict[str, torch.Tensor]:
             Normalisation.NONE: [1.0] * len(norms),
             Normalisation.UNIT: [1 / n for n in norms],
             Normalisation.MEDIAN_CLIP: [min(1.0, med / n) for n in norms],
+            Normalisation.KEPT_MEAN: [min(1.0, med / n) for n in norms],
         }[mode]
-        out[name] = sum(d[name] * w for d, w in zip(dense, weights, strict=True)) / len(dense)
+        total = sum(d[name] * w for d, w in zip(dense, weights, strict=True))
+        if mode is Normalisation.KEPT_MEAN:
+            # Templar's scatter_reduce mean: over the peers that kept the entry (a kept
+            # random value is never exactly zero), 0 where nobody did.
+            keepers = sum((d[name] != 0).to(torch.float64) for d in dense)
+            out[name] = total / keepers.clamp(min=1)
+        else:
+            out[name] = total / len(dense)
     return out
 
 
@@ -39,6 +47,10 @@ def reference(comp, payloads, mode: Normalisation) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", sorted(COMPRESSORS))
 def test_sum_matches_dense_reference(name: str, mode: Normalisation) -> None:
     comp = COMPRESSORS[name]
+    if mode is Normalisation.KEPT_MEAN and name in ("dct", "dense"):
+        with pytest.raises(ValueError, match="kept_mean needs a top-k compressor"):
+            Aggregator(comp, SHAPES, normalisation=mode)
+        return
     gen = torch.Generator().manual_seed(3)
     payloads = [
         comp.encode({n: torch.randn(s, generator=gen) * (i + 1) for n, s in SHAPES.items()})

@@ -4,7 +4,11 @@ time window (from the first block of the next window)."""
 
 from __future__ import annotations
 
+import io
 from datetime import timedelta
+
+import attrs
+import torch
 
 from core.keys import KeyKind
 from core.profiles import TEMPLAR
@@ -39,6 +43,19 @@ async def test_a_templar_profile_network_trains_on_templars_names_and_time_windo
         # Uploaded once window w was over: inside [t(first block of w + 1), + delta].
         opens = await chain.block_timestamp(first_block(parsed.window + 1, bpw))
         assert opens <= meta.last_modified <= opens + delta
+
+    # The gradients are Templar's payloads: what Templar's loader reads (torch.load with
+    # weights_only, run here on our own output), with its keys, and what our reader decodes.
+    data = (await store.get(gradients[-1].key)).data
+    loaded = torch.load(io.BytesIO(data), weights_only=True)
+    assert set(loaded) == {"state_dict", "global_step"}
+    names = set(loaded["state_dict"])
+    assert {f"{n}{s}" for n in miner.shapes for s in ("idxs", "vals")} <= names
+    assert "metadata" in names
+    window = TEMPLAR.keys.parse(gradients[-1].key).window
+    expected = attrs.evolve(miner.expected, window=window)
+    decoded = TEMPLAR.payloads.decode(data, expected, verifier=None, on_loop=False)
+    assert decoded.meta.window == window
 
     vstore = net.opener.open(net.validator.buckets.gradients_write)
     names = [m.key async for m in vstore.list("")]

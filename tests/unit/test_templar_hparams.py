@@ -138,3 +138,10 @@ def test_protocol_flag_and_variable_load_templars_file(workdir) -> None:  # noqa
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 2 and "INFO" in lines[0] and "spec_version" in lines[0]
         assert lines[1].startswith("error: hotkey")
+
+
+def test_the_templar_profile_aggregates_by_templars_rule_unless_told_otherwise() -> None:
+    assert load_hparams(FIXTURE, {"protocol": "templar"}).normalisation == "kept_mean"
+    told = load_hparams(FIXTURE, {"protocol": "templar", "normalisation": "unit"})
+    assert told.normalisation == "unit"
+    assert load_hparams(None, {}).normalisation == "unit"
