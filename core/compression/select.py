@@ -7,9 +7,17 @@ in place, its k largest magnitudes found through a threshold (`select_parameter`
 kept indices written in rising order, with their values, straight into the entry stream,
 and, for the Elias-Fano code, the chunk's bytes of the index stream.
 
+Magnitudes are compared as the bits of the float32 with the sign cleared (`_key`): for
+numbers that order is the order of the magnitudes, integer compares vectorise where float
+ones with a NaN check do not, and the threshold is found by a histogram of those bits.
+
 Ties in magnitude keep the earlier position. `torch.topk` leaves ties unspecified, so the
 torch path (CUDA) may keep another entry of equal magnitude; without ties the two select
-the same entries (tested). A NaN ranks with the largest magnitudes, as in torch.
+the same entries (tested). A NaN ranks with the largest magnitudes (as infinity), as in
+torch.
+
+numba checks a signed index for wrap-around unless it comes from a `range`, and a loop with
+that check does not vectorise: the hot loops below index slices with their `range` index.
 """
 
 from __future__ import annotations
@@ -25,78 +33,189 @@ from core.compression.chunking import Plan
 
 __all__ = ["WARMUP", "select", "select_parameter", "selectable"]
 
+_MAGNITUDE = np.int32(0x7FFFFFFF)
+_INF = np.int32(0x7F800000)  # the key of an infinity; a NaN's bits are above it
+# Chunks whose row maxima one pass reads together: their rows are contiguous in memory
+# (a run the prefetcher follows), and the run stays in the L2 cache for the second pass.
+_BLOCK = 16
+_BINS = 256  # histogram of the threshold search, 8 bits of the key a round
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _key(bits):
+    """The magnitude of a float32 given as its int32 bits, as an int32 that orders as the
+    magnitudes do; a NaN ranks as infinity."""
+    return min(bits & _MAGNITUDE, _INF)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _block_row_maxima(bits, sbase, cols, h, w, n, out):
+    """out[b, i]: the largest key of row i of the b-th of n side-by-side chunks whose first
+    element is bits[sbase], read row by row across the n chunks."""
+    for i in range(h):
+        seg = bits[sbase + i * cols : sbase + i * cols + n * w]
+        for b in range(n):
+            r = seg[b * w : b * w + w]
+            top = np.int32(0)
+            for j in range(w):
+                top = max(top, _key(r[j]))
+            out[b, i] = top
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _floor_from_rows(rows, k, per):
+    """(floor, largest key) of a chunk from its row maxima `rows`, groups of `per` rows:
+    each of the k groups has an entry at or above floor."""
+    floor = _INF
+    top = np.int32(0)
+    for g in range(k):
+        gm = np.int32(0)
+        for i in range(g * per, g * per + per):
+            gm = max(gm, rows[i])
+        floor = min(floor, gm)
+        top = max(top, gm)
+    for i in range(k * per, rows.size):
+        top = max(top, rows[i])
+    return floor, top
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _floor_from_keys(bits, base, cols, h, w, k, keys):
+    """(floor, largest key) of the chunk at bits[base] when its k groups are not whole
+    rows: its keys copied out (to `keys`), groups of size // k in position order."""
+    group = (h * w) // k
+    for i in range(h):
+        r = bits[base + i * cols : base + i * cols + w]
+        kr = keys[i * w : i * w + w]
+        for j in range(w):
+            kr[j] = _key(r[j])
+    top = np.int32(0)
+    for n in range(h * w):
+        top = max(top, keys[n])
+    floor = _INF
+    for g in range(k):
+        kg = keys[g * group : (g + 1) * group]
+        gm = np.int32(0)
+        for n in range(group):
+            gm = max(gm, kg[n])
+        floor = min(floor, gm)
+    return floor, top
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _candidates(bits, base, cols, h, w, floor, pos, off, ckeys):
+    """The entries of the chunk at bits[base] whose key is at least `floor`, in position
+    order: within-chunk index, offset from `base`, key. Returns how many. A row's compares
+    become one 64-bit mask (w <= 64), whose set bits are then visited."""
+    count = 0
+    for i in range(h):
+        r = bits[base + i * cols : base + i * cols + w]
+        mask = np.uint64(0)
+        for j in range(w):
+            mask |= np.uint64(_key(r[j]) >= floor) << np.uint64(j)
+        while mask:
+            j = np.int64(elias_fano._trailing_zeros(mask))
+            mask &= mask - np.uint64(1)
+            pos[count] = i * w + j
+            off[count] = i * cols + j
+            ckeys[count] = _key(r[j])
+            count += 1
+    return count
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _threshold(ckeys, count, k, floor, top, hist, scratch):
+    """(the k-th largest of ckeys[:count], how many entries equal to it are kept): a
+    histogram of (key - floor) >> shift over 256 bins finds the bin of the k-th largest,
+    then the same within that bin's keys with 8 bits less of shift, down to one key."""
+    need = k
+    low = np.int64(floor)
+    span = np.int64(top) - low
+    shift = 0
+    while (span >> shift) >= _BINS:
+        shift += 1
+    keys = ckeys
+    n = count
+    while True:
+        hist[:] = 0
+        for t in range(n):
+            hist[(keys[t] - low) >> shift] += 1
+        b = span >> shift
+        above = 0
+        while above + hist[b] < need:
+            above += hist[b]
+            b -= 1
+        need -= above
+        if shift == 0:
+            return low + b, need
+        m = 0
+        for t in range(n):
+            key = keys[t]
+            scratch[m] = key
+            m += (key - low) >> shift == b
+        keys = scratch
+        n = m
+        low += b << shift
+        span = (np.int64(1) << shift) - 1
+        shift = max(shift - 8, 0)
+
 
 @njit(nogil=True, cache=True)
 def select_parameter(src, cols, h, w, k, c0, c1, first, local, values, stream, geo_row):
     """Chunks c0..c1-1 of one parameter (`src`: its row-major float32 values, `cols` per
-    row; chunks h x w in grid order): each chunk's k largest magnitudes, as rising
+    row; chunks h x w in grid order, w <= 64): each chunk's k largest magnitudes, as rising
     within-chunk indices at local[first + c*k ...] and their values at values[...]; when
     `stream` is not empty, also the chunk's Elias-Fano bytes (geo_row: the parameter's
     `elias_fano.geometry` row).
 
-    Per chunk: its magnitudes, copied out contiguously; a floor that at least k of them
-    reach (the smallest of the maxima of k disjoint groups); the few candidates at or above
-    it, whose k-th largest is the threshold; then, in position order, every entry above the
-    threshold and the earliest ones equal to it. Only the candidates (a few times k) are
-    partitioned, and the result comes out in rising order without a sort."""
+    Per chunk: a floor that at least k of its entries reach (the smallest of the maxima of
+    k disjoint groups: whole rows when k groups of size // k are, their maxima read for
+    _BLOCK chunks at a time); the few candidates at or above it; the k-th largest of those,
+    the threshold; then, in position order, every candidate above the threshold and the
+    earliest ones equal to it. The result comes out in rising order without a sort."""
     size = h * w
     gx = cols // w
-    mags = np.empty(size, np.float32)
-    cand = np.empty(size, np.int64)
-    cand_mags = np.empty(size, np.float32)
+    bits = src.view(np.int32)
     group = size // k
-    low, per_chunk, start = geo_row[4], geo_row[6], geo_row[7]
-    low_mask = (np.int64(1) << low) - 1
-    for c in range(c0, c1):
+    by_rows = group % w == 0
+    per = group // w
+    rows = np.empty((_BLOCK, h), np.int32)
+    keys = np.empty(0 if by_rows else size, np.int32)
+    pos = np.empty(size, np.int64)
+    off = np.empty(size, np.int64)
+    ckeys = np.empty(size, np.int32)
+    scratch = np.empty(size, np.int32)
+    hist = np.empty(_BINS, np.int64)
+    c = c0
+    while c < c1:
         cy = c // gx
-        base = cy * h * cols + (c - cy * gx) * w
-        for i in range(h):
-            row = base + i * cols
-            for j in range(w):
-                m = abs(src[row + j])
-                # NaN ranks with the largest, as in torch.topk: a diverged gradient is
-                # sent as it is and refused by its receivers (non_finite).
-                mags[i * w + j] = m if m == m else np.inf
-        floor = np.float32(np.inf)
-        for g in range(k):
-            top = np.float32(-1.0)
-            for n in range(g * group, (g + 1) * group):
-                if mags[n] > top:
-                    top = mags[n]
-            floor = min(floor, top)
-        count = 0
-        for n in range(size):
-            if mags[n] >= floor:
-                cand[count] = n
-                cand_mags[count] = mags[n]
-                count += 1
-        # each of the k groups has its maximum among the candidates: count >= k
-        threshold = np.partition(cand_mags[:count], count - k)[count - k]
-        above = 0
-        for t in range(count):
-            above += cand_mags[t] > threshold
-        ties = k - above
-        e = first + c * k
-        taken = 0
-        for t in range(count):
-            m = cand_mags[t]
-            if m > threshold or (m == threshold and ties > 0):
-                if not m > threshold:
-                    ties -= 1
-                local[e + taken] = cand[t]
-                taken += 1
-        for t in range(k):
-            index = local[e + t]
-            values[e + t] = src[base + (index // w) * cols + index % w]
-        if stream.size:
-            chunk = start + c * per_chunk
-            stream[chunk : chunk + per_chunk] = 0
-            ubit = (chunk + ((k * low + 7) >> 3)) * 8
-            for t in range(k):
-                index = local[e + t]
-                if low:
-                    elias_fano._write(stream, chunk * 8 + t * low, index & low_mask)
-                elias_fano._write(stream, ubit + (index >> low) + t, 1)
+        x0 = c - cy * gx
+        n = min(_BLOCK, gx - x0, c1 - c)
+        sbase = cy * h * cols + x0 * w
+        if by_rows:
+            _block_row_maxima(bits, sbase, cols, h, w, n, rows)
+        for b in range(n):
+            base = sbase + b * w
+            if by_rows:
+                floor, top = _floor_from_rows(rows[b], k, per)
+            else:
+                floor, top = _floor_from_keys(bits, base, cols, h, w, k, keys)
+            count = _candidates(bits, base, cols, h, w, floor, pos, off, ckeys)
+            # each of the k groups has its maximum among the candidates: count >= k
+            threshold, ties = _threshold(ckeys, count, k, floor, top, hist, scratch)
+            e = first + (c + b) * k
+            taken = 0
+            for t in range(count):
+                key = ckeys[t]
+                if key > threshold or (key == threshold and ties > 0):
+                    if key == threshold:
+                        ties -= 1
+                    local[e + taken] = pos[t]
+                    values[e + taken] = src[base + off[t]]
+                    taken += 1
+            if stream.size:
+                elias_fano._write_chunk(stream, geo_row, c + b, local, e)
+        c += n
 
 
 # error_model="numpy": a parameter of one value divides by zero and takes the fallback

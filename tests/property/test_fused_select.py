@@ -1,13 +1,17 @@
 """The fused CPU selection (core.compression.select) against the torch path (the one CUDA
-takes): the same wire tensors, so the same decoded gradient and the same error feedback."""
+takes): the same wire tensors, so the same decoded gradient and the same error feedback;
+and against a stable sort of each chunk's magnitudes, ties, NaN, infinities, signed zeros
+and subnormals included."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.compression import TopKCompressor, TopKParams, compress_with_feedback
+from core.compression import TopKCompressor, TopKParams, compress_with_feedback, elias_fano, select
+from core.compression.chunking import Plan
 
 dims = st.integers(1, 70)
 shapes = st.dictionaries(
@@ -67,3 +71,46 @@ def test_a_tensor_that_needs_gradients_goes_the_torch_way():
     fused, torch_path = pair(TopKParams(target_chunk=8, topk=4))
     a, b = fused.encode({"w": w}), torch_path.encode({"w": w})
     assert all(torch.equal(a.tensors[n], b.tensors[n]) for n in a.tensors)
+
+
+# Few distinct magnitudes, so that ties are common; every kind of float32 the bits order.
+SPECIAL = [0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.0, -1.0, 2.5, -2.5, 3e38, float("inf"),
+           float("-inf"), float("nan"), -float("nan")]  # fmt: skip
+
+
+def by_sort(plan: Plan, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each chunk's k largest magnitudes (NaN as infinity), ties to the earlier position,
+    in rising position order: a stable sort of every chunk."""
+    local, values = [], []
+    for m in plan.params:
+        grid = arrays[m.name].reshape(m.rows // m.h, m.h, m.cols // m.w, m.w)
+        chunks = grid.transpose(0, 2, 1, 3).reshape(m.n_chunks, m.chunk_size)
+        for chunk in chunks:
+            mags = np.nan_to_num(np.abs(chunk), nan=np.inf, posinf=np.inf)
+            kept = np.sort(np.argsort(-mags, kind="stable")[: m.k])
+            local.append(kept)
+            values.append(chunk[kept])
+    return np.concatenate(local), np.concatenate(values)
+
+
+@settings(max_examples=150, deadline=None)
+@given(shapes, st.integers(1, 64), st.integers(1, 80), st.data())
+def test_the_kept_entries_are_those_of_a_stable_sort(shape_map, target, topk, data):
+    plan = Plan(list(shape_map.items()), target, topk)
+    mix = data.draw(st.sampled_from(["special", "gaussian", "equal"]))
+    arrays = {}
+    for m in plan.params:
+        n = m.rows * m.cols
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
+        if mix == "special":
+            arrays[m.name] = rng.choice(np.array(SPECIAL, np.float32), n)
+        else:
+            a = rng.standard_normal(n).astype(np.float32)
+            arrays[m.name] = np.full(n, a[0], np.float32) if mix == "equal" else a
+    local, values, stream = select.select(plan, arrays, coded=True)
+    want_local, want_values = by_sort(plan, arrays)
+    assert local.tolist() == want_local.tolist()
+    assert values.view(np.int32).tolist() == want_values.view(np.int32).tolist()
+    decoded = np.empty(plan.total_entries, np.int64)
+    assert elias_fano.decode_indices(stream, elias_fano.geometry(plan), decoded)[0] == 0
+    assert decoded.tolist() == local.tolist()
