@@ -35,10 +35,11 @@ __all__ = ["WARMUP", "select", "select_parameter", "selectable"]
 
 _MAGNITUDE = np.int32(0x7FFFFFFF)
 _INF = np.int32(0x7F800000)  # the key of an infinity; a NaN's bits are above it
-# Chunks whose row maxima one pass reads together: their rows are contiguous in memory
+# Chunks whose segment maxima one pass reads together: their rows are contiguous in memory
 # (a run the prefetcher follows), and the run stays in the L2 cache for the second pass.
 _BLOCK = 16
 _BINS = 256  # histogram of the threshold search, 8 bits of the key a round
+_SMALL = 24  # at most this many keys left: sorted instead of another round
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -48,95 +49,59 @@ def _key(bits):
     return min(bits & _MAGNITUDE, _INF)
 
 
+def segments_per_row(h: int, w: int, k: int) -> int:
+    """q, the pieces of w // q entries each chunk row is cut into: the fewest (q divides w)
+    that give at least 2k pieces in a chunk, else w (every entry its own piece)."""
+    for q in range(1, w + 1):
+        if w % q == 0 and h * q >= 2 * k:
+            return q
+    return w
+
+
 @njit(nogil=True, cache=True, inline="always")
-def _block_row_maxima(bits, sbase, cols, h, w, n, out):
-    """out[b, i]: the largest key of row i of the b-th of n side-by-side chunks whose first
-    element is bits[sbase], read row by row across the n chunks."""
+def _max_key(r, n):
+    """The largest key of r[:n]."""
+    top = np.int32(0)
+    for j in range(n):
+        top = max(top, _key(r[j]))
+    return top
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _mask_at_least(r, n, floor):
+    """Bit j set for each j < n (<= 64) whose key r[j] is at least `floor`."""
+    mask = np.uint64(0)
+    for j in range(n):
+        mask |= np.uint64(_key(r[j]) >= floor) << np.uint64(j)
+    return mask
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _segment_maxima(bits, sbase, cols, h, w, q, n, out):
+    """out[b, i * q + s]: the largest key of piece s of row i of the b-th of n side-by-side
+    chunks whose first element is bits[sbase], read row by row across the n chunks."""
+    size = w // q
     for i in range(h):
         seg = bits[sbase + i * cols : sbase + i * cols + n * w]
         for b in range(n):
-            r = seg[b * w : b * w + w]
-            top = np.int32(0)
-            for j in range(w):
-                top = max(top, _key(r[j]))
-            out[b, i] = top
+            o = out[b]
+            for s in range(q):
+                start = b * w + s * size
+                o[i * q + s] = _max_key(seg[start : start + size], size)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _floor_from_rows(rows, k, per):
-    """(floor, largest key) of a chunk from its row maxima `rows`, groups of `per` rows:
-    each of the k groups has an entry at or above floor."""
-    floor = _INF
-    top = np.int32(0)
-    for g in range(k):
-        gm = np.int32(0)
-        for i in range(g * per, g * per + per):
-            gm = max(gm, rows[i])
-        floor = min(floor, gm)
-        top = max(top, gm)
-    for i in range(k * per, rows.size):
-        top = max(top, rows[i])
-    return floor, top
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _floor_from_keys(bits, base, cols, h, w, k, keys):
-    """(floor, largest key) of the chunk at bits[base] when its k groups are not whole
-    rows: its keys copied out (to `keys`), groups of size // k in position order."""
-    group = (h * w) // k
-    for i in range(h):
-        r = bits[base + i * cols : base + i * cols + w]
-        kr = keys[i * w : i * w + w]
-        for j in range(w):
-            kr[j] = _key(r[j])
-    top = np.int32(0)
-    for n in range(h * w):
-        top = max(top, keys[n])
-    floor = _INF
-    for g in range(k):
-        kg = keys[g * group : (g + 1) * group]
-        gm = np.int32(0)
-        for n in range(group):
-            gm = max(gm, kg[n])
-        floor = min(floor, gm)
-    return floor, top
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _candidates(bits, base, cols, h, w, floor, pos, off, ckeys):
-    """The entries of the chunk at bits[base] whose key is at least `floor`, in position
-    order: within-chunk index, offset from `base`, key. Returns how many. A row's compares
-    become one 64-bit mask (w <= 64), whose set bits are then visited."""
-    count = 0
-    for i in range(h):
-        r = bits[base + i * cols : base + i * cols + w]
-        mask = np.uint64(0)
-        for j in range(w):
-            mask |= np.uint64(_key(r[j]) >= floor) << np.uint64(j)
-        while mask:
-            j = np.int64(elias_fano._trailing_zeros(mask))
-            mask &= mask - np.uint64(1)
-            pos[count] = i * w + j
-            off[count] = i * cols + j
-            ckeys[count] = _key(r[j])
-            count += 1
-    return count
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _threshold(ckeys, count, k, floor, top, hist, scratch):
-    """(the k-th largest of ckeys[:count], how many entries equal to it are kept): a
-    histogram of (key - floor) >> shift over 256 bins finds the bin of the k-th largest,
-    then the same within that bin's keys with 8 bits less of shift, down to one key."""
-    need = k
-    low = np.int64(floor)
-    span = np.int64(top) - low
+def _kth_largest(keys, n, need, lo, hi, hist, scratch):
+    """(the need-th largest of keys[:n], all in lo..hi; how many of the need largest equal
+    it). A histogram of (key - lo) >> shift over _BINS bins finds the bin of the need-th
+    largest, then the same within that bin's keys with 8 bits less of shift, until one
+    key is left or few enough keys to sort. May overwrite `scratch` (and read it as keys)."""
+    low = np.int64(lo)
+    span = np.int64(hi) - low
     shift = 0
     while (span >> shift) >= _BINS:
         shift += 1
-    keys = ckeys
-    n = count
-    while True:
+    while n > _SMALL:
         hist[:] = 0
         for t in range(n):
             hist[(keys[t] - low) >> shift] += 1
@@ -146,7 +111,7 @@ def _threshold(ckeys, count, k, floor, top, hist, scratch):
             above += hist[b]
             b -= 1
         need -= above
-        if shift == 0:
+        if shift == 0:  # the bin is one key
             return low + b, need
         m = 0
         for t in range(n):
@@ -158,61 +123,99 @@ def _threshold(ckeys, count, k, floor, top, hist, scratch):
         low += b << shift
         span = (np.int64(1) << shift) - 1
         shift = max(shift - 8, 0)
+    # insertion sort, largest first, into scratch (keys may be scratch already)
+    for t in range(n):
+        key = keys[t]
+        u = t
+        while u > 0 and scratch[u - 1] < key:
+            scratch[u] = scratch[u - 1]
+            u -= 1
+        scratch[u] = key
+    kth = scratch[need - 1]
+    ties = 0
+    for t in range(need):
+        ties += scratch[t] == kth
+    return kth, ties
 
 
 @njit(nogil=True, cache=True)
-def select_parameter(src, cols, h, w, k, c0, c1, first, local, values, stream, geo_row):
+def select_parameter(src, cols, h, w, k, q, c0, c1, first, local, values, stream, geo_row):
     """Chunks c0..c1-1 of one parameter (`src`: its row-major float32 values, `cols` per
     row; chunks h x w in grid order, w <= 64): each chunk's k largest magnitudes, as rising
     within-chunk indices at local[first + c*k ...] and their values at values[...]; when
     `stream` is not empty, also the chunk's Elias-Fano bytes (geo_row: the parameter's
-    `elias_fano.geometry` row).
+    `elias_fano.geometry` row). q: `segments_per_row(h, w, k)`.
 
-    Per chunk: a floor that at least k of its entries reach (the smallest of the maxima of
-    k disjoint groups: whole rows when k groups of size // k are, their maxima read for
-    _BLOCK chunks at a time); the few candidates at or above it; the k-th largest of those,
-    the threshold; then, in position order, every candidate above the threshold and the
-    earliest ones equal to it. The result comes out in rising order without a sort."""
+    Per chunk: the maxima of its h * q pieces (read for _BLOCK chunks at a time) and the
+    k-th largest of those, a floor that at least k entries reach (the maxima of k
+    different pieces); the candidates at or above it, from the pieces whose maximum is;
+    the k-th largest of those, the threshold; then, in position order, every candidate
+    above the threshold and the earliest ones equal to it. The result comes out in rising
+    order without a sort."""
     size = h * w
     gx = cols // w
+    piece = w // q
     bits = src.view(np.int32)
-    group = size // k
-    by_rows = group % w == 0
-    per = group // w
-    rows = np.empty((_BLOCK, h), np.int32)
-    keys = np.empty(0 if by_rows else size, np.int32)
+    maxima = np.empty((_BLOCK, h * q), np.int32)
     pos = np.empty(size, np.int64)
     off = np.empty(size, np.int64)
     ckeys = np.empty(size, np.int32)
+    keep = np.empty(k + 1, np.int64)  # the loop below writes one past the last kept
     scratch = np.empty(size, np.int32)
-    hist = np.empty(_BINS, np.int64)
+    hist = np.empty(_BINS, np.int32)
+    pieces = np.empty(h * q, np.int64)
+    piece_pos = np.empty(h * q, np.int64)  # a piece's first within-chunk index
+    piece_off = np.empty(h * q, np.int64)  # and its offset from the chunk's first element
+    for i in range(h):
+        for s in range(q):
+            piece_pos[i * q + s] = i * w + s * piece
+            piece_off[i * q + s] = i * cols + s * piece
     c = c0
     while c < c1:
         cy = c // gx
         x0 = c - cy * gx
         n = min(_BLOCK, gx - x0, c1 - c)
         sbase = cy * h * cols + x0 * w
-        if by_rows:
-            _block_row_maxima(bits, sbase, cols, h, w, n, rows)
+        _segment_maxima(bits, sbase, cols, h, w, q, n, maxima)
         for b in range(n):
             base = sbase + b * w
-            if by_rows:
-                floor, top = _floor_from_rows(rows[b], k, per)
-            else:
-                floor, top = _floor_from_keys(bits, base, cols, h, w, k, keys)
-            count = _candidates(bits, base, cols, h, w, floor, pos, off, ckeys)
-            # each of the k groups has its maximum among the candidates: count >= k
-            threshold, ties = _threshold(ckeys, count, k, floor, top, hist, scratch)
-            e = first + (c + b) * k
+            mx = maxima[b]
+            lo = _INF
+            hi = np.int32(0)
+            for t in range(h * q):
+                lo = min(lo, mx[t])
+                hi = max(hi, mx[t])
+            floor, _ = _kth_largest(mx, h * q, k, lo, hi, hist, scratch)
+            hot = 0
+            for t in range(h * q):
+                pieces[hot] = t
+                hot += mx[t] >= floor
+            count = 0
+            for u in range(hot):
+                t = pieces[u]
+                r = bits[base + piece_off[t] : base + piece_off[t] + piece]
+                mask = _mask_at_least(r, piece, floor)
+                while mask:
+                    j = np.int64(elias_fano._trailing_zeros(mask))
+                    mask &= mask - np.uint64(1)
+                    pos[count] = piece_pos[t] + j
+                    off[count] = piece_off[t] + j
+                    ckeys[count] = _key(r[j])
+                    count += 1
+            # the k pieces of the k largest maxima each have one candidate: count >= k
+            threshold, ties = _kth_largest(ckeys, count, k, floor, hi, hist, scratch)
             taken = 0
             for t in range(count):
                 key = ckeys[t]
-                if key > threshold or (key == threshold and ties > 0):
-                    if key == threshold:
-                        ties -= 1
-                    local[e + taken] = pos[t]
-                    values[e + taken] = src[base + off[t]]
-                    taken += 1
+                tie = key == threshold
+                take = (key > threshold) | (tie & (ties > 0))
+                ties -= tie & take
+                keep[taken] = t
+                taken += take
+            e = first + (c + b) * k
+            for t in range(k):
+                local[e + t] = pos[keep[t]]
+                values[e + t] = src[base + off[keep[t]]]
             if stream.size:
                 elias_fano._write_chunk(stream, geo_row, c + b, local, e)
         c += n
@@ -288,7 +291,8 @@ def select(plan: Plan, arrays: dict[str, np.ndarray], coded: bool, threads: int 
         parts = max(1, min(threads, m.n_chunks * m.chunk_size // 65536))
         cuts = np.linspace(0, m.n_chunks, parts + 1).astype(np.int64)
         for c0, c1 in itertools.pairwise(cuts):
-            args = (arrays[m.name], m.cols, m.h, m.w, m.k, int(c0), int(c1), m.offset)
+            q = segments_per_row(m.h, m.w, m.k)
+            args = (arrays[m.name], m.cols, m.h, m.w, m.k, q, int(c0), int(c1), m.offset)
             jobs.append((*args, local, values, stream, geo[p]))
     if threads <= 1:
         for job in jobs:
@@ -314,7 +318,7 @@ def _example():
     local = np.empty(plan.total_entries, np.int64)
     values = np.empty(plan.total_entries, np.float32)
     stream = np.empty(elias_fano.nbytes(plan), np.uint8)
-    return (src, 64, 64, 64, 8, 0, 1, 0, local, values, stream, geo[0])
+    return (src, 64, 64, 64, 8, 1, 0, 1, 0, local, values, stream, geo[0])
 
 
 def _example_quantize():
