@@ -318,7 +318,8 @@ def _example():
     local = np.empty(plan.total_entries, np.int64)
     values = np.empty(plan.total_entries, np.float32)
     stream = np.empty(elias_fano.nbytes(plan), np.uint8)
-    return (src, 64, 64, 64, 8, 1, 0, 1, 0, local, values, stream, geo[0])
+    q = segments_per_row(64, 64, 8)
+    return (src, 64, 64, 64, 8, q, 0, 1, 0, local, values, stream, geo[0])
 
 
 def _example_quantize():
