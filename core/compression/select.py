@@ -138,6 +138,30 @@ def _kth_largest(keys, n, need, lo, hi, hist, scratch):
     return kth, ties
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _with_floor(
+    src, bits, base, maxima, floor, ties, piece, piece_pos, piece_off, local, values, e
+):
+    """The chunk's kept entries when its threshold is the floor, in position order: every
+    entry above it, and the first `ties` equal to it."""
+    taken = 0
+    for t in range(maxima.size):
+        if maxima[t] < floor:
+            continue
+        r = bits[base + piece_off[t] : base + piece_off[t] + piece]
+        mask = _mask_at_least(r, piece, floor if ties > 0 else floor + 1)
+        while mask:
+            j = np.int64(elias_fano._trailing_zeros(mask))
+            mask &= mask - np.uint64(1)
+            if _key(r[j]) == floor:
+                if ties == 0:
+                    continue
+                ties -= 1
+            local[e + taken] = piece_pos[t] + j
+            values[e + taken] = src[base + piece_off[t] + j]
+            taken += 1
+
+
 @njit(nogil=True, cache=True)
 def select_parameter(src, cols, h, w, k, q, c0, c1, first, local, values, stream, geo_row):
     """Chunks c0..c1-1 of one parameter (`src`: its row-major float32 values, `cols` per
@@ -148,10 +172,10 @@ def select_parameter(src, cols, h, w, k, q, c0, c1, first, local, values, stream
 
     Per chunk: the maxima of its h * q pieces (read for _BLOCK chunks at a time) and the
     k-th largest of those, a floor that at least k entries reach (the maxima of k
-    different pieces); the candidates at or above it, from the pieces whose maximum is;
-    the k-th largest of those, the threshold; then, in position order, every candidate
-    above the threshold and the earliest ones equal to it. The result comes out in rising
-    order without a sort."""
+    different pieces); the candidates above it, from the pieces whose maximum is; when
+    there are k or more, their k-th largest is the threshold, else the floor is; then, in
+    position order, every entry above the threshold and the earliest ones equal to it. The
+    result comes out in rising order without a sort."""
     size = h * w
     gx = cols // w
     piece = w // q
@@ -186,15 +210,17 @@ def select_parameter(src, cols, h, w, k, q, c0, c1, first, local, values, stream
                 lo = min(lo, mx[t])
                 hi = max(hi, mx[t])
             floor, _ = _kth_largest(mx, h * q, k, lo, hi, hist, scratch)
+            # Candidates: the entries above the floor, from the pieces whose maximum is.
+            above = floor + 1
             hot = 0
             for t in range(h * q):
                 pieces[hot] = t
-                hot += mx[t] >= floor
+                hot += mx[t] >= above
             count = 0
             for u in range(hot):
                 t = pieces[u]
                 r = bits[base + piece_off[t] : base + piece_off[t] + piece]
-                mask = _mask_at_least(r, piece, floor)
+                mask = _mask_at_least(r, piece, above)
                 while mask:
                     j = np.int64(elias_fano._trailing_zeros(mask))
                     mask &= mask - np.uint64(1)
@@ -202,20 +228,25 @@ def select_parameter(src, cols, h, w, k, q, c0, c1, first, local, values, stream
                     off[count] = piece_off[t] + j
                     ckeys[count] = _key(r[j])
                     count += 1
-            # the k pieces of the k largest maxima each have one candidate: count >= k
-            threshold, ties = _kth_largest(ckeys, count, k, floor, hi, hist, scratch)
-            taken = 0
-            for t in range(count):
-                key = ckeys[t]
-                tie = key == threshold
-                take = (key > threshold) | (tie & (ties > 0))
-                ties -= tie & take
-                keep[taken] = t
-                taken += take
             e = first + (c + b) * k
-            for t in range(k):
-                local[e + t] = pos[keep[t]]
-                values[e + t] = src[base + off[keep[t]]]
+            if count >= k:
+                threshold, ties = _kth_largest(ckeys, count, k, above, hi, hist, scratch)
+                taken = 0
+                for t in range(count):
+                    key = ckeys[t]
+                    tie = key == threshold
+                    take = (key > threshold) | (tie & (ties > 0))
+                    ties -= tie & take
+                    keep[taken] = t
+                    taken += take
+                for t in range(k):
+                    local[e + t] = pos[keep[t]]
+                    values[e + t] = src[base + off[keep[t]]]
+            else:
+                # The floor is the k-th largest (many equal magnitudes: zeros, say): every
+                # candidate and the earliest k - count entries equal to the floor.
+                _with_floor(src, bits, base, mx, floor, k - count, piece, piece_pos, piece_off,
+                            local, values, e)  # fmt: skip
             if stream.size:
                 elias_fano._write_chunk(stream, geo_row, c + b, local, e)
         c += n
