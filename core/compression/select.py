@@ -286,9 +286,7 @@ def quantize_packed(values, starts, bins, sigmas, width, packed, shift, lookup):
             x = np.float64(np.float32(np.float32(c / scale) + np.float32(offset)))
             if np.isnan(x):
                 x = np.float64(offset)
-            r = np.floor(x + 0.5)
-            if r - x == 0.5 and r % 2 == 1:  # half to even, as torch.round
-                r -= 1.0
+            r = np.rint(x)  # half to even, as torch.round
             code = np.int64(min(max(r, 0.0), bins - 1))
             sums[code] += np.float64(c)
             counts[code] += 1.0

@@ -10,8 +10,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.compression import TopKCompressor, TopKParams, compress_with_feedback, elias_fano, select
+from core.compression import (
+    TopKCompressor,
+    TopKParams,
+    compress_with_feedback,
+    elias_fano,
+    packing,
+    select,
+)
 from core.compression.chunking import Plan
+from core.compression.quantize import quantize
 
 dims = st.integers(1, 70)
 shapes = st.dictionaries(
@@ -114,3 +122,29 @@ def test_the_kept_entries_are_those_of_a_stable_sort(shape_map, target, topk, da
     decoded = np.empty(plan.total_entries, np.int64)
     assert elias_fano.decode_indices(stream, elias_fano.geometry(plan), decoded)[0] == 0
     assert decoded.tolist() == local.tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-12, 12), min_size=1, max_size=30), min_size=1, max_size=3),
+    st.sampled_from([2, 4, 16, 256]),
+)
+def test_compiled_quantisation_rounds_halves_as_torch(halves, bins):
+    # Each parameter's values are symmetric multiples of 0.5 (mean 0) and the range is
+    # chosen so that the scale is 1: many values land exactly half-way between two codes.
+    parts = [np.array(h + [-x for x in h], np.float64) * 0.5 for h in halves]
+    sigma = np.sqrt((parts[0] ** 2).sum()) / np.sqrt(parts[0].size - 1)
+    sigmas = bins / sigma if sigma > 0 else 6.0
+    values = np.concatenate(parts).astype(np.float32)
+    sizes = [p.size for p in parts]
+    starts = np.cumsum([0, *sizes]).astype(np.int64)
+    width = packing.bit_width(bins)
+    packed = np.empty(packing.packed_nbytes(values.size, width), np.uint8)
+    shift = np.empty(len(parts), np.float32)
+    lookup = np.empty((len(parts), bins), np.float32)
+    select.quantize_packed(values, starts, bins, sigmas, width, packed, shift, lookup)
+    ids = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor(sizes))
+    q = quantize(torch.from_numpy(values), ids, len(parts), bins, sigmas)
+    assert torch.equal(torch.from_numpy(packed), packing.pack(q.codes, width))
+    assert torch.equal(torch.from_numpy(shift), q.shift)
+    assert torch.equal(torch.from_numpy(lookup), q.lookup)
