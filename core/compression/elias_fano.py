@@ -135,18 +135,6 @@ def _read(data, bit, width, end):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _write(data, bit, value):
-    """OR `value` (< 2**17) into the stream from bit `bit`, touching only the bytes it
-    covers."""
-    b = bit >> 3
-    v = np.int64(value) << (bit & 7)
-    while v:
-        data[b] |= np.uint8(v & 0xFF)
-        v >>= 8
-        b += 1
-
-
-@njit(nogil=True, cache=True, inline="always")
 def _word(data, at, count):
     """`count` (<= 8) bytes from `at` as a little-endian uint64."""
     v = np.uint64(0)
@@ -304,24 +292,43 @@ def decode_indices_held(data, geo, out):
     return _decode(data, geo, out)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _write_chunk(out, geo_row, c, local, first):
+    """Chunk c's bytes of the stream (any contents before) for its rising indices
+    local[first:first + k]: the low fields through a 64-bit accumulator, then one bit of
+    the upper vector per entry."""
+    k, low, per_chunk, start = geo_row[K], geo_row[LOW], geo_row[CHUNK_BYTES], geo_row[START]
+    base = start + c * per_chunk
+    mask = (np.int64(1) << low) - 1
+    at = base
+    if low:
+        acc = np.int64(0)
+        held = 0
+        for i in range(k):
+            acc |= (np.int64(local[first + i]) & mask) << held
+            held += low
+            while held >= 8:
+                out[at] = np.uint8(acc & 0xFF)
+                acc >>= 8
+                held -= 8
+                at += 1
+        if held:
+            out[at] = np.uint8(acc & 0xFF)
+    upper = base + ((k * low + 7) >> 3)
+    out[upper : base + per_chunk] = 0
+    for i in range(k):
+        bit = (np.int64(local[first + i]) >> low) + i
+        out[upper + (bit >> 3)] |= np.uint8(1 << (bit & 7))
+
+
 @njit(nogil=True, cache=True)
 def encode(local, geo, out):
     """The stream for rising within-chunk indices `local` (one per entry) into `out` (the
     stream's bytes, any contents). (The CPU encoder writes it during selection, `select`.)"""
     for p in range(geo.shape[0]):
-        offset, n, k, _, low, _, per_chunk, start = geo[p]
-        mask = (np.int64(1) << low) - 1
+        offset, n, k = geo[p, OFFSET], geo[p, CHUNKS], geo[p, K]
         for c in range(n):
-            base = start + c * per_chunk
-            out[base : base + per_chunk] = 0
-            bit0 = base * 8
-            ubit = bit0 + ((k * low + 7) >> 3) * 8
-            first = offset + c * k
-            for i in range(k):
-                index = np.int64(local[first + i])
-                if low:
-                    _write(out, bit0 + i * low, index & mask)
-                _write(out, ubit + (index >> low) + i, 1)
+            _write_chunk(out, geo[p], c, local, offset + c * k)
 
 
 @attrs.frozen

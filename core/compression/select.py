@@ -7,9 +7,17 @@ in place, its k largest magnitudes found through a threshold (`select_parameter`
 kept indices written in rising order, with their values, straight into the entry stream,
 and, for the Elias-Fano code, the chunk's bytes of the index stream.
 
+Magnitudes are compared as the bits of the float32 with the sign cleared (`_key`): for
+numbers that order is the order of the magnitudes, integer compares vectorise where float
+ones with a NaN check do not, and the threshold is found by a histogram of those bits.
+
 Ties in magnitude keep the earlier position. `torch.topk` leaves ties unspecified, so the
 torch path (CUDA) may keep another entry of equal magnitude; without ties the two select
-the same entries (tested). A NaN ranks with the largest magnitudes, as in torch.
+the same entries (tested). A NaN ranks with the largest magnitudes (as infinity), as in
+torch.
+
+numba checks a signed index for wrap-around unless it comes from a `range`, and a loop with
+that check does not vectorise: the hot loops below index slices with their `range` index.
 """
 
 from __future__ import annotations
@@ -25,78 +33,223 @@ from core.compression.chunking import Plan
 
 __all__ = ["WARMUP", "select", "select_parameter", "selectable"]
 
+_MAGNITUDE = np.int32(0x7FFFFFFF)
+_INF = np.int32(0x7F800000)  # the key of an infinity; a NaN's bits are above it
+# Chunks whose segment maxima one pass reads together: their rows are contiguous in memory
+# (a run the prefetcher follows), and the run stays in the L2 cache for the second pass.
+_BLOCK = 16
+_BINS = 256  # histogram of the threshold search, 8 bits of the key a round
+_SMALL = 24  # at most this many keys left: sorted instead of another round
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _key(bits):
+    """The magnitude of a float32 given as its int32 bits, as an int32 that orders as the
+    magnitudes do; a NaN ranks as infinity."""
+    return min(bits & _MAGNITUDE, _INF)
+
+
+def segments_per_row(h: int, w: int, k: int) -> int:
+    """q, the pieces of w // q entries each chunk row is cut into: the fewest (q divides w)
+    that give at least 2k pieces in a chunk, else w (every entry its own piece)."""
+    for q in range(1, w + 1):
+        if w % q == 0 and h * q >= 2 * k:
+            return q
+    return w
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _max_key(r, n):
+    """The largest key of r[:n]."""
+    top = np.int32(0)
+    for j in range(n):
+        top = max(top, _key(r[j]))
+    return top
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _mask_at_least(r, n, floor):
+    """Bit j set for each j < n (<= 64) whose key r[j] is at least `floor`."""
+    mask = np.uint64(0)
+    for j in range(n):
+        mask |= np.uint64(_key(r[j]) >= floor) << np.uint64(j)
+    return mask
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _segment_maxima(bits, sbase, cols, h, w, q, n, out):
+    """out[b, i * q + s]: the largest key of piece s of row i of the b-th of n side-by-side
+    chunks whose first element is bits[sbase], read row by row across the n chunks."""
+    size = w // q
+    for i in range(h):
+        seg = bits[sbase + i * cols : sbase + i * cols + n * w]
+        for b in range(n):
+            o = out[b]
+            for s in range(q):
+                start = b * w + s * size
+                o[i * q + s] = _max_key(seg[start : start + size], size)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _kth_largest(keys, n, need, lo, hi, hist, scratch):
+    """(the need-th largest of keys[:n], all in lo..hi; how many of the need largest equal
+    it). A histogram of (key - lo) >> shift over _BINS bins finds the bin of the need-th
+    largest, then the same within that bin's keys with 8 bits less of shift, until one
+    key is left or few enough keys to sort. May overwrite `scratch` (and read it as keys)."""
+    low = np.int64(lo)
+    span = np.int64(hi) - low
+    shift = 0
+    while (span >> shift) >= _BINS:
+        shift += 1
+    while n > _SMALL:
+        hist[:] = 0
+        for t in range(n):
+            hist[(keys[t] - low) >> shift] += 1
+        b = span >> shift
+        above = 0
+        while above + hist[b] < need:
+            above += hist[b]
+            b -= 1
+        need -= above
+        if shift == 0:  # the bin is one key
+            return low + b, need
+        m = 0
+        for t in range(n):
+            key = keys[t]
+            scratch[m] = key
+            m += (key - low) >> shift == b
+        keys = scratch
+        n = m
+        low += b << shift
+        span = (np.int64(1) << shift) - 1
+        shift = max(shift - 8, 0)
+    # insertion sort, largest first, into scratch (keys may be scratch already)
+    for t in range(n):
+        key = keys[t]
+        u = t
+        while u > 0 and scratch[u - 1] < key:
+            scratch[u] = scratch[u - 1]
+            u -= 1
+        scratch[u] = key
+    kth = scratch[need - 1]
+    ties = 0
+    for t in range(need):
+        ties += scratch[t] == kth
+    return kth, ties
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _with_floor(
+    src, bits, base, maxima, floor, ties, piece, piece_pos, piece_off, local, values, e
+):
+    """The chunk's kept entries when its threshold is the floor, in position order: every
+    entry above it, and the first `ties` equal to it."""
+    taken = 0
+    for t in range(maxima.size):
+        if maxima[t] < floor:
+            continue
+        r = bits[base + piece_off[t] : base + piece_off[t] + piece]
+        mask = _mask_at_least(r, piece, floor if ties > 0 else floor + 1)
+        while mask:
+            j = np.int64(elias_fano._trailing_zeros(mask))
+            mask &= mask - np.uint64(1)
+            if _key(r[j]) == floor:
+                if ties == 0:
+                    continue
+                ties -= 1
+            local[e + taken] = piece_pos[t] + j
+            values[e + taken] = src[base + piece_off[t] + j]
+            taken += 1
+
 
 @njit(nogil=True, cache=True)
-def select_parameter(src, cols, h, w, k, c0, c1, first, local, values, stream, geo_row):
+def select_parameter(src, cols, h, w, k, q, c0, c1, first, local, values, stream, geo_row):
     """Chunks c0..c1-1 of one parameter (`src`: its row-major float32 values, `cols` per
-    row; chunks h x w in grid order): each chunk's k largest magnitudes, as rising
+    row; chunks h x w in grid order, w <= 64): each chunk's k largest magnitudes, as rising
     within-chunk indices at local[first + c*k ...] and their values at values[...]; when
     `stream` is not empty, also the chunk's Elias-Fano bytes (geo_row: the parameter's
-    `elias_fano.geometry` row).
+    `elias_fano.geometry` row). q: `segments_per_row(h, w, k)`.
 
-    Per chunk: its magnitudes, copied out contiguously; a floor that at least k of them
-    reach (the smallest of the maxima of k disjoint groups); the few candidates at or above
-    it, whose k-th largest is the threshold; then, in position order, every entry above the
-    threshold and the earliest ones equal to it. Only the candidates (a few times k) are
-    partitioned, and the result comes out in rising order without a sort."""
+    Per chunk: the maxima of its h * q pieces (read for _BLOCK chunks at a time) and the
+    k-th largest of those, a floor that at least k entries reach (the maxima of k
+    different pieces); the candidates above it, from the pieces whose maximum is; when
+    there are k or more, their k-th largest is the threshold, else the floor is; then, in
+    position order, every entry above the threshold and the earliest ones equal to it. The
+    result comes out in rising order without a sort."""
     size = h * w
     gx = cols // w
-    mags = np.empty(size, np.float32)
-    cand = np.empty(size, np.int64)
-    cand_mags = np.empty(size, np.float32)
-    group = size // k
-    low, per_chunk, start = geo_row[4], geo_row[6], geo_row[7]
-    low_mask = (np.int64(1) << low) - 1
-    for c in range(c0, c1):
+    piece = w // q
+    bits = src.view(np.int32)
+    maxima = np.empty((_BLOCK, h * q), np.int32)
+    pos = np.empty(size, np.int64)
+    off = np.empty(size, np.int64)
+    ckeys = np.empty(size, np.int32)
+    keep = np.empty(k + 1, np.int64)  # the loop below writes one past the last kept
+    scratch = np.empty(size, np.int32)
+    hist = np.empty(_BINS, np.int32)
+    pieces = np.empty(h * q, np.int64)
+    piece_pos = np.empty(h * q, np.int64)  # a piece's first within-chunk index
+    piece_off = np.empty(h * q, np.int64)  # and its offset from the chunk's first element
+    for i in range(h):
+        for s in range(q):
+            piece_pos[i * q + s] = i * w + s * piece
+            piece_off[i * q + s] = i * cols + s * piece
+    c = c0
+    while c < c1:
         cy = c // gx
-        base = cy * h * cols + (c - cy * gx) * w
-        for i in range(h):
-            row = base + i * cols
-            for j in range(w):
-                m = abs(src[row + j])
-                # NaN ranks with the largest, as in torch.topk: a diverged gradient is
-                # sent as it is and refused by its receivers (non_finite).
-                mags[i * w + j] = m if m == m else np.inf
-        floor = np.float32(np.inf)
-        for g in range(k):
-            top = np.float32(-1.0)
-            for n in range(g * group, (g + 1) * group):
-                if mags[n] > top:
-                    top = mags[n]
-            floor = min(floor, top)
-        count = 0
-        for n in range(size):
-            if mags[n] >= floor:
-                cand[count] = n
-                cand_mags[count] = mags[n]
-                count += 1
-        # each of the k groups has its maximum among the candidates: count >= k
-        threshold = np.partition(cand_mags[:count], count - k)[count - k]
-        above = 0
-        for t in range(count):
-            above += cand_mags[t] > threshold
-        ties = k - above
-        e = first + c * k
-        taken = 0
-        for t in range(count):
-            m = cand_mags[t]
-            if m > threshold or (m == threshold and ties > 0):
-                if not m > threshold:
-                    ties -= 1
-                local[e + taken] = cand[t]
-                taken += 1
-        for t in range(k):
-            index = local[e + t]
-            values[e + t] = src[base + (index // w) * cols + index % w]
-        if stream.size:
-            chunk = start + c * per_chunk
-            stream[chunk : chunk + per_chunk] = 0
-            ubit = (chunk + ((k * low + 7) >> 3)) * 8
-            for t in range(k):
-                index = local[e + t]
-                if low:
-                    elias_fano._write(stream, chunk * 8 + t * low, index & low_mask)
-                elias_fano._write(stream, ubit + (index >> low) + t, 1)
+        x0 = c - cy * gx
+        n = min(_BLOCK, gx - x0, c1 - c)
+        sbase = cy * h * cols + x0 * w
+        _segment_maxima(bits, sbase, cols, h, w, q, n, maxima)
+        for b in range(n):
+            base = sbase + b * w
+            mx = maxima[b]
+            lo = _INF
+            hi = np.int32(0)
+            for t in range(h * q):
+                lo = min(lo, mx[t])
+                hi = max(hi, mx[t])
+            floor, _ = _kth_largest(mx, h * q, k, lo, hi, hist, scratch)
+            # Candidates: the entries above the floor, from the pieces whose maximum is.
+            above = floor + 1
+            hot = 0
+            for t in range(h * q):
+                pieces[hot] = t
+                hot += mx[t] >= above
+            count = 0
+            for u in range(hot):
+                t = pieces[u]
+                r = bits[base + piece_off[t] : base + piece_off[t] + piece]
+                mask = _mask_at_least(r, piece, above)
+                while mask:
+                    j = np.int64(elias_fano._trailing_zeros(mask))
+                    mask &= mask - np.uint64(1)
+                    pos[count] = piece_pos[t] + j
+                    off[count] = piece_off[t] + j
+                    ckeys[count] = _key(r[j])
+                    count += 1
+            e = first + (c + b) * k
+            if count >= k:
+                threshold, ties = _kth_largest(ckeys, count, k, above, hi, hist, scratch)
+                taken = 0
+                for t in range(count):
+                    key = ckeys[t]
+                    tie = key == threshold
+                    take = (key > threshold) | (tie & (ties > 0))
+                    ties -= tie & take
+                    keep[taken] = t
+                    taken += take
+                for t in range(k):
+                    local[e + t] = pos[keep[t]]
+                    values[e + t] = src[base + off[keep[t]]]
+            else:
+                # The floor is the k-th largest (many equal magnitudes: zeros, say): every
+                # candidate and the earliest k - count entries equal to the floor.
+                _with_floor(src, bits, base, mx, floor, k - count, piece, piece_pos, piece_off,
+                            local, values, e)  # fmt: skip
+            if stream.size:
+                elias_fano._write_chunk(stream, geo_row, c + b, local, e)
+        c += n
 
 
 # error_model="numpy": a parameter of one value divides by zero and takes the fallback
@@ -133,9 +286,7 @@ def quantize_packed(values, starts, bins, sigmas, width, packed, shift, lookup):
             x = np.float64(np.float32(np.float32(c / scale) + np.float32(offset)))
             if np.isnan(x):
                 x = np.float64(offset)
-            r = np.floor(x + 0.5)
-            if r - x == 0.5 and r % 2 == 1:  # half to even, as torch.round
-                r -= 1.0
+            r = np.rint(x)  # half to even, as torch.round
             code = np.int64(min(max(r, 0.0), bins - 1))
             sums[code] += np.float64(c)
             counts[code] += 1.0
@@ -169,7 +320,8 @@ def select(plan: Plan, arrays: dict[str, np.ndarray], coded: bool, threads: int 
         parts = max(1, min(threads, m.n_chunks * m.chunk_size // 65536))
         cuts = np.linspace(0, m.n_chunks, parts + 1).astype(np.int64)
         for c0, c1 in itertools.pairwise(cuts):
-            args = (arrays[m.name], m.cols, m.h, m.w, m.k, int(c0), int(c1), m.offset)
+            q = segments_per_row(m.h, m.w, m.k)
+            args = (arrays[m.name], m.cols, m.h, m.w, m.k, q, int(c0), int(c1), m.offset)
             jobs.append((*args, local, values, stream, geo[p]))
     if threads <= 1:
         for job in jobs:
@@ -195,7 +347,8 @@ def _example():
     local = np.empty(plan.total_entries, np.int64)
     values = np.empty(plan.total_entries, np.float32)
     stream = np.empty(elias_fano.nbytes(plan), np.uint8)
-    return (src, 64, 64, 64, 8, 0, 1, 0, local, values, stream, geo[0])
+    q = segments_per_row(64, 64, 8)
+    return (src, 64, 64, 64, 8, q, 0, 1, 0, local, values, stream, geo[0])
 
 
 def _example_quantize():
