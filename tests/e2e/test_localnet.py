@@ -40,6 +40,27 @@ def test_localnet_trains_and_skips_a_garbage_miner_and_catches_a_copier(tmp_path
     assert "windows: loss" in run.stdout
     assert "uid 3 (garbage) skipped in 6/6 windows" in run.stdout
     assert "uid 4 (copier) skipped in 6/6 windows" in run.stdout
+    seed_operations_show_in_the_events(tmp_path / "net")
+
+
+def _events(root, name: str) -> list[dict]:
+    lines = (root / "events" / f"{name}.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("event") == "window"]
+
+
+def seed_operations_show_in_the_events(root) -> None:
+    """The seed's operations beyond the gather, as the neurons' own event rows and files
+    show them: the evaluated subset and the debug reports read, the miners' debug reports
+    published with a local copy, the start window read, the janitor run."""
+    validator = _events(root, "validator-0")
+    assert all(isinstance(r["evaluated"], list) for r in validator)
+    assert any(r["reports"] for r in validator), [r["reports"] for r in validator]
+    miners = [r for name in ("miner-1", "miner-2") for r in _events(root, name)]
+    assert sum(r["debug_report"] for r in miners) >= len(miners) / 2
+    files = [p.name for p in root.rglob("*") if p.is_file()]
+    assert any(n.startswith("debug-") and n.endswith(".json") for n in files), files
+    assert any(n.startswith("start_window-") for n in files), files
+    assert all("cleaned" in r for r in validator + miners)
 
 
 @pytest.mark.slow
