@@ -20,16 +20,12 @@ Writes templar_payload.json and templar_payload.md under --out.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
-import json
-import time
-from pathlib import Path
 
 import torch
 
-from bench.common import machine, stats
+from bench.common import machine, parser, save, stats, timed
 from bench.compression import gradient, model_shapes
 from core import codec
 from core.aggregate import Aggregator, Normalisation
@@ -70,12 +66,7 @@ def templar_steps(data: bytes, shapes, total: dict[str, torch.Tensor], chunk: in
 
 def _time(fn, runs: int) -> dict[str, float]:
     fn()  # warm
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return stats(times)
+    return stats([timed(fn).seconds for _ in range(runs)])
 
 
 def run(quick: bool) -> dict:
@@ -138,16 +129,11 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    args = parser(__doc__).parse_args(argv)
     result = run(args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "templar_payload.json").write_text(json.dumps(result, indent=2))
-    (args.out / "templar_payload.md").write_text(render(result))
-    print(render(result))
+    save(args.out, "templar_payload", result, render(result))
+    return result
 
 
 if __name__ == "__main__":
