@@ -27,6 +27,7 @@ import torch
 
 from bench.common import machine, parser, save, stats, timed
 from bench.compression import gradient, model_shapes
+from bench.templar_baseline import unpack12
 from core import codec
 from core.aggregate import Aggregator, Normalisation
 from core.codec import Expected, PayloadMeta
@@ -35,21 +36,13 @@ from core.compression.chunking import largest_divisor_at_most
 from core.templar import payload, writer
 
 
-def _unpack12(packed: torch.Tensor, shape) -> torch.Tensor:
-    t = packed.view(-1, 3).to(torch.int64)
-    out = torch.empty((t.shape[0], 2), dtype=torch.int64)
-    out[:, 0] = t[:, 0] | ((t[:, 1] & 0x0F) << 8)
-    out[:, 1] = (t[:, 1] >> 4) | (t[:, 2] << 4)
-    return out.reshape(shape)
-
-
 def templar_steps(data: bytes, shapes, total: dict[str, torch.Tensor], chunk: int) -> None:
     sd = torch.load(io.BytesIO(data), weights_only=True)["state_dict"]
     for name, shape in shapes.items():
         shift, _, _, lookup, _ = sd[name + "quant_params"]
         vals = sd[name + "vals"]
         v = lookup[vals.long()] + shift
-        idx = _unpack12(sd[name + "idxs"], vals.shape)
+        idx = unpack12(sd[name + "idxs"], vals.shape)
         if len(shape) == 1:
             w = largest_divisor_at_most(shape[0], chunk)
             x = torch.zeros(shape[0] // w, w)
