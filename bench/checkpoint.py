@@ -5,26 +5,24 @@ plus the peak RSS of each operation over the RSS before it, relative to the stat
 the CPU time each took (saving competes with training for it, and it shows when the machine,
 not the code, moved a ratio).
 
-    python -m bench.checkpoint [--quick] [--no-s3] [--out bench/results]
+    python -m bench.checkpoint [--quick] [--no-s3] [--vm-workarounds] [--out bench/results]
 
 `run()` returns the result dict; `main()` also writes checkpoint.json and checkpoint.md.
 Save = stream every shard from the tensors into the store (hashing on the way) + manifest +
 pointer; load = list + stream every shard into fresh tensors, verifying its sha256. Peak RSS
 comes from VmHWM after resetting it through /proc/self/clear_refs (Linux), so it covers the
-whole operation.
+whole operation. `--vm-workarounds` frees a ballast file of the checkpoint's size before every
+timed operation (`bench.common.Ballast`) and reports the host's steal time beside each one.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import json
 import os
 import re
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import attrs
@@ -33,7 +31,16 @@ import torch
 from adapters.clock import SystemClock
 from adapters.scratch import TempScratch
 from adapters.storage.local import LocalStoreOpener
-from bench.common import Ballast, PeakRss, machine, stats
+from bench.common import (
+    Ballast,
+    PeakRss,
+    machine,
+    parser,
+    save,
+    stats,
+    timed_async,
+    vm_workarounds_flag,
+)
 from bench.compression import model_shapes
 from core.checkpoints import (
     Checkpointer,
@@ -100,9 +107,9 @@ class Measured:
     cpu_seconds: float  # this process's, every thread, kernel time included
     peak_growth: int  # peak RSS over the RSS before, bytes
     result: object
-    # The machine's CPU time meanwhile, and how much of it the hypervisor gave to others
-    # (`steal` in /proc/stat; 0 where there is none): a save keeps every core busy, a raw put
-    # one, so steal moves the save's ratio without the code having changed.
+    # With --vm-workarounds: the machine's CPU time meanwhile, and how much of it the
+    # hypervisor gave to others (`steal` in /proc/stat): a save keeps every core busy, a raw
+    # put one, so steal moves the save's ratio without the code having changed.
     ticks: int = 0
     stolen: int = 0
 
@@ -118,26 +125,29 @@ def _cpu_ticks() -> tuple[int, int]:
     return sum(fields[:8]), steal
 
 
-async def _timed(fn) -> tuple[float, float, object, int, int]:
-    ticks, stolen = _cpu_ticks()
-    cpu, start = time.process_time(), time.perf_counter()
-    result = await fn()
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    ticks_after, stolen_after = _cpu_ticks()
-    return seconds, cpu, result, ticks_after - ticks, stolen_after - stolen
-
-
-async def _measured(fn, ballast: Ballast) -> Measured:
-    await asyncio.to_thread(ballast.fill)
+async def _measured(fn, ballast: Ballast | None) -> Measured:
+    """`fn` timed with its peak RSS growth; with a ballast (--vm-workarounds), right after
+    freeing it and with the host's steal time sampled."""
+    if ballast:
+        await asyncio.to_thread(ballast.fill)
     gc.collect()
-    await asyncio.to_thread(ballast.release)  # right before: see Ballast
+    if ballast:
+        await asyncio.to_thread(ballast.release)  # right before: see Ballast
+        ticks, stolen = _cpu_ticks()
     if not _reset_peak():  # no clear_refs: sample instead (may miss a short spike)
         with PeakRss() as rss:
-            seconds, cpu, result, ticks, stolen = await _timed(fn)
-        return Measured(seconds, cpu, rss.growth, result, ticks, stolen)
-    before = _rss_kib("VmRSS")
-    seconds, cpu, result, ticks, stolen = await _timed(fn)
-    return Measured(seconds, cpu, (_rss_kib("VmHWM") - before) * 1024, result, ticks, stolen)
+            t = await timed_async(fn)
+        growth = rss.growth
+    else:
+        before = _rss_kib("VmRSS")
+        t = await timed_async(fn)
+        growth = (_rss_kib("VmHWM") - before) * 1024
+    if not ballast:
+        return Measured(t.seconds, t.cpu_seconds, growth, t.result)
+    ticks_after, stolen_after = _cpu_ticks()
+    return Measured(
+        t.seconds, t.cpu_seconds, growth, t.result, ticks_after - ticks, stolen_after - stolen
+    )
 
 
 def _write_random(path: Path, size: int) -> None:
@@ -148,12 +158,14 @@ def _write_random(path: Path, size: int) -> None:
             size -= len(chunk)
 
 
-def _stats(runs: list[Measured]) -> dict[str, float]:
-    ticks = sum(r.ticks for r in runs)
-    return stats([r.seconds for r in runs]) | {
+def _stats(runs: list[Measured], steal: bool) -> dict[str, float]:
+    result = stats([r.seconds for r in runs]) | {
         "cpu_median_s": statistics.median(r.cpu_seconds for r in runs),
-        "steal_share": sum(r.stolen for r in runs) / ticks if ticks else 0.0,
     }
+    if steal:
+        ticks = sum(r.ticks for r in runs)
+        result["steal_share"] = sum(r.stolen for r in runs) / ticks if ticks else 0.0
+    return result
 
 
 async def _clear(store: ObjectStore) -> None:
@@ -161,16 +173,23 @@ async def _clear(store: ObjectStore) -> None:
 
 
 async def measure_store(
-    label: str, store: ObjectStore, scratch_dir: Path, state, state_bytes, repeats
+    label: str,
+    store: ObjectStore,
+    scratch_dir: Path,
+    state,
+    state_bytes,
+    repeats,
+    vm_workarounds: bool = False,
 ) -> dict:
     """Save / load against raw put_file / get_file of the same byte count, interleaved.
 
     Each repetition runs all four on an emptied bucket, and the order within a pair flips
     every repetition: on the local store the disk absorbs a burst of writes quickly and then
     slows down, so running all saves first and all raw puts afterwards (or letting objects
-    pile up) measures the disk's state rather than the code. Each operation starts right after
-    a ballast file of the checkpoint's size is deleted (`Ballast`), so that none of them gets
-    memory the hypervisor took back and must fault in again.
+    pile up) measures the disk's state rather than the code. With `vm_workarounds` each
+    operation starts right after a ballast file of the checkpoint's size is deleted
+    (`Ballast`), so that none of them gets memory the hypervisor took back and must fault in
+    again, and the host's steal time is sampled.
     """
     scratch = TempScratch(scratch_dir)
     settings = CheckpointSettings(version=VERSION)  # the defaults a neuron runs with
@@ -182,7 +201,7 @@ async def measure_store(
     raw_path = scratch_dir / "raw.bin"
     await asyncio.to_thread(_write_random, raw_path, total)
     back = scratch_dir / "raw-back.bin"
-    ballast = Ballast(scratch_dir / "ballast.bin", total)
+    ballast = Ballast(scratch_dir / "ballast.bin", total) if vm_workarounds else None
     runs: dict[str, list[Measured]] = {"save": [], "load": [], "put": [], "get": []}
 
     async def save(i: int) -> None:
@@ -214,7 +233,7 @@ async def measure_store(
         await _clear(store)
     raw_path.unlink()
     scratch.close()
-    save, load, put, get = (_stats(runs[k]) for k in ("save", "load", "put", "get"))
+    save, load, put, get = (_stats(runs[k], vm_workarounds) for k in ("save", "load", "put", "get"))
     return {
         "store": label,
         "checkpoint_bytes": total,
@@ -231,7 +250,7 @@ async def measure_store(
     }
 
 
-async def _s3_case(root: Path, state, state_bytes, repeats) -> dict | None:
+async def _s3_case(root: Path, state, state_bytes, repeats, vm_workarounds) -> dict | None:
     from adapters.storage.s3 import S3StoreOpener
     from adapters.storage.seaweedfs import SeaweedServer, ServerUnavailable, weed_binary
 
@@ -249,7 +268,13 @@ async def _s3_case(root: Path, state, state_bytes, repeats) -> dict | None:
         name = await asyncio.to_thread(server.create_bucket, "bench")
         store = opener.open(server.bucket(name))
         result = await measure_store(
-            "s3 (SeaweedFS, loopback)", store, root / "s3-scratch", state, state_bytes, repeats
+            "s3 (SeaweedFS, loopback)",
+            store,
+            root / "s3-scratch",
+            state,
+            state_bytes,
+            repeats,
+            vm_workarounds,
         )
         await store.close()
         return result
@@ -258,7 +283,7 @@ async def _s3_case(root: Path, state, state_bytes, repeats) -> dict | None:
         server.destroy()
 
 
-async def _run(quick: bool, s3: bool) -> dict:
+async def _run(quick: bool, s3: bool, vm_workarounds: bool) -> dict:
     state, state_bytes = training_state()
     repeats = 5
     cases = []
@@ -269,10 +294,12 @@ async def _run(quick: bool, s3: bool) -> dict:
         for label, direct in (("local", None), (DIRECT_LABEL, 8 << 20)):
             local = LocalStoreOpener(root / "buckets", direct_bytes=direct).open(_bucket("local"))
             cases.append(
-                await measure_store(label, local, root / "scratch", state, state_bytes, repeats)
+                await measure_store(
+                    label, local, root / "scratch", state, state_bytes, repeats, vm_workarounds
+                )
             )
         if s3:
-            found = await _s3_case(root, state, state_bytes, repeats)
+            found = await _s3_case(root, state, state_bytes, repeats, vm_workarounds)
             if found:
                 cases.append(found)
     return {
@@ -280,6 +307,7 @@ async def _run(quick: bool, s3: bool) -> dict:
         "state_bytes": state_bytes,
         "quick": quick,
         "repeats": repeats,
+        "vm_workarounds": vm_workarounds,
         "machine": machine(),
         "goals": {
             "throughput_vs_raw": GOAL_RATIO,
@@ -297,41 +325,57 @@ async def _run(quick: bool, s3: bool) -> dict:
     }
 
 
-def run(quick: bool = False, s3: bool = True) -> dict:
-    return asyncio.run(_run(quick, s3))
+def run(quick: bool = False, s3: bool = True, vm_workarounds: bool = False) -> dict:
+    return asyncio.run(_run(quick, s3, vm_workarounds))
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
+    vm = result.get("vm_workarounds", True)  # results from before the flag had them on
+    ballast = (
+        ", each started right after a ballast file of its size was freed (memory the host "
+        "still backs; docs/benchmarks.md)"
+        if vm
+        else ""
+    )
+    steal_head, steal_rule = (" host steal save / put |", "---|") if vm else ("", "")
     lines = [
         "# Checkpoint benchmark",
         "",
         f"State: {result['state_bytes']:,} tensor bytes (15.7M-parameter model + AdamW moments "
         f"+ scheduler). {m['cpu_count']} CPUs, torch {m['torch']}; best of "
-        f"{result['repeats']} runs (median in the JSON), each started right after a ballast file "
-        "of its size was freed (memory the host still backs; docs/benchmarks.md).",
+        f"{result['repeats']} runs (median in the JSON){ballast}.",
         "",
         "| store | checkpoint bytes | save MB/s | raw put_file MB/s | save/raw | load MB/s "
         "| raw get_file MB/s | load/raw | peak RSS save / load (x state) "
-        "| CPU ms save / put (median) | host steal save / put |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| CPU ms save / put (median) |{steal_head}",
+        f"|---|---|---|---|---|---|---|---|---|---|{steal_rule}",
     ]
     for c in result["cases"]:
+        steal = (
+            f" {c['save']['steal_share']:.0%} / {c['raw_put_file']['steal_share']:.0%} |"
+            if vm
+            else ""
+        )
         lines.append(
             f"| {c['store']} | {c['checkpoint_bytes']:,} | {c['save']['mb_per_s']:.0f} "
             f"| {c['raw_put_file']['mb_per_s']:.0f} | {c['save_vs_raw_put']:.0%} "
             f"| {c['load']['mb_per_s']:.0f} | {c['raw_get_file']['mb_per_s']:.0f} "
             f"| {c['load_vs_raw_get']:.0%} | {c['save_peak_rss_over_state']:.2f} / "
             f"{c['load_peak_rss_over_state']:.2f} | {c['save']['cpu_median_s'] * 1e3:.0f} / "
-            f"{c['raw_put_file']['cpu_median_s'] * 1e3:.0f} | {c['save']['steal_share']:.0%} / "
-            f"{c['raw_put_file']['steal_share']:.0%} |"
+            f"{c['raw_put_file']['cpu_median_s'] * 1e3:.0f} |{steal}"
         )
     g = result["goals"]
+    steal_note = (
+        " Host steal: the share of the machine's CPU time the hypervisor gave to others during "
+        "the operations (/proc/stat, 10 ms ticks)."
+        if vm
+        else ""
+    )
     lines += [
         "",
-        "CPU: this process's, every thread, kernel time included (not the SeaweedFS server's). "
-        "Host steal: the share of the machine's CPU time the hypervisor gave to others during "
-        "the operations (/proc/stat, 10 ms ticks).",
+        "CPU: this process's, every thread, kernel time included (not the SeaweedFS server's)."
+        + steal_note,
         "",
         f"Goals: save and load >= {g['throughput_vs_raw']:.0%} of raw, peak RSS growth <= "
         f"{g['peak_rss_over_state']}x the state: {'met' if g['met'] else 'NOT met'} (judged on "
@@ -343,17 +387,12 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="no effect: 5 runs either way")
-    parser.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS case")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick, s3=not args.no_s3)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoint.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "checkpoint.md").write_text(markdown(result))
-    print(markdown(result))
+    cli = parser(__doc__, "no effect: 5 runs either way")
+    cli.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS case")
+    vm_workarounds_flag(cli)
+    args = cli.parse_args(argv)
+    result = run(quick=args.quick, s3=not args.no_s3, vm_workarounds=args.vm_workarounds)
+    save(args.out, "checkpoint", result, markdown(result))
     return result
 
 

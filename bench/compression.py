@@ -13,17 +13,11 @@ result (4 for the dense case): what gather does per peer, batching included.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import gc
-import json
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from bench.common import machine, stats
+from bench.common import machine, parser, save, stats, timed
 from bench.templar_baseline import TemplarSteps
 from core import codec
 from core.aggregate import Aggregator
@@ -63,15 +57,6 @@ def model_shapes(layers: int = 8, d: int = 512, ff: int = 2048) -> dict[str, tup
 def gradient(shapes, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return {n: torch.randn(s, generator=gen).to(device) for n, s in shapes.items()}
-
-
-def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
-    gc.collect()
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
 
 
 class Case:
@@ -116,10 +101,11 @@ class Case:
         aggregator.result()
 
     def round(self) -> None:
-        self.times["encode"].append(_timed(self._encode, self.sync))
-        self.times["decode"].append(_timed(self._decode, self.sync))
+        self.times["encode"].append(timed(self._encode, sync=self.sync, collect=True).seconds)
+        self.times["decode"].append(timed(self._decode, sync=self.sync, collect=True).seconds)
         self.held.pop("dense", None)
-        self.times["fold"].append(_timed(self._fold, self.sync) / self.peers)
+        fold = timed(self._fold, sync=self.sync, collect=True)
+        self.times["fold"].append(fold.seconds / self.peers)
 
     def result(self) -> dict[str, object]:
         data = self.held["data"]
@@ -161,8 +147,8 @@ class TemplarCase:
         self.held["dense"] = self.steps.decode(self.held["data"], self.shapes)
 
     def round(self) -> None:
-        self.times["encode"].append(_timed(self._encode, self.sync))
-        self.times["decode"].append(_timed(self._decode, self.sync))
+        self.times["encode"].append(timed(self._encode, sync=self.sync, collect=True).seconds)
+        self.times["decode"].append(timed(self._decode, sync=self.sync, collect=True).seconds)
         self.held.pop("dense", None)
 
     def result(self) -> dict[str, object]:
@@ -320,17 +306,11 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 runs, default and top-k only")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args(argv)
+    cli = parser(__doc__, "5 runs, default and top-k only")
+    cli.add_argument("--device", default="cpu")
+    args = cli.parse_args(argv)
     result = run(quick=args.quick, device=args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compression.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "compression.md").write_text(markdown(result))
-    print(markdown(result))
+    save(args.out, "compression", result, markdown(result))
     return result
 
 

@@ -26,11 +26,9 @@ a 64 MiB put_file and get_file through each adapter. Runs alternate and rotate t
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import io
-import json
 import multiprocessing
 import secrets
 import statistics
@@ -53,7 +51,7 @@ from adapters.storage import obstore_store
 from adapters.storage.obstore_store import ObstoreSettings, ObstoreStoreOpener
 from adapters.storage.s3 import S3Settings, S3StoreOpener, build_client
 from adapters.storage.seaweedfs import Identity, SeaweedServer, bucket_actions, weed_binary
-from bench.common import PeakRss, machine, stats
+from bench.common import PeakRss, machine, parser, save, stats, timed, timed_async
 from bench.compression import gradient, model_shapes
 from core import codec, keys
 from core.codec import Expected, PayloadMeta
@@ -79,13 +77,12 @@ COLD_PEERS = 256  # a subnet's uids, each with a bucket and keys of its own
 COLD_RUNS = 3  # fresh openers: a cold window happens once per opener
 
 
-async def _timed(fn, repeats: int) -> tuple[list[float], list[int]]:
+async def _repeated(fn, repeats: int) -> tuple[list[float], list[int]]:
+    """`fn` timed `repeats` times: the seconds and the peak RSS growth of each run."""
     times, peaks = [], []
     for _ in range(repeats):
         with PeakRss() as rss:
-            start = time.perf_counter()
-            await fn()
-            times.append(time.perf_counter() - start)
+            times.append((await timed_async(fn)).seconds)
         peaks.append(rss.growth)
     return times, peaks
 
@@ -144,7 +141,7 @@ class Bench:
             buf = io.BytesIO()
             torch.save(dict(compressed.tensors), buf)
             store = self.opener.open(self.bucket_of(uid))
-            await store.put(f"gradient-{WINDOW}-{uid}-v{VERSION}.safetensors", data)
+            await store.put(keys.gradient(WINDOW, uid, VERSION), data)
             await store.put(f"torchsave-{uid}.pt", buf.getvalue())
             sizes[0], sizes[1] = len(data), buf.tell()
 
@@ -163,7 +160,7 @@ class Bench:
         async def one(uid: int) -> None:
             async with gate:
                 store = self.opener.open(self.bucket_of(uid))
-                await store.get(f"gradient-{WINDOW}-{uid}-v{VERSION}.safetensors")
+                await store.get(keys.gradient(WINDOW, uid, VERSION))
 
         await asyncio.gather(*(one(u) for u in range(n)))
 
@@ -208,12 +205,12 @@ class Bench:
                 (self.raw, raw_t, raw_rss),
                 (self.gather, gat_t, gat_rss),
             ):
-                t, p = await _timed(lambda fn=fn: fn(n), 1)
+                t, p = await _repeated(lambda fn=fn: fn(n), 1)
                 times += t
                 peaks += p
         late_raw = await _lateness(lambda: self.raw(n), LATENESS_RUNS)
         late_gather = await _lateness(lambda: self.gather(n), LATENESS_RUNS)
-        base_t, base_rss = await _timed(lambda: self.torch_path(n), repeats)
+        base_t, base_rss = await _repeated(lambda: self.torch_path(n), repeats)
         dense_bytes = 4 * sum(torch.Size(s).numel() for s in self.shapes.values())
         # The sum's buffer outlives a gather (kept for the next one): it counts as the
         # gather's memory although it was resident before the timed runs began.
@@ -288,9 +285,9 @@ def _build_clients(buckets: list[Bucket]) -> dict[str, object]:
     before = _rss()
     made, times = [], []
     for bucket in buckets:
-        start = time.perf_counter()
-        made.append(build_client(session, bucket, settings))
-        times.append(time.perf_counter() - start)
+        built = timed(build_client, session, bucket, settings)
+        made.append(built.result)
+        times.append(built.seconds)
     held = _rss() - before
     tracemalloc.start()
     again = [build_client(session, bucket, settings) for bucket in buckets]
@@ -326,9 +323,7 @@ async def _window_pair(
     try:
         for name in ("first", "second"):
             built = count.built
-            start = time.perf_counter()
-            await _gather(opener, buckets, expected)
-            out[f"{name}_s"] = time.perf_counter() - start
+            out[f"{name}_s"] = (await timed_async(_gather, opener, buckets, expected)).seconds
             out[f"{name}_clients_built"] = count.built - built
         out["clients_held"] = opener.cached
     finally:
@@ -373,7 +368,7 @@ async def cold_window_case(binary: str, peers: int, runs: int) -> dict[str, obje
         compressed = [comp.encode(gradient(shapes, "cpu", seed)) for seed in range(DISTINCT)]
         writer = S3StoreOpener(S3Settings(max_pool_connections=CONCURRENCY))
         for uid, bucket in buckets.items():
-            key = f"gradient-{WINDOW}-{uid}-v{VERSION}.safetensors"
+            key = keys.gradient(WINDOW, uid, VERSION)
             await writer.open(bucket).put(key, _payload(compressed[uid % DISTINCT], uid))
         writer.close()
         expected = Expected(version=VERSION, codec=comp, shapes=shapes)
@@ -421,9 +416,9 @@ async def put_case(bench: Bench, repeats: int) -> dict[str, object]:
         await me.put(codec.encode(bench.compressed[0], meta), WINDOW, KeyKind.GRADIENT, 0)
 
     await raw()
-    r, _ = await _timed(raw, repeats)
-    e, _ = await _timed(exchange_put, repeats)
-    c, _ = await _timed(encode_and_put, repeats)
+    r, _ = await _repeated(raw, repeats)
+    e, _ = await _repeated(exchange_put, repeats)
+    c, _ = await _repeated(encode_and_put, repeats)
     return {
         "payload_bytes": len(data),
         "raw_put": stats(r),
@@ -521,9 +516,8 @@ async def _two_windows(make: Callable[[], object], buckets: dict[int, Bucket]) -
     try:
         out = []
         for _ in range(2):
-            start = time.perf_counter()
-            await runner.window(buckets)  # type: ignore[attr-defined]
-            out.append(time.perf_counter() - start)
+            window = runner.window  # type: ignore[attr-defined]
+            out.append((await timed_async(window, buckets)).seconds)
         return out
     finally:
         runner.close()  # type: ignore[attr-defined]
@@ -542,12 +536,9 @@ async def _large_case(bucket: Bucket, rounds: int, workdir: Path) -> dict[str, o
         for r in range(rounds + 1):  # the first round warms connections, untimed
             for name in sorted(openers, reverse=bool(r % 2)):
                 store = openers[name].open(bucket)
-                start = time.perf_counter()
-                await store.put_file(f"large-{name}.bin", str(src))
-                put = time.perf_counter() - start
-                start = time.perf_counter()
-                await store.get_file(f"large-{name}.bin", str(workdir / f"out-{name}.bin"))
-                get = time.perf_counter() - start
+                key, back = f"large-{name}.bin", str(workdir / f"out-{name}.bin")
+                put = (await timed_async(store.put_file, key, str(src))).seconds
+                get = (await timed_async(store.get_file, key, back)).seconds
                 if r:
                     times[f"{name}_put"].append(put)
                     times[f"{name}_get"].append(get)
@@ -800,35 +791,24 @@ def _late_cell(case: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="bench/results")
-    parser.add_argument(
+    cli = parser(__doc__)
+    cli.add_argument(
         "--cold-only", action="store_true", help="only the cold-window case (cold_window.*)"
     )
-    parser.add_argument(
+    cli.add_argument(
         "--clients", action="store_true", help="only boto3 against obstore (clients.*)"
     )
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args = cli.parse_args(argv)
     if args.clients:
-        both = asyncio.run(clients_case(_weed(), args.quick))
-        (out / "clients.json").write_text(json.dumps(both, indent=2) + "\n")
-        (out / "clients.md").write_text(clients_markdown(both) + "\n")
-        print(clients_markdown(both))
-        return both
-    if args.cold_only:
-        cold = asyncio.run(cold_window_case(_weed(), *_cold_size(args.quick)))
-        cold["machine"] = machine("cpu")
-        (out / "cold_window.json").write_text(json.dumps(cold, indent=2) + "\n")
-        (out / "cold_window.md").write_text(cold_markdown(cold) + "\n")
-        print(cold_markdown(cold))
-        return cold
-    result = run(args.quick)
-    (out / "gather.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "gather.md").write_text(markdown(result))
-    print(markdown(result))
+        result = asyncio.run(clients_case(_weed(), args.quick))
+        save(args.out, "clients", result, clients_markdown(result))
+    elif args.cold_only:
+        result = asyncio.run(cold_window_case(_weed(), *_cold_size(args.quick)))
+        result["machine"] = machine("cpu")
+        save(args.out, "cold_window", result, cold_markdown(result))
+    else:
+        result = run(args.quick)
+        save(args.out, "gather", result, markdown(result))
     return result
 
 

@@ -18,18 +18,16 @@ the concurrency (CONCURRENCY payloads in flight), not N.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import torch
 
 from adapters.storage.obstore_store import ObstoreStoreOpener
-from bench.common import PeakRss, cell, machine, save
+from bench.common import PeakRss, cell, machine, parser, save, timed_async
 from bench.compression import gradient, model_shapes
 from bench.gather import CONCURRENCY, VERSION, Boto3Raw, GatherRun, ObstoreRaw, _peer_server, _weed
 from bench.peers import KINDS, timed_row, upload
@@ -84,9 +82,9 @@ async def _run(quick: bool) -> dict[str, object]:
                 peers = {uid: buckets[uid] for uid in range(n)}
                 for kind in KINDS[r % 3 :] + KINDS[: r % 3]:  # rotate against drift
                     with PeakRss() as peak:
-                        start = time.perf_counter()
-                        await runners[kind].window(peers)  # type: ignore[attr-defined]
-                        times[(kind, n)].append(time.perf_counter() - start)
+                        window = runners[kind].window  # type: ignore[attr-defined]
+                        t = await timed_async(window, peers)
+                        times[(kind, n)].append(t.seconds)
                     rss[(kind, n)].append(peak.growth)
         kept = BUFFERS.kept_bytes() - kept_before
     finally:
@@ -152,12 +150,9 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 50M-parameter model")
-    parser.add_argument("--out", default="bench/results")
-    args = parser.parse_args(argv)
+    args = parser(__doc__, "a 50M-parameter model").parse_args(argv)
     result = run(args.quick)
-    save(Path(args.out), "large", result, markdown(result))
+    save(args.out, "large", result, markdown(result))
     return result
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import attrs
 
 from adapters.storage.obstore_store import ObstoreStoreOpener
-from bench.common import cell, machine, save, stats
+from bench.common import cell, machine, parser, save, stats
 from bench.compression import gradient, model_shapes
 from bench.gather import (
     CONCURRENCY,
@@ -286,17 +286,15 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20 peers, one round")
-    parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--inner", metavar="JSON", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    cli = parser(__doc__, "20 peers, one round")
+    cli.add_argument("--inner", metavar="JSON", help=argparse.SUPPRESS)
+    args = cli.parse_args(argv)
     if args.inner:
         result = asyncio.run(inner(args.quick))
         Path(args.inner).write_text(json.dumps(result, indent=2) + "\n")
         return result
     result = run(args.quick)
-    save(Path(args.out), "shaped", result, markdown(result))
+    save(args.out, "shaped", result, markdown(result))
     return result
 
 

@@ -34,7 +34,7 @@ def _pack12(idx: torch.Tensor) -> torch.Tensor:
     return out.reshape(-1)
 
 
-def _unpack12(packed: torch.Tensor, shape) -> torch.Tensor:
+def unpack12(packed: torch.Tensor, shape) -> torch.Tensor:
     t = packed.view(-1, 3).to(torch.int64)
     out = torch.empty((t.shape[0], 2), dtype=torch.int64)
     out[:, 0] = t[:, 0] | ((t[:, 1] & 0x0F) << 8)
@@ -109,7 +109,7 @@ class TemplarSteps:
                 x = torch.zeros(shape[0] // w, w)
             else:
                 x = torch.zeros(shape[0] // h, shape[1] // w, h * w)
-            idx = _unpack12(part["idx"], val.shape)
+            idx = unpack12(part["idx"], val.shape)
             x.scatter_reduce_(-1, idx, val, reduce="mean", include_self=False)
             if len(shape) == 1:
                 dense[name] = x.reshape(shape)

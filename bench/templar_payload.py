@@ -20,17 +20,14 @@ Writes templar_payload.json and templar_payload.md under --out.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
-import json
-import time
-from pathlib import Path
 
 import torch
 
-from bench.common import machine, stats
+from bench.common import machine, parser, save, stats, timed
 from bench.compression import gradient, model_shapes
+from bench.templar_baseline import unpack12
 from core import codec
 from core.aggregate import Aggregator, Normalisation
 from core.codec import Expected, PayloadMeta
@@ -39,21 +36,13 @@ from core.compression.chunking import largest_divisor_at_most
 from core.templar import payload, writer
 
 
-def _unpack12(packed: torch.Tensor, shape) -> torch.Tensor:
-    t = packed.view(-1, 3).to(torch.int64)
-    out = torch.empty((t.shape[0], 2), dtype=torch.int64)
-    out[:, 0] = t[:, 0] | ((t[:, 1] & 0x0F) << 8)
-    out[:, 1] = (t[:, 1] >> 4) | (t[:, 2] << 4)
-    return out.reshape(shape)
-
-
 def templar_steps(data: bytes, shapes, total: dict[str, torch.Tensor], chunk: int) -> None:
     sd = torch.load(io.BytesIO(data), weights_only=True)["state_dict"]
     for name, shape in shapes.items():
         shift, _, _, lookup, _ = sd[name + "quant_params"]
         vals = sd[name + "vals"]
         v = lookup[vals.long()] + shift
-        idx = _unpack12(sd[name + "idxs"], vals.shape)
+        idx = unpack12(sd[name + "idxs"], vals.shape)
         if len(shape) == 1:
             w = largest_divisor_at_most(shape[0], chunk)
             x = torch.zeros(shape[0] // w, w)
@@ -70,12 +59,7 @@ def templar_steps(data: bytes, shapes, total: dict[str, torch.Tensor], chunk: in
 
 def _time(fn, runs: int) -> dict[str, float]:
     fn()  # warm
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return stats(times)
+    return stats([timed(fn).seconds for _ in range(runs)])
 
 
 def run(quick: bool) -> dict:
@@ -138,16 +122,11 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    args = parser(__doc__).parse_args(argv)
     result = run(args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "templar_payload.json").write_text(json.dumps(result, indent=2))
-    (args.out / "templar_payload.md").write_text(render(result))
-    print(render(result))
+    save(args.out, "templar_payload", result, render(result))
+    return result
 
 
 if __name__ == "__main__":
