@@ -93,6 +93,34 @@ def templar_dense(model, data: bytes, templar, use_dct) -> dict[str, torch.Tenso
     return out
 
 
+def templar_batch(model, datas: list[bytes], templar) -> dict[str, torch.Tensor]:
+    """What Templar's gather + outer step combine: per parameter, `batch_decompress` of
+    every peer's (idxs, vals, quant_params) with its defaults (median norm clip, then the
+    `scatter_reduce` mean over the peers that kept each entry)."""
+    transformer, compressor = templar
+    sds = [torch.load(io.BytesIO(d), weights_only=True)["state_dict"] for d in datas]
+    out = {}
+    for n, p in model.named_parameters():
+        enc = transformer.encode(torch.zeros_like(p), use_dct=False)
+        totalk = enc.shape[-1] if enc.dim() == 2 else enc.shape[-1] * enc.shape[-2]
+        d = compressor.batch_decompress(
+            p,
+            [sd[n + "idxs"] for sd in sds],
+            [sd[n + "vals"] for sd in sds],
+            enc.shape,
+            totalk,
+            [sd[n + "quant_params"] for sd in sds],
+        )
+        out[n] = transformer.decode(d, use_dct=False)
+    return out
+
+
+async def fold_into(aggregator: Aggregator, held: list) -> dict[str, torch.Tensor]:
+    for checked in held:
+        await aggregator.add(aggregator.prepare(checked))
+    return aggregator.result()
+
+
 def setup(model, use_dct):
     templar = (
         tc.ChunkingTransformer(model, target_chunk=64),
@@ -117,7 +145,7 @@ def run(use_dct: bool, peers: int = 4) -> None:
     agg = Aggregator(ours, shapes, normalisation=Normalisation.NONE)
     ref = {n: torch.zeros(s) for n, s in shapes.items()}
     worst = 0.0
-    held = []
+    held, datas = [], []
     for uid in range(peers):
         grads = {n: torch.randn(s) * (uid + 1) for n, s in shapes.items()}
         path = os.path.join(tmp, f"temp_gradient-{WINDOW}-{uid}-v2.1.3.pt")
@@ -129,6 +157,7 @@ def run(use_dct: bool, peers: int = 4) -> None:
         for n in shapes:
             ref[n] += theirs[n]
         held.append(got.checked)
+        datas.append(data)
 
     async def fold():
         for checked in held:
@@ -138,6 +167,11 @@ def run(use_dct: bool, peers: int = 4) -> None:
     result = asyncio.run(fold())
     mean_err = largest(result, {n: t / peers for n, t in ref.items()})
     print(f"use_dct={use_dct}: Templar->ours per peer {worst:.3g}, mean of {peers} {mean_err:.3g}")
+    if not use_dct:  # kept_mean refuses DCT: Templar averages in the DCT domain
+        kept = Aggregator(ours, shapes, normalisation=Normalisation.KEPT_MEAN)
+        mine = asyncio.run(fold_into(kept, held))
+        theirs = templar_batch(model, datas, templar)
+        print(f"Templar's batch_decompress vs kept_mean of {peers}: {largest(mine, theirs):.3g}")
     # 2. this library writes; Templar reads
     worst = 0.0
     for _ in range(peers):

@@ -10,7 +10,8 @@ gradient cannot dominate the mean:
   norm first, so the compressed payloads (not dense tensors) are held until `finish`:
   memory grows by one compressed payload per peer.
 - `NONE`: plain sum.
-- `KEPT_MEAN`: Templar's rule (its `batch_decompress`): the median clip above, then each
+- `KEPT_MEAN`: Templar's rule (its `batch_decompress`): the median clip above (with the
+  lower middle of an even count as the median, as `torch.median` gives it), then each
   entry is the mean over the peers that kept it (a `scatter_reduce` mean), not over every
   peer. Holds the compressed payloads like `MEDIAN_CLIP`, and at `result` counts every
   entry's keepers from the payloads' kept positions. Top-k payloads without DCT only.
@@ -129,7 +130,13 @@ class Aggregator:
         keepers = None
         if self._held:
             names = self._held[0][1]
-            median = {name: statistics.median(n[name] for _, n in self._held) for name in names}
+            # Templar's rule takes torch.median: the lower middle of an even count.
+            middle = (
+                statistics.median_low
+                if self._mode is Normalisation.KEPT_MEAN
+                else statistics.median
+            )
+            median = {name: middle(n[name] for _, n in self._held) for name in names}
 
             def clip(norms: dict[str, float]) -> dict[str, float]:
                 return {name: _clip(median[name], n) for name, n in norms.items()}

@@ -30,7 +30,7 @@ def reference(comp, payloads, mode: Normalisation) -> dict[str, torch.Tensor]:
             Normalisation.NONE: [1.0] * len(norms),
             Normalisation.UNIT: [1 / n for n in norms],
             Normalisation.MEDIAN_CLIP: [min(1.0, med / n) for n in norms],
-            Normalisation.KEPT_MEAN: [min(1.0, med / n) for n in norms],
+            Normalisation.KEPT_MEAN: [min(1.0, statistics.median_low(norms) / n) for n in norms],
         }[mode]
         total = sum(d[name] * w for d, w in zip(dense, weights, strict=True))
         if mode is Normalisation.KEPT_MEAN:
@@ -68,3 +68,18 @@ def test_empty_aggregate_is_none_and_zero_gradients_add_nothing() -> None:
     assert Aggregator(comp, SHAPES).result() is None
     zeros = comp.encode({n: torch.zeros(s) for n, s in SHAPES.items()})
     assert all(float(t.abs().sum()) == 0 for t in mean_of(comp, SHAPES, [zeros]).values())
+
+
+def test_kept_mean_clips_to_the_lower_middle_of_an_even_count_as_templar_does() -> None:
+    # torch.median, which Templar's batch_decompress uses, gives the lower of the two middle
+    # norms; the average of the two would clip the larger peers less.
+    comp = COMPRESSORS["quantised"]
+    gen = torch.Generator().manual_seed(5)
+    payloads = [
+        comp.encode({n: torch.randn(s, generator=gen) * (i + 1) for n, s in SHAPES.items()})
+        for i in range(4)
+    ]
+    got = mean_of(comp, SHAPES, payloads, normalisation=Normalisation.KEPT_MEAN)
+    ref = reference(comp, payloads, Normalisation.KEPT_MEAN)
+    for n in SHAPES:
+        torch.testing.assert_close(got[n], ref[n].to(torch.float32), rtol=1e-5, atol=1e-6)
