@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from core.compression import (
@@ -57,6 +57,10 @@ def test_error_feedback_is_the_same(shape_map, seed):
     gen = torch.Generator().manual_seed(seed)
     grad = {k: torch.randn(s, generator=gen) for k, s in shape_map.items()}
     error = {k: torch.randn(s, generator=gen) for k, s in shape_map.items()}
+    # torch.topk leaves ties in magnitude unspecified (the fused pass keeps the earlier
+    # position): the two paths agree where the accumulated magnitudes are distinct.
+    acc = {n: error[n] * 0.9 + grad[n] for n in shape_map}
+    assume(all(torch.unique(t.abs()).numel() == t.numel() for t in acc.values()))
     fused, torch_path = pair(TopKParams())
     a = compress_with_feedback(fused, grad, error, decay=0.9)
     b = compress_with_feedback(torch_path, grad, error, decay=0.9)

@@ -98,15 +98,21 @@ def reference(uids, mode: Normalisation) -> dict[str, torch.Tensor]:
             if len(norms) % 2
             else (sum(sorted(norms)[len(norms) // 2 - 1 : len(norms) // 2 + 1]) / 2)
         )
+        lower = sorted(norms)[(len(norms) - 1) // 2]  # torch.median's, Templar's
         total = torch.zeros(SHAPES[name])
         for d, n in zip(dense, norms, strict=True):
             w = {
                 Normalisation.NONE: 1.0,
                 Normalisation.UNIT: 1 / n,
                 Normalisation.MEDIAN_CLIP: min(1.0, median / n),
+                Normalisation.KEPT_MEAN: min(1.0, lower / n),
             }[mode]
             total += d[name] * w
-        out[name] = total / len(dense)
+        if mode is Normalisation.KEPT_MEAN:  # over the peers that kept each entry
+            kept = sum((d[name] != 0).to(torch.float32) for d in dense)
+            out[name] = total / kept.clamp(min=1)
+        else:
+            out[name] = total / len(dense)
     return out
 
 
