@@ -33,6 +33,10 @@ __all__ = [
 # Peers' wire arrays held for one batched fold: ~32 default payloads of the 25M model.
 BATCH_BYTES = 26 << 20
 MAX_BATCH = 32
+# A larger model's peers may take up to this share of its sum's bytes (both sets together):
+# each batch is a pass over the whole sum, and a pass per peer would cost several times what
+# folding the peer's own entries costs.
+SUM_SHARE = 1 / 12
 
 
 def supported(params) -> bool:
@@ -247,7 +251,9 @@ class BatchFold:
 
     A full batch is folded on a thread of its own while the next one fills, in a second set
     of arrays: the caller (the gather's fold) does not wait for the pass over the sum, so
-    the fetches it holds back keep going. Each set holds half of `BATCH_BYTES`.
+    the fetches it holds back keep going. The two sets together hold `BATCH_BYTES`, or
+    `SUM_SHARE` of the sum where that is more, so that a large model's batches still hold
+    several peers.
     """
 
     def __init__(
@@ -265,7 +271,9 @@ class BatchFold:
             self._table_shape = (n_params,)
         per_peer = sum(shape[0] * np.dtype(dtype).itemsize for shape, dtype in self._columns)
         if batch is None:
-            batch = max(1, min(MAX_BATCH, BATCH_BYTES // 2 // max(1, per_peer)))
+            sum_bytes = 4 * sum(m.numel for m in plan.params)  # float32
+            budget = max(BATCH_BYTES, int(sum_bytes * SUM_SHARE))
+            batch = max(1, min(MAX_BATCH, budget // 2 // max(1, per_peer)))
             if peers:
                 # Equal batches: a last batch of a few peers would cost nearly a full pass
                 # over the sum for them alone (64 peers: 32 + 32, not 31 + 31 + 2).

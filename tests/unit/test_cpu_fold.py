@@ -74,6 +74,32 @@ def test_batches_are_equal_when_the_peer_count_is_known(peers, batch) -> None:
     assert cpu_fold.BatchFold(cpu_fold.layout(plan), plan, comp.params, peers=peers).batch == batch
 
 
+def test_a_model_whose_payloads_outgrow_the_batch_bytes_still_batches_peers(monkeypatch) -> None:
+    # A batch is a pass over the whole sum: a large model's payloads, each beyond
+    # BATCH_BYTES, must still share passes, within a share of the sum's own memory.
+    monkeypatch.setattr(cpu_fold, "BATCH_BYTES", 1)
+    comp = TopKCompressor(TopKParams())
+    plan = comp.plan(SHAPES)
+    fold = cpu_fold.BatchFold(cpu_fold.layout(plan), plan, comp.params)
+    per_peer = plan.total_entries * np.dtype(cpu_fold.compact_dtype(comp.params)).itemsize
+    sum_bytes = 4 * sum(math.prod(s) for s in SHAPES.values())
+    assert fold.batch > 1
+    assert 2 * fold.batch * per_peer <= sum_bytes * cpu_fold.SUM_SHARE
+
+
+async def test_a_large_models_batches_add_what_one_peer_at_a_time_adds(monkeypatch) -> None:
+    monkeypatch.setattr(cpu_fold, "BATCH_BYTES", 1)
+    comp = TopKCompressor(TopKParams())
+    peers = [payload(comp, s) for s in range(7)]
+    plan = comp.plan(SHAPES)
+    one, batched = CompiledSum(comp, plan, batch=1), CompiledSum(comp, plan, peers=7)
+    assert batched._batch.batch > 1
+    for total in (one, batched):
+        await _add_all(total, peers, lambda n: dict.fromkeys(n, 0.5))
+    a, b = one.result(1 / 7), batched.result(1 / 7)
+    assert all(torch.equal(a[k], b[k]) for k in SHAPES)
+
+
 async def test_the_last_flush_split_over_two_cores_adds_what_one_pass_adds() -> None:
     comp = TopKCompressor(TopKParams(target_chunk=8, topk=6))
     shapes = {f"w{i}": (16, 24) for i in range(5)}
