@@ -39,9 +39,11 @@ def check_version(version: str) -> str:
     return version
 
 
-def _nonneg(name: str, value: int) -> None:
+def nonneg(name: str, value: int) -> int:
+    """`value`, a non-negative int (not a bool) for a window or uid in a name."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return value
 
 
 @attrs.frozen
@@ -54,18 +56,18 @@ class ParsedKey:
 
 
 def gradient(window: int, uid: int, version: str) -> str:
-    _nonneg("window", window)
-    _nonneg("uid", uid)
+    nonneg("window", window)
+    nonneg("uid", uid)
     return f"gradient-{window}-{uid}-v{check_version(version)}.safetensors"
 
 
 def aggregator(window: int, version: str) -> str:
-    _nonneg("window", window)
+    nonneg("window", window)
     return f"aggregator-{window}-v{check_version(version)}.safetensors"
 
 
 def peers(window: int, version: str) -> str:
-    _nonneg("window", window)
+    nonneg("window", window)
     return f"peers-{window}-v{check_version(version)}.json"
 
 
@@ -81,8 +83,8 @@ def start_window(version: str) -> str:
 
 def debug(window: int, uid: int, version: str) -> str:
     """A neuron's per-window debug dict (JSON, never pickle); removed by the janitor."""
-    _nonneg("window", window)
-    _nonneg("uid", uid)
+    nonneg("window", window)
+    nonneg("uid", uid)
     return f"debug-{window}-{uid}-v{check_version(version)}.json"
 
 
@@ -92,8 +94,8 @@ def checkpoint_prefix(version: str) -> str:
 
 
 def checkpoint_dir(window: int, uid: int, version: str) -> str:
-    _nonneg("window", window)
-    _nonneg("uid", uid)
+    nonneg("window", window)
+    nonneg("uid", uid)
     return f"{checkpoint_prefix(version)}{window}-{uid}/"
 
 
@@ -134,7 +136,8 @@ _PATTERNS: list[tuple[KeyKind, re.Pattern[str]]] = [
 ]
 
 
-def _canonical_int(text: str | None) -> int | None:
+def canonical_int(text: str | None) -> int | None:
+    """A decimal without leading zeros: one window has one name, so no two keys alias."""
     if text is None:
         return None
     if len(text) > 1 and text.startswith("0"):
@@ -150,8 +153,8 @@ def parse(key: str) -> ParsedKey | None:
             continue
         parts = match.groupdict()
         try:
-            window = _canonical_int(parts.get("window"))
-            uid = _canonical_int(parts.get("uid"))
+            window = canonical_int(parts.get("window"))
+            uid = canonical_int(parts.get("uid"))
         except ValueError:
             return None
         return ParsedKey(

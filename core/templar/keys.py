@@ -19,7 +19,7 @@ import re
 import attrs
 
 from core import keys
-from core.keys import KeyKind, ParsedKey, check_version
+from core.keys import KeyKind, ParsedKey, canonical_int, check_version, nonneg
 
 _V = r"(?P<version>[0-9A-Za-z][0-9A-Za-z.+_-]{0,63})"
 _N = "[0-9]+"
@@ -32,35 +32,20 @@ _PATTERNS: tuple[tuple[KeyKind, re.Pattern[str]], ...] = (
 )
 
 
-def _nonneg(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    return value
-
-
-def _canonical(text: str | None) -> int | None:
-    """A decimal without leading zeros: one window has one name, so no two keys alias."""
-    if text is None:
-        return None
-    if len(text) > 1 and text.startswith("0"):
-        raise ValueError("leading zero")
-    return int(text)
-
-
 @attrs.frozen
 class TemplarKeys:
     name: str = "templar"
     peers_prefix: str = "peers_"
 
     def gradient(self, window: int, uid: int, version: str) -> str:
-        w, u = _nonneg("window", window), _nonneg("uid", uid)
+        w, u = nonneg("window", window), nonneg("uid", uid)
         return f"gradient-{w}-{u}-v{check_version(version)}.pt"
 
     def aggregator(self, window: int, version: str) -> str:
-        return f"aggregator-{_nonneg('window', window)}-v{check_version(version)}.pt"
+        return f"aggregator-{nonneg('window', window)}-v{check_version(version)}.pt"
 
     def peers(self, window: int, version: str) -> str:
-        return f"peers_{_nonneg('window', window)}_v{check_version(version)}.json"
+        return f"peers_{nonneg('window', window)}_v{check_version(version)}.json"
 
     def peers_latest(self, version: str) -> str | None:
         return None
@@ -69,7 +54,7 @@ class TemplarKeys:
         return f"start_window_v{check_version(version)}.json"
 
     def debug(self, window: int, uid: int, version: str) -> str:
-        w, u = _nonneg("window", window), _nonneg("uid", uid)
+        w, u = nonneg("window", window), nonneg("uid", uid)
         return f"debug-{w}-{u}-v{check_version(version)}.pt"
 
     def parse(self, key: str) -> ParsedKey | None:
@@ -79,7 +64,7 @@ class TemplarKeys:
                 continue
             parts = match.groupdict()
             try:
-                window, uid = _canonical(parts.get("window")), _canonical(parts.get("uid"))
+                window, uid = canonical_int(parts.get("window")), canonical_int(parts.get("uid"))
             except ValueError:
                 return None
             return ParsedKey(kind=kind, version=parts["version"], window=window, uid=uid)
