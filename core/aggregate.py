@@ -29,18 +29,19 @@ from collections.abc import Mapping
 import attrs
 import torch
 
-from core.compression import Checked, Compressed, Compressor, Prepared, Shape, make_sum
+from core.compression import (
+    Checked,
+    Compressed,
+    Compressor,
+    Prepared,
+    Shape,
+    TopKCompressor,
+    make_sum,
+)
+from core.compression.topk import POSITION_SHIFT
 
 _TINY = 1e-12
-# `Compressor.positions` packs a kept entry as parameter number << 40 | offset.
-_PARAM_SHIFT = 40
-_OFFSET_MASK = (1 << _PARAM_SHIFT) - 1
-
-
-def _positional(compressor: Compressor) -> bool:
-    """Whether `positions` gives offsets in the parameter itself (top-k without DCT)."""
-    params = getattr(compressor, "params", None)
-    return hasattr(compressor, "positions") and params is not None and not params.use_dct
+_OFFSET_MASK = (1 << POSITION_SHIFT) - 1
 
 
 class Normalisation(enum.Enum):
@@ -96,9 +97,12 @@ class Aggregator:
         `background`: the sum may work on threads of its own (see `make_sum`)."""
         self._mode = normalisation
         self._holds = normalisation in (Normalisation.MEDIAN_CLIP, Normalisation.KEPT_MEAN)
-        if normalisation is Normalisation.KEPT_MEAN and not _positional(compressor):
-            raise ValueError("kept_mean needs a top-k compressor without DCT")
-        self._compressor = compressor
+        # Under KEPT_MEAN, the compressor whose kept positions count each entry's keepers.
+        self._topk: TopKCompressor | None = None
+        if normalisation is Normalisation.KEPT_MEAN:
+            if not isinstance(compressor, TopKCompressor) or compressor.params.use_dct:
+                raise ValueError("kept_mean needs a top-k compressor without DCT")
+            self._topk = compressor
         self._sum = make_sum(compressor, shapes, device, peers=peers, background=background)
         self._held: list[tuple[Compressed, dict[str, float]]] = []
         self.count = 0
@@ -141,8 +145,8 @@ class Aggregator:
             def clip(norms: dict[str, float]) -> dict[str, float]:
                 return {name: _clip(median[name], n) for name, n in norms.items()}
 
-            if self._mode is Normalisation.KEPT_MEAN:
-                keepers = self._keepers()
+            if self._topk is not None:
+                keepers = self._keepers(self._topk)
             for compressed, _ in self._held:
                 self._sum.fold(compressed, clip)
             self._held.clear()
@@ -154,14 +158,14 @@ class Aggregator:
             for name, t in total.items()
         }
 
-    def _keepers(self) -> dict[str, torch.Tensor]:
+    def _keepers(self, topk: TopKCompressor) -> dict[str, torch.Tensor]:
         """How many held peers kept each entry, per parameter (flat)."""
         shapes = self._held[0][0].shapes
         counts = {name: torch.zeros(math.prod(shape), dtype=torch.int64) for name, shape in shapes}
         names = [name for name, _ in shapes]
         for compressed, _ in self._held:
-            positions = self._compressor.positions(compressed)  # type: ignore[attr-defined]
-            numbers, offsets = positions >> _PARAM_SHIFT, positions & _OFFSET_MASK
+            positions = topk.positions(compressed)
+            numbers, offsets = positions >> POSITION_SHIFT, positions & _OFFSET_MASK
             for number, name in enumerate(names):
                 mine = offsets[numbers == number]
                 counts[name] += torch.bincount(mine, minlength=counts[name].numel())

@@ -18,6 +18,7 @@ from datetime import datetime
 import torch
 
 from core.compression import Compressed, Compressor
+from core.compression.topk import POSITION_SHIFT
 
 SKETCH = 256
 _MUL = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64: a well-mixing odd constant
@@ -29,7 +30,7 @@ def _positions(compressor: Compressor, compressed: Compressed) -> torch.Tensor:
         return own(compressed).to("cpu", torch.int64)
     parts = []
     for number, tensor in enumerate(compressor.decode(compressed, device="cpu").values()):
-        parts.append(tensor.reshape(-1).nonzero().reshape(-1) + (number << 40))
+        parts.append(tensor.reshape(-1).nonzero().reshape(-1) + (number << POSITION_SHIFT))
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
 
 

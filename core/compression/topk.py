@@ -42,6 +42,9 @@ METHOD = "chunked_topk"
 INDEX_CODES = ("elias_fano", "packed")
 _MAX_BUFFERS = 16
 
+# `positions` packs a parameter number above this many bits of offset within it.
+POSITION_SHIFT = 40
+
 
 def _positive(instance, attribute, value) -> None:
     if value <= 0:
@@ -371,16 +374,16 @@ class TopKCompressor:
 
     @torch.no_grad()
     def positions(self, compressed: Compressed, *, on_loop: bool = False) -> torch.Tensor:
-        """Every kept entry as one int64: parameter number << 40 | offset in the parameter
-        (the chunk-domain offset under DCT). Two payloads keeping the same entries have the
-        same positions, whatever their values. `on_loop` as `validate`."""
+        """Every kept entry as one int64: parameter number << POSITION_SHIFT | offset in the
+        parameter (the chunk-domain offset under DCT). Two payloads keeping the same entries
+        have the same positions, whatever their values. `on_loop` as `validate`."""
         plan = self._plans.get(compressed.shapes)
         local = self.local_indices(compressed, on_loop=on_loop)
         parts = []
         for number, m in enumerate(plan.params):
             sl = slice(m.offset, m.offset + m.n_entries)
             flat = plan.flat_index(m, local[sl].view(m.n_chunks, m.k)).reshape(-1)
-            parts.append(flat + (number << 40))
+            parts.append(flat + (number << POSITION_SHIFT))
         return torch.cat(parts)
 
     def _values(self, plan: Plan, t, device) -> torch.Tensor:
