@@ -8,8 +8,33 @@ the checks are on verdicts, and on timing only as "most windows", never "every w
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+
+def run_localnet(
+    tmp_path: Path, *args: str, timeout: float = 150
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """`templar-comms localnet *args` in its own process, its network under tmp_path/net, its
+    chart at tmp_path/loss.png; the run (which must have succeeded) and its JSON table."""
+    out = tmp_path / "table.json"
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "neurons.cli", "localnet", *args,
+            "--dir", str(tmp_path / "net"), "--json", str(out),
+            "--plot", str(tmp_path / "loss.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run, json.loads(out.read_text())
+
 
 TIMING = ("not_found", "too_late", "too_early", "error: timeout")
 

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from neurons.localnet_view import COLUMNS
-from tests.e2e.expect import check_run
+from tests.e2e.expect import check_run, run_localnet
 
 
 @pytest.mark.slow
 def test_localnet_trains_and_skips_a_garbage_miner_and_catches_a_copier(tmp_path):
-    out = tmp_path / "table.json"
-    run = subprocess.run(
-        [
-            sys.executable, "-m", "neurons.cli", "localnet",
-            "--miners", "2", "--windows", "6", "--faulty", "garbage,copier",
-            "--block-time", "0.4", "--dir", str(tmp_path / "net"), "--json", str(out),
-            "--plot", str(tmp_path / "loss.png"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=150,
+    run, table = run_localnet(
+        tmp_path, "--miners", "2", "--windows", "6", "--faulty", "garbage,copier",
+        "--block-time", "0.4",
     )  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
-    table = json.loads(out.read_text())
     assert table["columns"] == list(COLUMNS)
     rows = table["rows"]
     assert len(rows) == 6
@@ -67,20 +55,12 @@ def seed_operations_show_in_the_events(root) -> None:
 def test_localnet_in_the_templar_profile_uses_templars_names_and_time_windows(tmp_path):
     """`--protocol templar`: every bucket holds Templar's names only, and honest miners,
     uploading once their window is over, are aggregated; a garbage miner is still refused."""
-    out, net = tmp_path / "table.json", tmp_path / "net"
-    run = subprocess.run(
-        [
-            sys.executable, "-m", "neurons.cli", "localnet", "--protocol", "templar",
-            "--miners", "2", "--windows", "5", "--faulty", "garbage",
-            "--block-time", "0.4", "--dir", str(net), "--json", str(out),
-            "--plot", str(tmp_path / "loss.png"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=150,
+    net = tmp_path / "net"
+    _, table = run_localnet(
+        tmp_path, "--protocol", "templar", "--miners", "2", "--windows", "5",
+        "--faulty", "garbage", "--block-time", "0.4",
     )  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
-    check_run(json.loads(out.read_text())["rows"], honest=("1", "2"), faulty={"3": "invalid"})
+    check_run(table["rows"], honest=("1", "2"), faulty={"3": "invalid"})
     names = {p.name for p in (net / "storage").glob("*/objects/*") if p.is_file()}
     assert any(n.startswith("gradient-") and n.endswith("-v1.pt") for n in names), names
     assert any(n.startswith("aggregator-") and n.endswith("-v1.pt") for n in names), names
