@@ -26,10 +26,9 @@ from collections.abc import Callable
 import attrs
 import numpy as np
 import torch
-from llvmlite import ir
 from numba import njit
-from numba.core.extending import intrinsic, overload
 
+from core.compression import bits
 from core.compression.chunking import INDEX_BITS, Plan
 from core.compression.kernels import _tally
 
@@ -97,30 +96,6 @@ def nbytes(plan: Plan) -> int:
 # -- kernels -------------------------------------------------------------------------------
 
 
-@intrinsic
-def _cttz(typingctx, word):
-    """The position of the lowest set bit of a non-zero uint64 (one instruction)."""
-    sig = word(word)
-
-    def codegen(context, builder, signature, args):
-        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
-
-    return sig, codegen
-
-
-def _trailing_zeros(word):
-    """The position of the lowest set bit of a non-zero uint64. This body runs only without
-    the compiler (NUMBA_DISABLE_JIT: the bounds-checked fuzz of the decoder); compiled
-    code gets the instruction (below)."""
-    w = int(word)
-    return (w & -w).bit_length() - 1
-
-
-@overload(_trailing_zeros)
-def _trailing_zeros_compiled(word):
-    return lambda word: _cttz(word)
-
-
 @njit(nogil=True, cache=True, inline="always")
 def _read(data, bit, width, end):
     """`width` (<= 17) bits of `data` from stream bit `bit`; bytes at or past `end` read as
@@ -181,40 +156,50 @@ def _lows(data, base, k, low, out, first):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _decode_chunk(data, base, k, low, upper, size, out, first):
-    """Decode the chunk at byte `base` into out[first:first + k]; returns (verdict, entry
-    of the chunk it concerns). Reads only the chunk's own bytes."""
+def _decode_chunk(d, k, low, upper, size, o, highs):
+    """Decode one chunk, its bytes `d`, into its k entries `o`; returns (verdict, entry of
+    the chunk it concerns). Slices, not offsets into the whole arrays: an index the
+    compiler knows is not negative needs no wraparound, and the loops vectorise. `highs`:
+    scratch for the high parts, k + 64 bytes (see `bits.spread_highs`)."""
     low_bytes = (k * low + 7) >> 3
-    ub = base + low_bytes
     up_bytes = (upper + 7) >> 3
     # Stray bits past the low fields or the upper vector (the pad up to a byte).
-    if (k * low) & 7 and data[ub - 1] >> ((k * low) & 7):
+    if (k * low) & 7 and d[low_bytes - 1] >> ((k * low) & 7):
         return TRAILING, 0
-    if upper & 7 and data[ub + up_bytes - 1] >> (upper & 7):
+    if upper & 7 and d[low_bytes + up_bytes - 1] >> (upper & 7):
         return TRAILING, k - 1
-    _lows(data, base, k, low, out, first)
-    i = 0
-    rising = True
-    prev = np.int64(-1)
+    u = d[low_bytes : low_bytes + up_bytes]
+    _lows(d, 0, k, low, o, 0)
+    # A high part fits a byte whenever k < 128 (it is below 2k + 2); otherwise the entries
+    # take theirs one by one.
+    in_bytes = ((size - 1) >> low) < 255
+    n = 0
     for w in range(0, up_bytes, 8):
-        v = _word8(data, ub + w) if up_bytes - w >= 8 else _word(data, ub + w, up_bytes - w)
-        while v:
-            if i == k:
-                return COUNT, k - 1
-            t = np.int64(_trailing_zeros(v))
-            v &= v - np.uint64(1)
-            index = np.int64(out[first + i]) | ((8 * w + t - i) << low)
-            out[first + i] = index
-            rising &= index > prev
-            prev = index
-            i += 1
-    if i != k:
-        return COUNT, max(i - 1, 0)
-    if not rising:
+        v = _word8(u, w) if up_bytes - w >= 8 else _word(u, w, up_bytes - w)
+        c = bits.popcount(v)
+        if n + c > k:
+            return COUNT, k - 1
+        if in_bytes:
+            bits.spread_highs(v, 8 * w - n, highs, n)
+        else:
+            for i in range(n, n + c):
+                o[i] |= (8 * w + np.int64(bits.trailing_zeros(v)) - i) << low
+                v &= v - np.uint64(1)
+        n += c
+    if n != k:
+        return COUNT, max(n - 1, 0)
+    if in_bytes:
+        for i in range(k):
+            o[i] |= np.int64(highs[i]) << low
+    # Rising (so none repeats): one vectorised pass; where not, the first that falls.
+    step = np.int32(1)
+    for i in range(1, k):
+        step = min(step, np.int32(o[i]) - np.int32(o[i - 1]))
+    if step <= 0:
         for i in range(1, k):
-            if out[first + i] <= out[first + i - 1]:
+            if o[i] <= o[i - 1]:
                 return NOT_RISING, i
-    if prev >= size:  # the largest, since they rise
+    if o[k - 1] >= size:  # the largest, since they rise
         return OUT_OF_RANGE, k - 1
     return OK, 0
 
@@ -222,14 +207,18 @@ def _decode_chunk(data, base, k, low, upper, size, out, first):
 @njit(nogil=True, cache=True, inline="always")
 def _decode(data, geo, out):
     """Every chunk into `out` (one index per entry); (verdict, first bad entry or -1)."""
+    if geo.shape[0] == 0:
+        return OK, -1
+    highs = np.empty(geo[:, K].max() + 64, np.uint8)
     for p in range(geo.shape[0]):
         offset, n, k, size, low, upper, per_chunk, start = geo[p]
         for c in range(n):
-            status, at = _decode_chunk(
-                data, start + c * per_chunk, k, low, upper, size, out, offset + c * k
+            at, first = start + c * per_chunk, offset + c * k
+            status, bad = _decode_chunk(
+                data[at : at + per_chunk], k, low, upper, size, out[first : first + k], highs
             )
             if status != OK:
-                return status, offset + c * k + at
+                return status, first + bad
     return OK, -1
 
 

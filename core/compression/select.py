@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit
 
 from core.compression import elias_fano
+from core.compression.bits import trailing_zeros
 from core.compression.chunking import Plan
 
 __all__ = ["WARMUP", "select", "select_parameter", "selectable"]
@@ -151,7 +152,7 @@ def _with_floor(
         r = bits[base + piece_off[t] : base + piece_off[t] + piece]
         mask = _mask_at_least(r, piece, floor if ties > 0 else floor + 1)
         while mask:
-            j = np.int64(elias_fano._trailing_zeros(mask))
+            j = np.int64(trailing_zeros(mask))
             mask &= mask - np.uint64(1)
             if _key(r[j]) == floor:
                 if ties == 0:
@@ -222,7 +223,7 @@ def select_parameter(src, cols, h, w, k, q, c0, c1, first, local, values, stream
                 r = bits[base + piece_off[t] : base + piece_off[t] + piece]
                 mask = _mask_at_least(r, piece, above)
                 while mask:
-                    j = np.int64(elias_fano._trailing_zeros(mask))
+                    j = np.int64(trailing_zeros(mask))
                     mask &= mask - np.uint64(1)
                     pos[count] = piece_pos[t] + j
                     off[count] = piece_off[t] + j

@@ -53,6 +53,21 @@ def test_round_trip_of_chosen_indices() -> None:
     assert np.array_equal(out, local)
 
 
+def test_round_trip_where_high_parts_pass_a_byte() -> None:
+    # 256 of 4096: L = 4, high parts up to 256, decoded entry by entry, not as bytes
+    plan = Plan([("w", (64, 128))], 64, 256)
+    assert plan.params[0].k == 256 and (4095 >> elias_fano.low_bits(4096, 256)) >= 255
+    rng = np.random.default_rng(2)
+    local = np.concatenate(
+        [np.sort(rng.choice(4096, 256, replace=False)) for _ in range(plan.params[0].n_chunks)]
+    )
+    status, out = decoded(plan, stream_of(plan, local))
+    assert status == elias_fano.OK
+    assert np.array_equal(out, local)
+    local[3] = local[2]  # a repeat
+    assert decoded(plan, stream_of(plan, local))[0] == elias_fano.NOT_RISING
+
+
 # One 6x6 chunk keeping 4: L = 3, an upper vector of 4 + 5 = 9 bits (two bytes, 7 pad bits).
 SMALL = Plan([("w", (6, 6))], 8, 4)
 
