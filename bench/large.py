@@ -32,7 +32,7 @@ from bench.compression import gradient, model_shapes
 from bench.gather import CONCURRENCY, VERSION, Boto3Raw, GatherRun, ObstoreRaw, _peer_server, _weed
 from bench.peers import KINDS, timed_row, upload
 from core.codec import Expected
-from core.compression import Compressed, default_compressor
+from core.compression import Compressed, cpu_fold, default_compressor
 from core.compression.buffers import BUFFERS
 
 MODEL = {"layers": 20, "d": 2048, "ff": 8192}
@@ -112,7 +112,11 @@ async def _run(quick: bool) -> dict[str, object]:
         "concurrency": CONCURRENCY,
         "rounds": rounds,
         "kept_buffer_bytes": kept,
-        "rss_budget_bytes": int(1.2 * (4 * params + CONCURRENCY * payload_bytes)),
+        # The sum, the fold's two sets of batch arrays (a share of the sum, see cpu_fold),
+        # and the payloads in flight; + 20%.
+        "rss_budget_bytes": int(
+            1.2 * (4 * params * (1 + cpu_fold.SUM_SHARE) + CONCURRENCY * payload_bytes)
+        ),
         "goal_gather_vs_raw_max": GOAL,
         "rows": rows,
     }
@@ -130,8 +134,8 @@ def markdown(result: dict) -> str:
         f"{result['rounds']} round(s) in rotating order (min in brackets), seconds, and MB/s of "
         "payload. Peak RSS growth in MB over the run; the gather's includes its kept sum "
         f"({result['kept_buffer_bytes'] / 1e6:,.0f} MB); budget "
-        f"{result['rss_budget_bytes'] / 1e6:,.0f} MB (dense model + concurrency x payload, "
-        "+ 20%).",
+        f"{result['rss_budget_bytes'] / 1e6:,.0f} MB (dense model, the fold's batch arrays: "
+        f"{cpu_fold.SUM_SHARE:.3f} of it, concurrency x payload; + 20%).",
         "",
         "| peers | raw GET boto3 | raw GET obstore | gather obstore | MB/s boto3 / obstore / "
         "gather | gather / raw obstore | gather / raw boto3 | peak RSS growth MB, boto3 / "
