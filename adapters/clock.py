@@ -46,6 +46,7 @@ class FakeClock:
         self._elapsed = 0.0
         self._sleepers: list[tuple[float, int]] = []
         self._seq = itertools.count()
+        self._woken = 0  # sleepers woken so far
 
     def now(self) -> datetime:
         return self._start + timedelta(seconds=self._elapsed)
@@ -68,11 +69,15 @@ class FakeClock:
         heapq.heappush(self._sleepers, entry)
         try:
             while True:
+                # Settle again whenever another sleeper woke meanwhile: what its waking made
+                # ready (a timeout that cancels this very sleep, say) runs before time moves.
+                woken = self._woken
                 for _ in range(self.SETTLE_ROUNDS):
                     await asyncio.sleep(0)
-                if self._sleepers[0] == entry:
+                if self._sleepers[0] == entry and self._woken == woken:
                     heapq.heappop(self._sleepers)
                     self._elapsed = max(self._elapsed, entry[0])
+                    self._woken += 1
                     return
         except BaseException:
             if entry in self._sleepers:

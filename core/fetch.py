@@ -45,7 +45,7 @@ def _strip(fetched: Fetched[T]) -> Fetched[T]:
     return attrs.evolve(fetched, payload=None)
 
 
-async def _within(clock: Clock, work: Awaitable[T], seconds: float) -> T | None:
+async def within(clock: Clock, work: Awaitable[T], seconds: float) -> T | None:
     """`work`'s result, or None when `seconds` pass first on `clock` (`work` is cancelled)."""
     task = asyncio.ensure_future(work)
     timer = asyncio.ensure_future(clock.sleep(seconds))
@@ -156,7 +156,7 @@ class Peers:
             else:
                 # exchange.get's timeout bounds only its polling; a read that is slow itself
                 # must also give way, or the reserve never gets its turn.
-                got = await _within(clock, fetch, remaining + _SLACK)
+                got = await within(clock, fetch, remaining + _SLACK)
                 if got is None:
                     return self._failed(uid, Status.ERROR, f"timeout: no answer in {remaining:g} s")
             if got.ok and clock.monotonic() > self._deadline:

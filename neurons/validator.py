@@ -17,6 +17,7 @@ from core import debug, decoding
 from core.aggregate import Aggregator, Normalisation
 from core.compression import Checked, DenseCompressor
 from core.decoding import DecodeRunner
+from core.fetch import within
 from core.peers import (
     ActivityTracker,
     PeerList,
@@ -166,31 +167,40 @@ class Validator(Neuron):
         )
 
     async def _read_reports(
-        self, window: int, uids: frozenset[int], commitments: dict
+        self, window: int, uids: frozenset[int], commitments: dict, seconds: float
     ) -> dict[str, dict]:
         """The debug reports the evaluated miners published for `window` (the one before
         ours: a miner posts its report after its gather), for the operator to set against our
-        own measurements. A missing or invalid report is logged, never scored."""
+        own measurements: those read within `seconds` (what is left of the gather's time), so
+        that a miner's slow bucket may cost its report, never the window. A missing, late or
+        invalid report is logged, never scored."""
+        found: dict[str, dict] = {}
         if not self.profile.debug_reports or window < 0:
-            return {}
+            return found
 
-        async def one(uid: int) -> tuple[int, debug.DebugReport | None]:
+        async def one(uid: int) -> None:
             try:
                 store = self.opener.open(commitments[uid])
-                found = await debug.get_debug(
+                r = await debug.get_debug(
                     store, window, uid, self.hparams.version, self.profile.keys
                 )
-                return uid, found
             except (StorageError, debug.InvalidDebug, ValueError) as exc:
                 log.info("debug report of uid %s window %d: %s", uid, window, exc)
-                return uid, None
+                return
+            found[str(uid)] = {"window": r.window, "step": r.step, "loss": r.loss}
 
-        found = await asyncio.gather(*(one(u) for u in sorted(uids) if u in commitments))
-        return {
-            str(uid): {"window": r.window, "step": r.step, "loss": r.loss}
-            for uid, r in found
-            if r is not None
-        }
+        async def every() -> bool:
+            await asyncio.gather(*(one(u) for u in sorted(uids) if u in commitments))
+            return True
+
+        if await within(self.clock, every(), max(seconds, 0.0)) is None:
+            log.warning(
+                "debug reports of window %d: %d of %d read by the gather's deadline",
+                window,
+                len(found),
+                len(uids),
+            )
+        return dict(found)
 
     async def step(self, window: int) -> Row:
         assert self.uid is not None
@@ -253,7 +263,12 @@ class Validator(Neuron):
         for key, evaluation in evaluations.items():
             self.scores.update(int(key), evaluation)
         self.tracker.evaluated(chosen)
-        reports = await self._read_reports(window - 1, chosen, commitments)
+        reports = await self._read_reports(
+            window - 1,
+            chosen,
+            commitments,
+            hp.gather_timeout - (self.clock.monotonic() - gather_started),
+        )
         for uid, checked in held.items():
             await aggregator.add(aggregator.prepare(checked, on_loop=True))
             used.append(uid)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -35,3 +36,21 @@ def test_system_clock_is_utc() -> None:
     now = SystemClock().now()
     assert now.utcoffset() == timedelta(0)
     assert abs((now - datetime.now(UTC)).total_seconds()) < 5
+
+
+@pytest.mark.parametrize("rounds", range(FakeClock.SETTLE_ROUNDS - 1))
+async def test_a_timeout_cancels_a_longer_sleep_before_time_reaches_it(rounds: int) -> None:
+    # The short sleep starts while the long one settles, before its first look at the queue.
+    # However far through settling the long one is when the short one wakes, what that
+    # waking makes ready (here: the cancel) runs before the long one may move the clock.
+    clock = FakeClock()
+    long = asyncio.ensure_future(clock.sleep(1e6))
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+    short = asyncio.ensure_future(clock.sleep(2))
+    await asyncio.wait({long, short}, return_when=asyncio.FIRST_COMPLETED)
+    long.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await long
+    assert short.done() and long.cancelled()
+    assert clock.monotonic() == 2

@@ -3,8 +3,11 @@ local copy, and the janitor sweeps both (in-memory fakes and a FakeClock)."""
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 
+from adapters.storage.chaos import NO_FAULT, ChaosOpener, Fault
 from adapters.storage.local import LocalStore
 from core import debug, keys
 from core.peers.evaluation import rotation_bound
@@ -68,3 +71,22 @@ async def test_the_janitor_sweeps_local_copies_too(tmp_path) -> None:
     )
     assert windows, "no local debug copies at all"
     assert len(windows) <= 3, windows  # the last `debug_retention` windows (and the newest)
+
+
+async def test_a_debug_report_that_never_comes_costs_the_report_not_the_window(
+    tmp_path, caplog
+) -> None:
+    net = Net(tmp_path, miners=2)
+
+    def hang_reports(bucket: str, op: str, key: str) -> Fault:
+        return Fault(latency=1e6) if key.startswith("debug-") else NO_FAULT
+
+    net.validator.opener = ChaosOpener(net.opener, net.clock, hang_reports)
+    with caplog.at_level(logging.WARNING, logger="neurons.validator"):
+        await net.run(4)
+    rows = net.validator_rows()
+    assert len(rows) == 4
+    assert all(r["reports"] == {} for r in rows)
+    # Without the bound the validator would wait out the hanging reads (1e6 s on this clock).
+    assert net.clock.monotonic() < 1e4
+    assert "by the gather's deadline" in caplog.text
