@@ -18,8 +18,10 @@ from typing import Protocol
 
 import attrs
 
-_VERSION = r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}"
-_VERSION_RE = re.compile(rf"^{_VERSION}$")
+# A version as it may appear in a key (every key scheme parses it with this pattern).
+VERSION_PATTERN = r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}"
+_VERSION_RE = re.compile(rf"^{VERSION_PATTERN}$")
+_V = rf"(?P<version>{VERSION_PATTERN})"
 _FILE_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 MANIFEST = "manifest.json"
 
@@ -112,24 +114,22 @@ def checkpoint_manifest(window: int, uid: int, version: str) -> str:
 _PATTERNS: list[tuple[KeyKind, re.Pattern[str]]] = [
     (
         KeyKind.GRADIENT,
-        re.compile(
-            rf"^gradient-(?P<window>[0-9]+)-(?P<uid>[0-9]+)-v(?P<version>{_VERSION})\.safetensors$"
-        ),
+        re.compile(rf"^gradient-(?P<window>[0-9]+)-(?P<uid>[0-9]+)-v{_V}\.safetensors$"),
     ),
     (
         KeyKind.AGGREGATOR,
-        re.compile(rf"^aggregator-(?P<window>[0-9]+)-v(?P<version>{_VERSION})\.safetensors$"),
+        re.compile(rf"^aggregator-(?P<window>[0-9]+)-v{_V}\.safetensors$"),
     ),
-    (KeyKind.PEERS, re.compile(rf"^peers-(?P<window>[0-9]+)-v(?P<version>{_VERSION})\.json$")),
-    (KeyKind.START_WINDOW, re.compile(rf"^start_window-v(?P<version>{_VERSION})\.json$")),
+    (KeyKind.PEERS, re.compile(rf"^peers-(?P<window>[0-9]+)-v{_V}\.json$")),
+    (KeyKind.START_WINDOW, re.compile(rf"^start_window-v{_V}\.json$")),
     (
         KeyKind.DEBUG,
-        re.compile(rf"^debug-(?P<window>[0-9]+)-(?P<uid>[0-9]+)-v(?P<version>{_VERSION})\.json$"),
+        re.compile(rf"^debug-(?P<window>[0-9]+)-(?P<uid>[0-9]+)-v{_V}\.json$"),
     ),
     (
         KeyKind.CHECKPOINT,
         re.compile(
-            rf"^checkpoints/v(?P<version>{_VERSION})/(?P<window>[0-9]+)-(?P<uid>[0-9]+)/"
+            rf"^checkpoints/v{_V}/(?P<window>[0-9]+)-(?P<uid>[0-9]+)/"
             r"(?P<file>[0-9A-Za-z][0-9A-Za-z._-]{0,127})$"
         ),
     ),

@@ -21,7 +21,7 @@ import attrs
 from core import keys
 from core.keys import KeyKind, ParsedKey, canonical_int, check_version, nonneg
 
-_V = r"(?P<version>[0-9A-Za-z][0-9A-Za-z.+_-]{0,63})"
+_V = rf"(?P<version>{keys.VERSION_PATTERN})"
 _N = "[0-9]+"
 _PATTERNS: tuple[tuple[KeyKind, re.Pattern[str]], ...] = (
     (KeyKind.GRADIENT, re.compile(rf"^gradient-(?P<window>{_N})-(?P<uid>{_N})-v{_V}\.pt$")),
