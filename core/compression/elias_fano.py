@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from core.compression import bits
-from core.compression.chunking import INDEX_BITS, Plan
+from core.compression import bits, ef_default
+from core.compression.chunking import INDEX_BITS, INDEX_MASK, Plan
 from core.compression.kernels import _tally
 
 __all__ = [
@@ -92,6 +92,8 @@ def nbytes(plan: Plan) -> int:
         return 0
     return int((geo[:, CHUNK_BYTES] * geo[:, CHUNKS]).sum())
 
+
+_NO_CODES = np.zeros(0, np.uint8)
 
 # -- kernels -------------------------------------------------------------------------------
 
@@ -156,11 +158,13 @@ def _lows(data, base, k, low, out, first):
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _decode_chunk(d, k, low, upper, size, o, highs):
+def _decode_chunk(d, k, low, upper, size, o, highs, codes, width, first):
     """Decode one chunk, its bytes `d`, into its k entries `o`; returns (verdict, entry of
     the chunk it concerns). Slices, not offsets into the whole arrays: an index the
     compiler knows is not negative needs no wraparound, and the loops vectorise. `highs`:
-    scratch for the high parts, k + 64 bytes (see `bits.spread_highs`)."""
+    scratch for the high parts, k + 64 bytes (see `bits.spread_highs`). With a `width`,
+    each entry also gets its value code (`codes`, packed at `width`; the chunk's entries
+    are first..first+k-1 of them) above INDEX_BITS."""
     low_bytes = (k * low + 7) >> 3
     up_bytes = (upper + 7) >> 3
     # Stray bits past the low fields or the upper vector (the pad up to a byte).
@@ -169,10 +173,11 @@ def _decode_chunk(d, k, low, upper, size, o, highs):
     if upper & 7 and d[low_bytes + up_bytes - 1] >> (upper & 7):
         return TRAILING, k - 1
     u = d[low_bytes : low_bytes + up_bytes]
-    _lows(d, 0, k, low, o, 0)
     # A high part fits a byte whenever k < 128 (it is below 2k + 2); otherwise the entries
-    # take theirs one by one.
+    # take theirs one by one, after their low fields.
     in_bytes = ((size - 1) >> low) < 255
+    if not in_bytes:
+        _lows(d, 0, k, low, o, 0)
     n = 0
     for w in range(0, up_bytes, 8):
         v = _word8(u, w) if up_bytes - w >= 8 else _word(u, w, up_bytes - w)
@@ -188,25 +193,44 @@ def _decode_chunk(d, k, low, upper, size, o, highs):
         n += c
     if n != k:
         return COUNT, max(n - 1, 0)
-    if in_bytes:
-        for i in range(k):
-            o[i] |= np.int64(highs[i]) << low
-    # Rising (so none repeats): one vectorised pass; where not, the first that falls.
-    step = np.int32(1)
-    for i in range(1, k):
-        step = min(step, np.int32(o[i]) - np.int32(o[i - 1]))
-    if step <= 0:
+    if (
+        in_bytes
+        and k == ef_default.K
+        and low == ef_default.LOW
+        and width == ef_default.CODE_BITS
+        and first % 4 == 0
+    ):
+        # The default geometry and format: one vector pass (core/compression/ef_default.py).
+        rising, last = ef_default.combine(d, highs, codes[first >> 2 : (first + k) >> 2], o)
+    else:
+        if in_bytes:
+            _lows(d, 0, k, low, o, 0)
+            for i in range(k):
+                o[i] |= np.int64(highs[i]) << low
+        if width:
+            mask = (1 << width) - 1
+            for i in range(k):
+                bit = (first + i) * width
+                o[i] |= ((np.int64(codes[bit >> 3]) >> (bit & 7)) & mask) << INDEX_BITS
+        # Rising (so none repeats): one vectorised pass.
+        step = np.int32(1)
         for i in range(1, k):
-            if o[i] <= o[i - 1]:
+            step = min(step, np.int32(o[i] & INDEX_MASK) - np.int32(o[i - 1] & INDEX_MASK))
+        rising = step > 0
+        last = np.int64(o[k - 1] & INDEX_MASK)
+    if not rising:  # the first that falls
+        for i in range(1, k):
+            if o[i] & INDEX_MASK <= o[i - 1] & INDEX_MASK:
                 return NOT_RISING, i
-    if o[k - 1] >= size:  # the largest, since they rise
+    if last >= size:  # the largest, since they rise
         return OUT_OF_RANGE, k - 1
     return OK, 0
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _decode(data, geo, out):
-    """Every chunk into `out` (one index per entry); (verdict, first bad entry or -1)."""
+def _decode(data, geo, out, codes, width):
+    """Every chunk into `out` (one entry each: its index, and its code above INDEX_BITS when
+    `width`); (verdict, first bad entry or -1)."""
     if geo.shape[0] == 0:
         return OK, -1
     highs = np.empty(geo[:, K].max() + 64, np.uint8)
@@ -215,32 +239,20 @@ def _decode(data, geo, out):
         for c in range(n):
             at, first = start + c * per_chunk, offset + c * k
             status, bad = _decode_chunk(
-                data[at : at + per_chunk], k, low, upper, size, out[first : first + k], highs
+                data[at : at + per_chunk],
+                k,
+                low,
+                upper,
+                size,
+                out[first : first + k],
+                highs,
+                codes,
+                width,
+                first,
             )
             if status != OK:
                 return status, first + bad
     return OK, -1
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _add_codes(out, codes, width):
-    """out[e] |= code_e << INDEX_BITS for the value codes packed at `width` (which divides
-    8)."""
-    mask = (1 << width) - 1
-    start = 0
-    if width == 2:
-        # Four entries a byte: a loop LLVM vectorises (the default format).
-        start = out.size - out.size % 4
-        for g in range(out.size >> 2):
-            c = np.int64(codes[g])
-            e = 4 * g
-            out[e] |= (c & 3) << INDEX_BITS
-            out[e + 1] |= ((c >> 2) & 3) << INDEX_BITS
-            out[e + 2] |= ((c >> 4) & 3) << INDEX_BITS
-            out[e + 3] |= ((c >> 6) & 3) << INDEX_BITS
-    for e in range(start, out.size):
-        bit = e * width
-        out[e] |= ((np.int64(codes[bit >> 3]) >> (bit & 7)) & mask) << INDEX_BITS
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -249,10 +261,9 @@ def _decode_compact(data, codes, width, bins, geo, out, counts):
     straight from the bitstream, every check of the stream on the way, then the code
     counts per parameter the norms need. Decoded indices rise by construction, so no
     table of the indices seen is needed."""
-    status, at = _decode(data, geo, out)
+    status, at = _decode(data, geo, out, codes, width)
     if status != OK:
         return status, at
-    _add_codes(out, codes, width)
     for p in range(geo.shape[0]):
         first = geo[p, 0]
         bad = _tally(out[first : first + geo[p, 1] * geo[p, 2]], bins, counts[p])
@@ -273,12 +284,12 @@ def decode_compact_held(data, codes, width, bins, geo, out, counts):
 
 @njit(nogil=True, cache=True)
 def decode_indices(data, geo, out):
-    return _decode(data, geo, out)
+    return _decode(data, geo, out, _NO_CODES, 0)
 
 
 @njit(cache=True)
 def decode_indices_held(data, geo, out):
-    return _decode(data, geo, out)
+    return _decode(data, geo, out, _NO_CODES, 0)
 
 
 @njit(nogil=True, cache=True, inline="always")

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import njit
 
-from core.compression import TopKCompressor, TopKParams, elias_fano
+from core.compression import TopKCompressor, TopKParams, ef_default, elias_fano
 from core.compression.base import Compressed
 from core.compression.chunking import Plan
 from core.compression.compiled_sum import CompiledSum
@@ -171,3 +172,52 @@ def test_the_uncompiled_decoder_never_reads_past_the_stream():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# The default geometry (64 of 4096 a chunk, 2-bit codes): the compact decode takes the vector
+# pass of core/compression/ef_default.py; the index-only decode takes the loops.
+DEFAULT_PLANS = st.builds(
+    lambda rows, cols, tail: Plan([("a", (64 * rows, 64 * cols)), ("b", (tail,))], 64, 64),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 300),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(DEFAULT_PLANS, st.data())
+def test_the_vector_pass_gives_the_loops_verdicts_and_entries(plan, data):
+    raw = damaged(data, plan)
+    codes = np.frombuffer(
+        data.draw(st.binary(min_size=plan.total_entries // 4 + 1, max_size=plan.total_entries)),
+        np.uint8,
+    ).copy()
+    geo = elias_fano.geometry(plan)
+    indices = np.zeros(plan.total_entries, np.uint16)
+    status, entry = elias_fano.decode_indices(raw, geo, indices)
+    compact = np.zeros(plan.total_entries, np.uint16)
+    counts = np.zeros((2, 4), np.int64)
+    got, got_entry = elias_fano.decode_compact(raw, codes, 2, 4, geo, compact, counts)
+    assert (got, got_entry) == (status, entry)
+    if status == elias_fano.OK:
+        e = np.arange(plan.total_entries)
+        code = (codes[e >> 2] >> (2 * (e & 3))) & 3
+        assert np.array_equal(compact, indices | (code.astype(np.uint16) << 12))
+        assert counts.sum() == plan.total_entries
+
+
+@njit
+def _combine(d, highs, codes, out):
+    return ef_default.combine(d, highs, codes, out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=64, max_size=64), st.binary(min_size=64, max_size=64), st.data())
+def test_the_vector_pass_equals_its_python_body(d, highs, data):
+    codes = np.frombuffer(data.draw(st.binary(min_size=16, max_size=16)), np.uint8)
+    d_, h_ = np.frombuffer(d, np.uint8), np.frombuffer(highs, np.uint8)
+    if data.draw(st.booleans()):  # rising high parts, as a valid chunk has
+        h_ = np.sort(h_ % 65).astype(np.uint8)
+    out, expected = np.zeros(64, np.uint16), np.zeros(64, np.uint16)
+    assert _combine(d_, h_, codes, out) == ef_default.combine(d_, h_, codes, expected)
+    assert np.array_equal(out, expected)
