@@ -29,7 +29,7 @@ import torch
 from numba import njit
 
 from core.compression import bits, ef_default
-from core.compression.chunking import INDEX_BITS, INDEX_MASK, Plan
+from core.compression.chunking import INDEX_BITS, Plan
 from core.compression.kernels import _tally
 
 __all__ = [
@@ -193,35 +193,37 @@ def _decode_chunk(d, k, low, upper, size, o, highs, codes, width, first):
         n += c
     if n != k:
         return COUNT, max(n - 1, 0)
-    if (
+    vector = (
         in_bytes
         and k == ef_default.K
         and low == ef_default.LOW
         and width == ef_default.CODE_BITS
         and first % 4 == 0
-    ):
+    )
+    rising, last = False, np.int64(0)
+    if vector:
         # The default geometry and format: one vector pass (core/compression/ef_default.py).
         rising, last = ef_default.combine(d, highs, codes[first >> 2 : (first + k) >> 2], o)
-    else:
+    if not rising:
+        # The loops; for a chunk the vector pass refused, they find the entry that falls.
         if in_bytes:
             _lows(d, 0, k, low, o, 0)
             for i in range(k):
                 o[i] |= np.int64(highs[i]) << low
+        # Rising (so none repeats), on the indices alone: one vectorised pass.
+        step = np.int32(1)
+        for i in range(1, k):
+            step = min(step, np.int32(o[i]) - np.int32(o[i - 1]))
+        if step <= 0:
+            for i in range(1, k):
+                if o[i] <= o[i - 1]:
+                    return NOT_RISING, i
+        last = np.int64(o[k - 1])
         if width:
             mask = (1 << width) - 1
             for i in range(k):
                 bit = (first + i) * width
                 o[i] |= ((np.int64(codes[bit >> 3]) >> (bit & 7)) & mask) << INDEX_BITS
-        # Rising (so none repeats): one vectorised pass.
-        step = np.int32(1)
-        for i in range(1, k):
-            step = min(step, np.int32(o[i] & INDEX_MASK) - np.int32(o[i - 1] & INDEX_MASK))
-        rising = step > 0
-        last = np.int64(o[k - 1] & INDEX_MASK)
-    if not rising:  # the first that falls
-        for i in range(1, k):
-            if o[i] & INDEX_MASK <= o[i - 1] & INDEX_MASK:
-                return NOT_RISING, i
     if last >= size:  # the largest, since they rise
         return OUT_OF_RANGE, k - 1
     return OK, 0

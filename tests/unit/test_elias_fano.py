@@ -185,3 +185,25 @@ def test_the_default_payload_is_smaller_and_decodes_to_the_same(quantization_bin
     assert all(torch.equal(da[n], db[n]) for n in SHAPES)
     # either compressor reads either payload: its spec says which code it is in
     assert all(torch.equal(old.decode(a)[n], db[n]) for n in SHAPES)
+
+
+def test_the_default_chunk_refuses_an_index_past_it_in_both_passes() -> None:
+    # 64 of 4096: the last entry's high part may reach 64, an index of 4096 and more; the
+    # vector pass (decode_compact) and the loops (decode_indices) give the same verdict.
+    plan = Plan([("w", (64, 64))], 64, 64)
+    rng = np.random.default_rng(3)
+    local = np.sort(rng.choice(4000, 64, replace=False))
+    local[-1] = 4100
+    raw = stream_of(plan, local)
+    geo = elias_fano.geometry(plan)
+    codes = np.zeros(16, np.uint8)
+    compact = np.zeros(64, np.uint16)
+    counts = np.zeros((1, 4), np.int64)
+    verdict = elias_fano.decode_compact(raw, codes, 2, 4, geo, compact, counts)
+    assert verdict == (elias_fano.OUT_OF_RANGE, 63)
+    assert elias_fano.decode_indices(raw, geo, np.zeros(64, np.uint16)) == verdict
+    local[-1] = local[-2]  # a repeat instead
+    repeat = stream_of(plan, local)
+    verdict = elias_fano.decode_compact(repeat, codes, 2, 4, geo, compact, counts)
+    assert verdict[0] == elias_fano.NOT_RISING
+    assert elias_fano.decode_indices(repeat, geo, np.zeros(64, np.uint16)) == verdict
