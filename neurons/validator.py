@@ -200,7 +200,7 @@ class Validator(Neuron):
                 len(found),
                 len(uids),
             )
-        return dict(found)
+        return found
 
     async def step(self, window: int) -> Row:
         assert self.uid is not None

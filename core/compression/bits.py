@@ -11,7 +11,7 @@ of the decoders) and gives the same results.
   and one 64-byte store: `out` must have 64 writable bytes from `at`, whatever the popcount.
   Elsewhere a loop over the set bits, which writes only those. The loop costs a dependent
   instruction chain and a mispredicted exit per word; the compress none
-  (docs/benchmarks.md has the figures).
+  (docs/gather.md has the figures).
 """
 
 from __future__ import annotations
