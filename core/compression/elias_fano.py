@@ -30,7 +30,7 @@ from numba import njit
 
 from core.compression import bits, ef_default
 from core.compression.chunking import INDEX_BITS, Plan
-from core.compression.kernels import _tally
+from core.compression.kernels import _code, _tally
 
 __all__ = [
     "BAD_CODE",
@@ -222,8 +222,7 @@ def _decode_chunk(d, k, low, upper, size, o, highs, codes, width, first):
         if width:
             mask = (1 << width) - 1
             for i in range(k):
-                bit = (first + i) * width
-                o[i] |= ((np.int64(codes[bit >> 3]) >> (bit & 7)) & mask) << INDEX_BITS
+                o[i] |= _code(codes, first + i, width, mask) << INDEX_BITS
     if last >= size:  # the largest, since they rise
         return OUT_OF_RANGE, k - 1
     return OK, 0
