@@ -1,6 +1,6 @@
 """Gather of a ~1B-parameter model's payloads against raw GETs: throughput and peak RSS.
 
-    python -m bench.large [--quick] [--out bench/results]
+    python -m bench.large [--quick] [--link] [--out bench/results]
 
 The payload is generated, not trained: the project's default compressor encodes one random
 gradient of the model's shapes (20 layers of d 2048 and ff 8192: 1,006,716,928 parameters;
@@ -14,16 +14,25 @@ boto3 and with obstore (bench.gather's Boto3Raw and ObstoreRaw) and the gather t
 obstore adapter, with each run's peak RSS growth. The gather keeps its sum (the dense model,
 float32) between windows: the table adds it to the gather's growth. Memory should follow
 the concurrency (CONCURRENCY payloads in flight), not N.
+
+`--link`: the same over bench.shaped's 1 Gbps link with a 20 ms round trip (a network
+namespace of its own, as bench.shaped makes; written as `large_link.*`), where the link,
+not the loopback server's copy, sets the raw GET's pace.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import json
 import multiprocessing
 import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
+import attrs
 import torch
 
 from adapters.storage.obstore_store import ObstoreStoreOpener
@@ -31,15 +40,19 @@ from bench.common import PeakRss, cell, machine, parser, save, timed_async
 from bench.compression import gradient, model_shapes
 from bench.gather import CONCURRENCY, VERSION, Boto3Raw, GatherRun, ObstoreRaw, _peer_server, _weed
 from bench.peers import KINDS, timed_row, upload
+from bench.shaped import LINKS, ShapedLink, in_namespace, loopback_up
+from core import payload_format
 from core.codec import Expected
 from core.compression import Compressed, cpu_fold, default_compressor
 from core.compression.buffers import BUFFERS
+from core.fetch import FetchSettings
 
 MODEL = {"layers": 20, "d": 2048, "ff": 8192}
 QUICK_MODEL = {"layers": 1, "d": 2048, "ff": 8192}
 SIZES = (20, 64)
 ROUNDS = 1  # a 64-peer window of the 1B model takes tens of seconds on 2 cores
 GOAL = 1.25  # gather / raw GET
+LINK = LINKS[0]  # 1 Gbps, 20 ms RTT
 
 
 def _encode(model: dict[str, int]) -> Compressed:
@@ -53,7 +66,7 @@ def generate(model: dict[str, int]) -> Compressed:
         return pool.submit(_encode, model).result()
 
 
-async def _run(quick: bool) -> dict[str, object]:
+async def _run(quick: bool, link: dict | None = None) -> dict[str, object]:
     model = QUICK_MODEL if quick else MODEL
     rounds = ROUNDS
     shapes = model_shapes(**model)
@@ -62,9 +75,13 @@ async def _run(quick: bool) -> dict[str, object]:
     generate_s = time.perf_counter() - started
     server, buckets = _peer_server(_weed(), max(SIZES))
     runners: dict[str, object] = {}
+    shaped = contextlib.ExitStack()
     try:
         payload_bytes = await upload(buckets, [compressed])
         del compressed
+        if link is not None:  # uploads go straight to the server; the gathers over the link
+            proxy = shaped.enter_context(ShapedLink(link, server.ports["s3.port"]))
+            buckets = {u: attrs.evolve(b, endpoint=proxy.endpoint) for u, b in buckets.items()}
         expected = Expected(version=VERSION, codec=default_compressor(), shapes=shapes)
         runners = {
             "raw_boto3": Boto3Raw(),
@@ -90,12 +107,18 @@ async def _run(quick: bool) -> dict[str, object]:
     finally:
         for runner in runners.values():
             runner.close()  # type: ignore[attr-defined]
+        shaped.close()
         server.destroy()
     params = sum(torch.Size(s).numel() for s in shapes.values())
+    # What the gather fetches at once: its concurrency, cut by the in-flight byte budget.
+    bound = payload_format.NATIVE.size_limit(expected)
+    slots = FetchSettings(concurrency=CONCURRENCY, max_bytes=bound).slots
     rows = []
     for n in SIZES:
         row: dict[str, object] = {"peers": n}
         med = timed_row(row, lambda k, n=n: times[(k, n)])
+        if link is not None:
+            row["link_s"] = n * payload_bytes * 8 / (link["mbit"] * 1e6)
         for k in KINDS:
             row[f"{k}_mb_per_s"] = n * payload_bytes / med[k] / 1e6
             growth = max(rss[(k, n)]) + (kept if k.startswith("gather") else 0)
@@ -105,6 +128,7 @@ async def _run(quick: bool) -> dict[str, object]:
         "benchmark": "large",
         "machine": machine("cpu"),
         "quick": quick,
+        "link": link,
         "model_params": params,
         "dense_float32_bytes": 4 * params,
         "payload_bytes": payload_bytes,
@@ -112,10 +136,11 @@ async def _run(quick: bool) -> dict[str, object]:
         "concurrency": CONCURRENCY,
         "rounds": rounds,
         "kept_buffer_bytes": kept,
+        "gather_slots": slots,
         # The sum, the fold's two sets of batch arrays (a share of the sum, see cpu_fold),
         # and the payloads in flight; + 20%.
         "rss_budget_bytes": int(
-            1.2 * (4 * params * (1 + cpu_fold.SUM_SHARE) + CONCURRENCY * payload_bytes)
+            1.2 * (4 * params * (1 + cpu_fold.SUM_SHARE) + slots * payload_bytes)
         ),
         "goal_gather_vs_raw_max": GOAL,
         "rows": rows,
@@ -127,36 +152,59 @@ def run(quick: bool = False) -> dict[str, object]:
 
 
 def markdown(result: dict) -> str:
+    if "skipped" in result:
+        return f"Large model over a shaped link: skipped ({result['skipped']})."
+    link = result.get("link")
+    over = f"over a {link['name']} link" if link else "on loopback"
     lines = [
-        f"Large model: {result['model_params']:,} parameters, {result['payload_bytes']:,}-byte "
-        f"payloads (the default compressor on a random gradient), a bucket and key pair per "
-        f"peer, concurrency {result['concurrency']}, warm clients; medians of "
-        f"{result['rounds']} round(s) in rotating order (min in brackets), seconds, and MB/s of "
-        "payload. Peak RSS growth in MB over the run; the gather's includes its kept sum "
-        f"({result['kept_buffer_bytes'] / 1e6:,.0f} MB); budget "
+        f"Large model {over}: {result['model_params']:,} parameters, "
+        f"{result['payload_bytes']:,}-byte payloads (the default compressor on a random "
+        f"gradient), a bucket and key pair per peer, concurrency {result['concurrency']}, "
+        f"warm clients; medians of {result['rounds']} round(s) in rotating order (min in "
+        "brackets), seconds, and MB/s of payload. Peak RSS growth in MB over the run; the "
+        f"gather's includes its kept sum ({result['kept_buffer_bytes'] / 1e6:,.0f} MB); budget "
         f"{result['rss_budget_bytes'] / 1e6:,.0f} MB (dense model, the fold's batch arrays: "
-        f"{cpu_fold.SUM_SHARE:.3f} of it, concurrency x payload; + 20%).",
+        f"{cpu_fold.SUM_SHARE:.3f} of it, payloads in flight; + 20%). The raw GETs fetch "
+        f"{result['concurrency']} at once; the gather {result['gather_slots']} (its in-flight "
+        "byte budget over the payload's size bound)."
+        + (" Link: the payloads alone at the link's rate." if link else ""),
         "",
-        "| peers | raw GET boto3 | raw GET obstore | gather obstore | MB/s boto3 / obstore / "
+        "| peers |"
+        + (" link |" if link else "")
+        + " raw GET boto3 | raw GET obstore | gather obstore | MB/s boto3 / obstore / "
         "gather | gather / raw obstore | gather / raw boto3 | peak RSS growth MB, boto3 / "
         "obstore / gather |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|" + ("---|" if link else "") + "---|---|---|---|---|---|---|",
     ]
-
     for r in result["rows"]:
         mbs = " / ".join(f"{r[f'{k}_mb_per_s']:.0f}" for k in KINDS)
         mem = " / ".join(f"{r[f'{k}_peak_rss_growth_bytes'] / 1e6:,.0f}" for k in KINDS)
         lines.append(
-            f"| {r['peers']} | " + " | ".join(cell(r[k], 2) for k in KINDS) + f" | {mbs} | "
-            f"{r['gather_vs_raw_obstore']:.2f}x | {r['gather_vs_raw_boto3']:.2f}x | {mem} |"
+            f"| {r['peers']} | "
+            + (f"{r['link_s']:.2f} | " if link else "")
+            + " | ".join(cell(r[k], 2) for k in KINDS)
+            + f" | {mbs} | {r['gather_vs_raw_obstore']:.2f}x | "
+            f"{r['gather_vs_raw_boto3']:.2f}x | {mem} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parser(__doc__, "a 50M-parameter model").parse_args(argv)
-    result = run(args.quick)
-    save(args.out, "large", result, markdown(result))
+    cli = parser(__doc__, "a 50M-parameter model")
+    cli.add_argument("--link", action="store_true", help="over a shaped 1 Gbps / 20 ms link")
+    cli.add_argument("--inner", metavar="JSON", help=argparse.SUPPRESS)
+    args = cli.parse_args(argv)
+    if args.inner:  # in the namespace bench.shaped.in_namespace made
+        loopback_up()
+        result = asyncio.run(_run(args.quick, LINK))
+        Path(args.inner).write_text(json.dumps(result, indent=2) + "\n")
+        return result
+    if args.link:
+        quick = ["--quick"] if args.quick else []
+        result = in_namespace("bench.large", quick, "large_link")
+    else:
+        result = run(args.quick)
+    save(args.out, "large_link" if args.link else "large", result, markdown(result))
     return result
 
 

@@ -142,10 +142,7 @@ async def link_case(
 ) -> dict[str, object]:
     sizes = SIZES[:1] if quick else SIZES
     rounds = 1 if quick else ROUNDS
-    proxy = ProxyProcess(server_port, link["rtt_ms"] / 2e3)
-    try:
-        for cmd in shaping(link["mbit"], proxy.port):
-            _sh(cmd)
+    with ShapedLink(link, server_port) as proxy:
         via = {u: attrs.evolve(b, endpoint=proxy.endpoint) for u, b in buckets.items()}
         kinds = {
             "raw_boto3": Boto3Raw,
@@ -170,9 +167,6 @@ async def link_case(
                         cold, warm = await _two_windows(kinds[kind], peers)
                     times[(kind, n, "cold")].append(cold)
                     times[(kind, n, "warm")].append(warm)
-    finally:
-        _sh(UNSHAPE, check=False)
-        proxy.close()
     return {**link, "rounds": rounds, "times": times}
 
 
@@ -192,7 +186,7 @@ def _rows(link: dict, payload_bytes: int) -> list[dict[str, object]]:
 
 
 async def inner(quick: bool) -> dict[str, object]:
-    _sh(["ip", "link", "set", "lo", "up"])
+    loopback_up()
     sizes = SIZES[:1] if quick else SIZES
     started = time.perf_counter()
     server, buckets = _peer_server(_weed(), max(sizes))
@@ -237,25 +231,60 @@ def _namespace_command() -> list[str] | None:
     return None
 
 
-def run(quick: bool = False) -> dict[str, object]:
-    """The benchmark in a network namespace of its own (this module again, with --inner)."""
+def in_namespace(module: str, args: list[str], name: str) -> dict[str, object]:
+    """`python -m <module> --inner <json> <args>` in a network namespace of its own, and the
+    result it writes; a `skipped` result where no namespace can be made or shaped."""
     ns = _namespace_command()
     if ns is None:
         return {
-            "benchmark": "shaped",
-            "quick": quick,
+            "benchmark": name,
+            "quick": "--quick" in args,
             "skipped": "no network namespace to shape: `unshare -n` needs root (or "
             "`unshare -rn` user namespaces), and `ip` and `tc` (iproute2)",
         }
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "shaped.json"
-        cmd = [*ns, sys.executable, "-m", "bench.shaped", "--inner", str(out)]
+        out = Path(tmp) / f"{name}.json"
+        cmd = [*ns, sys.executable, "-m", module, "--inner", str(out), *args]
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
-        subprocess.run([*cmd, *(["--quick"] if quick else [])], cwd=ROOT, env=env, check=True)
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
         return json.loads(out.read_text())
+
+
+def loopback_up() -> None:
+    """A fresh namespace's loopback is down: first thing in it, before any server."""
+    _sh(["ip", "link", "set", "lo", "up"])
+
+
+class ShapedLink:
+    """A delay proxy in front of 127.0.0.1:`upstream` and `link`'s rate on its port, inside
+    the namespace (`with`: shaped, then unshaped and the proxy stopped)."""
+
+    def __init__(self, link: dict, upstream: int) -> None:
+        self._link, self._upstream = link, upstream
+        self.proxy: ProxyProcess | None = None
+
+    def __enter__(self) -> ProxyProcess:
+        self.proxy = ProxyProcess(self._upstream, self._link["rtt_ms"] / 2e3)
+        try:
+            for cmd in shaping(self._link["mbit"], self.proxy.port):
+                _sh(cmd)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self.proxy
+
+    def __exit__(self, *exc: object) -> None:
+        _sh(UNSHAPE, check=False)
+        if self.proxy is not None:
+            self.proxy.close()
+
+
+def run(quick: bool = False) -> dict[str, object]:
+    """The benchmark in a network namespace of its own (this module again, with --inner)."""
+    return in_namespace("bench.shaped", ["--quick"] if quick else [], "shaped")
 
 
 def markdown(result: dict) -> str:

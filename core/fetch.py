@@ -3,10 +3,10 @@
 `fetch_peers` is a stream. Each peer is fetched and time-checked by `Exchange.get`; the
 stream yields each peer's bytes as they arrive, and the record of each try that failed. An
 arrival keeps its concurrency slot until the consumer gives its verdict (`Peers.done`), so
-at most `concurrency` payloads are alive at once whatever the number of peers (memory is
-bounded by concurrency, not by peer count). Every failure, the consumer's verdicts
-included, is recorded with its reason, and the next reserve peer, in order, takes the
-failed peer's place while time remains.
+at most `FetchSettings.slots` payloads are alive at once whatever the number of peers (memory
+is bounded by concurrency and by `in_flight_bytes`, not by peer count). Every failure, the
+consumer's verdicts included, is recorded with its reason, and the next reserve peer, in
+order, takes the failed peer's place while time remains.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 # Real seconds allowed past the deadline for work already finishing (a decode in a thread).
 _SLACK = 0.5
+# Payload bytes the fetches of one gather may hold at once (see FetchSettings.in_flight_bytes).
+IN_FLIGHT_BYTES = 128 << 20
 
 
 @attrs.frozen(kw_only=True)
@@ -39,6 +41,20 @@ class FetchSettings:
     # How long one peer may take (polling included) before its reserve is tried; None means
     # up to the gather deadline. Missing peers fail fast anyway once the time window is over.
     peer_timeout: float | None = None
+    # At most this many payload bytes held at once: with `max_bytes` known, the fetches in
+    # flight are cut to this over it (at least one). Large payloads that share a link all
+    # arrive at its end when every one is fetched at once, and their checks and folds then
+    # come after the last byte instead of beside the downloads. None: `concurrency` alone.
+    in_flight_bytes: int | None = attrs.field(
+        default=IN_FLIGHT_BYTES, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
+
+    @property
+    def slots(self) -> int:
+        """Peers fetched at once: `concurrency`, or fewer where `in_flight_bytes` says so."""
+        if self.in_flight_bytes is None or not self.max_bytes:
+            return self.concurrency
+        return max(1, min(self.concurrency, self.in_flight_bytes // self.max_bytes))
 
 
 def _strip(fetched: Fetched[T]) -> Fetched[T]:
@@ -90,7 +106,7 @@ class Peers:
         self._deadline = self._clock.monotonic() + self._settings.timeout
         self._primaries = list(dict.fromkeys(uids))
         self._reserves = deque(u for u in dict.fromkeys(reserve_uids) if u not in self._primaries)
-        self._gate = asyncio.Semaphore(self._settings.concurrency)
+        self._gate = asyncio.Semaphore(self._settings.slots)
         self._arrivals: asyncio.Queue[Fetched[bytes]] = asyncio.Queue()
         self._verdicts: dict[int, asyncio.Future[Fetched]] = {}
         self._pending: dict[asyncio.Future[Fetched], int] = {}

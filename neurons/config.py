@@ -27,7 +27,7 @@ from adapters.storage.r2_env import MissingEnv, RoleBuckets, buckets_from_env
 from core.aggregate import Normalisation
 from core.compression import TopKParams
 from core.exchange import ExchangeSettings
-from core.fetch import FetchSettings
+from core.fetch import IN_FLIGHT_BYTES, FetchSettings
 from core.gather import GatherSettings
 from core.peers import PeerSettings
 from core.profiles import PROFILES
@@ -120,6 +120,12 @@ class HParams:
     )
     # Gather ------------------------------------------------------------------------------
     gather_concurrency: int = _hp(32, "peers fetched at once", positive=True)
+    gather_in_flight_mb: float = _hp(
+        IN_FLIGHT_BYTES / 2**20,
+        "MiB of payloads held at once: fewer peers are fetched at once where their size bound "
+        "needs it (at least one)",
+        positive=True,
+    )
     gather_timeout: float = _hp(35.0, "seconds one gather may take in all", positive=True)
     gather_peer_timeout: float = _hp(
         0.0,
@@ -300,6 +306,7 @@ class HParams:
     def fetch_settings(self) -> FetchSettings:
         return FetchSettings(
             concurrency=self.gather_concurrency,
+            in_flight_bytes=int(self.gather_in_flight_mb * 2**20),
             timeout=self.gather_timeout,
             peer_timeout=self.gather_peer_timeout or None,
         )

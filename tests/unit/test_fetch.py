@@ -181,6 +181,48 @@ async def test_live_payloads_are_bounded_by_concurrency() -> None:
     assert peak <= 4
 
 
+@pytest.mark.parametrize(
+    ("in_flight", "max_bytes", "slots"),
+    [
+        (None, 1000, 32),  # no budget: the concurrency
+        (4000, None, 32),  # no size bound to divide by
+        (4000, 1000, 4),
+        (4500, 1000, 4),  # whole payloads only
+        (500, 1000, 1),  # a payload over the budget is still fetched, alone
+        (10**9, 1000, 32),  # never more than the concurrency
+    ],
+)
+def test_slots_follow_the_in_flight_budget(in_flight, max_bytes, slots) -> None:
+    settings = FetchSettings(concurrency=32, max_bytes=max_bytes, in_flight_bytes=in_flight)
+    assert settings.slots == slots
+
+
+async def test_payload_bytes_held_stay_within_the_in_flight_budget() -> None:
+    net = Net(latency={u: 0.1 * u for u in range(1, 40)})
+    size = 1000
+    for uid in range(1, 40):
+        await net.upload(uid, b"x" * size)
+    held = peak = 0
+
+    async def slow_fold(peers, got) -> None:
+        nonlocal held
+        await net.clock.sleep(1.0)
+        held -= len(got.payload)
+        peers.done(got, got)
+
+    settings = FetchSettings(concurrency=32, timeout=1000, max_bytes=size, in_flight_bytes=3500)
+    async with (
+        fetch_peers(net.me, net.buckets, range(1, 40), W, settings=settings) as peers,
+        asyncio.TaskGroup() as folds,
+    ):
+        async for got in peers:
+            held += len(got.payload)
+            peak = max(peak, held)
+            folds.create_task(slow_fold(peers, got))
+    assert sum(r.ok for r in peers.records) == 39
+    assert peak == 3 * size  # three whole payloads fit the budget, a fourth does not
+
+
 async def test_leaving_the_stream_early_cancels_the_rest_cleanly() -> None:
     net = Net()
     for uid in (1, 2, 3):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 from typer.testing import CliRunner
 
@@ -42,6 +43,14 @@ def test_defaults_use_templar_names():
     assert (h.topk_compression, h.target_chunk, h.blocks_per_window) == (32, 64, 7)
     assert h.peer_settings().gather_peer_count == h.gather_peer_count
     assert h.topk_params().topk == h.topk_compression
+
+
+def test_in_flight_budget_reaches_the_fetches():
+    fetch = load_hparams(overrides={"gather_in_flight_mb": 2}).gather_settings().fetch
+    assert fetch.in_flight_bytes == 2 << 20
+    assert attrs.evolve(fetch, max_bytes=1 << 20).slots == 2
+    with pytest.raises(ConfigError, match="gather_in_flight_mb"):
+        load_hparams(overrides={"gather_in_flight_mb": 0})
 
 
 def test_file_then_overrides(tmp_path):

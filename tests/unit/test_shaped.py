@@ -34,3 +34,10 @@ def test_the_bucket_holds_several_loopback_packets_at_any_rate() -> None:
         for c in shaping(mbit, 1):
             if "burst" in c and c[c.index("rate") + 1] == f"{mbit}mbit":
                 assert int(c[c.index("burst") + 1].removesuffix("b")) >= 4 * 65536
+
+
+def test_the_large_model_over_a_link_says_why_it_was_skipped() -> None:
+    from bench import large
+
+    text = large.markdown({"benchmark": "large_link", "skipped": "no namespace"})
+    assert "skipped (no namespace)" in text
