@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
 import attrs
@@ -48,6 +48,10 @@ class FetchSettings:
     in_flight_bytes: int | None = attrs.field(
         default=IN_FLIGHT_BYTES, validator=attrs.validators.optional(attrs.validators.gt(0))
     )
+    # A fetch whose bytes have not all arrived this many seconds after it started gives its
+    # share of `in_flight_bytes` back (it goes on under `concurrency`): a few slow peers,
+    # broken or trickling on purpose, then cannot hold every share while the rest wait.
+    in_flight_hold: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
 
     @property
     def slots(self) -> int:
@@ -106,7 +110,9 @@ class Peers:
         self._deadline = self._clock.monotonic() + self._settings.timeout
         self._primaries = list(dict.fromkeys(uids))
         self._reserves = deque(u for u in dict.fromkeys(reserve_uids) if u not in self._primaries)
-        self._gate = asyncio.Semaphore(self._settings.slots)
+        self._gate = asyncio.Semaphore(self._settings.concurrency)
+        slots = self._settings.slots
+        self._shares = asyncio.Semaphore(slots) if slots < self._settings.concurrency else None
         self._arrivals: asyncio.Queue[Fetched[bytes]] = asyncio.Queue()
         self._verdicts: dict[int, asyncio.Future[Fetched]] = {}
         self._pending: dict[asyncio.Future[Fetched], int] = {}
@@ -150,7 +156,7 @@ class Peers:
         if bucket is None:
             return self._failed(uid, Status.ERROR, "no_bucket: uid has no bucket commitment")
         settings, clock = self._settings, self._clock
-        async with self._gate:
+        async with self._gate, self._share() as arrived:
             remaining = self._deadline - clock.monotonic()
             if settings.peer_timeout is not None:
                 remaining = min(remaining, settings.peer_timeout)
@@ -181,11 +187,41 @@ class Peers:
                 )
             if not got.ok:
                 return _strip(got)
+            arrived()
             verdict: asyncio.Future[Fetched] = asyncio.get_running_loop().create_future()
             self._verdicts[uid] = verdict
             self._arrived.add(uid)
             await self._arrivals.put(got)
             return _strip(await verdict)  # the slot is held until the consumer is done
+
+    @contextlib.asynccontextmanager
+    async def _share(self) -> AsyncIterator[Callable[[], None]]:
+        """A share of the in-flight budget for one fetch, held until its verdict, or given
+        back `in_flight_hold` seconds after it started if its bytes have not all arrived by
+        then. Yields `arrived`, to call once they have."""
+        shares = self._shares
+        if shares is None:
+            yield lambda: None
+            return
+        await shares.acquire()
+        held = True
+
+        def give_back() -> None:
+            nonlocal held
+            if held:
+                held = False
+                shares.release()
+
+        async def expire() -> None:
+            await self._clock.sleep(self._settings.in_flight_hold)
+            give_back()
+
+        timer = asyncio.ensure_future(expire())
+        try:
+            yield timer.cancel
+        finally:
+            timer.cancel()
+            give_back()
 
     async def _stream(self) -> AsyncIterator[Fetched]:
         clock = self._clock

@@ -210,7 +210,9 @@ async def test_payload_bytes_held_stay_within_the_in_flight_budget() -> None:
         held -= len(got.payload)
         peers.done(got, got)
 
-    settings = FetchSettings(concurrency=32, timeout=1000, max_bytes=size, in_flight_bytes=3500)
+    settings = FetchSettings(
+        concurrency=32, timeout=1000, max_bytes=size, in_flight_bytes=3500, in_flight_hold=1000
+    )
     async with (
         fetch_peers(net.me, net.buckets, range(1, 40), W, settings=settings) as peers,
         asyncio.TaskGroup() as folds,
@@ -221,6 +223,27 @@ async def test_payload_bytes_held_stay_within_the_in_flight_budget() -> None:
             folds.create_task(slow_fold(peers, got))
     assert sum(r.ok for r in peers.records) == 39
     assert peak == 3 * size  # three whole payloads fit the budget, a fourth does not
+
+
+@pytest.mark.parametrize("hold", [2.0, None])
+async def test_slow_peers_give_their_in_flight_share_back(hold: float | None) -> None:
+    slow = {1, 2, 3}  # trickling (or hanging) buckets, first in line for the two shares
+    net = Net(latency={u: 1000.0 if u in slow else 0.5 for u in range(1, 11)})
+    for uid in range(1, 11):
+        await net.upload(uid, b"x" * 1000)
+    settings = FetchSettings(
+        concurrency=32,
+        timeout=30,
+        max_bytes=1000,
+        in_flight_bytes=2000,
+        in_flight_hold=hold if hold is not None else 10**6,
+    )
+    folded, rec = await collect_ok(net, range(1, 11), settings=settings)
+    if hold is None:  # a share held for as long as a fetch runs: the slow ones starve the rest
+        assert folded == []
+    else:
+        assert sorted(folded) == list(range(4, 11))
+    assert all(rec[u].reason.startswith("timeout") for u in slow)
 
 
 async def test_leaving_the_stream_early_cancels_the_rest_cleanly() -> None:
