@@ -114,6 +114,9 @@ class Peers:
         slots = self._settings.slots
         self._shares = asyncio.Semaphore(slots) if slots < self._settings.concurrency else None
         self._arrivals: asyncio.Queue[Fetched[bytes]] = asyncio.Queue()
+        # Each fetch task as it ends: the stream waits on this and the arrivals, two futures,
+        # not on every pending task (asyncio.wait over all of them is O(peers) a wake-up).
+        self._finished: asyncio.Queue[asyncio.Future[Fetched]] = asyncio.Queue()
         self._verdicts: dict[int, asyncio.Future[Fetched]] = {}
         self._pending: dict[asyncio.Future[Fetched], int] = {}
         self._arrived: set[int] = set()
@@ -146,7 +149,9 @@ class Peers:
         return verdict is not None and not verdict.done()
 
     def _start(self, uid: int) -> None:
-        self._pending[asyncio.ensure_future(self._one(uid))] = uid
+        task = asyncio.ensure_future(self._one(uid))
+        self._pending[task] = uid
+        task.add_done_callback(self._finished.put_nowait)
 
     def _failed(self, uid: int, status: Status, reason: str) -> Fetched:
         return Fetched(uid=uid, status=status, reason=reason)
@@ -226,13 +231,16 @@ class Peers:
     async def _stream(self) -> AsyncIterator[Fetched]:
         clock = self._clock
         getter: asyncio.Future[Fetched[bytes]] | None = None
+        ender: asyncio.Future[asyncio.Future[Fetched]] | None = None
         try:
             while self._pending or not self._arrivals.empty():
                 if getter is None:
                     getter = asyncio.ensure_future(self._arrivals.get())
+                if ender is None:
+                    ender = asyncio.ensure_future(self._finished.get())
                 wait_for = max(self._deadline - clock.monotonic(), 0.0) + _SLACK
                 done, _ = await asyncio.wait(
-                    {*self._pending, getter}, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
+                    {getter, ender}, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
                 )
                 if not done:  # the real-time deadline passed with fetches still hanging
                     for task, uid in self._pending.items():
@@ -245,10 +253,16 @@ class Peers:
                 if getter in done:
                     arrival, getter = getter.result(), None
                     yield arrival
-                for task in done:
-                    uid = self._pending.pop(task, None)  # type: ignore[call-overload]
+                if ender not in done:
+                    continue
+                ended = [ender.result()]
+                ender = None
+                while not self._finished.empty():
+                    ended.append(self._finished.get_nowait())
+                for task in ended:
+                    uid = self._pending.pop(task, None)
                     if uid is None:
-                        continue  # the getter
+                        continue  # ended after the stream gave up on it
                     record = task.result()
                     self.records.append(record)
                     if record.ok:
@@ -258,8 +272,9 @@ class Peers:
                     if record.uid not in self._arrived:  # the consumer knows its verdicts
                         yield record
         finally:
-            if getter is not None:
-                getter.cancel()
+            for waiter in (getter, ender):
+                if waiter is not None:
+                    waiter.cancel()
 
     def __aiter__(self) -> AsyncIterator[Fetched]:
         return self._stream()
