@@ -85,7 +85,8 @@ def _tables_fine(shift: torch.Tensor, lookup: torch.Tensor) -> bool:
         return False
     if s.ndim != 1 or lut.ndim != 2 or lut.shape[0] != s.shape[0] or lut.size == 0:
         return False
-    sums = lut.astype(np.float64) + s.astype(np.float64)[:, None]
+    with np.errstate(invalid="ignore"):  # inf + -inf: a NaN the check refuses, no warning
+        sums = lut.astype(np.float64) + s.astype(np.float64)[:, None]
     top = max(sums.max(), -sums.min())
     return bool(np.isfinite(top)) and top <= MAX_ABS_VALUE
 

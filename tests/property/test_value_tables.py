@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,6 +28,7 @@ def _torch_accepts(shift: torch.Tensor, lookup: torch.Tensor) -> bool:
     return True
 
 
+@pytest.mark.filterwarnings("error")  # a hostile table must not spill numpy warnings
 @given(st.integers(1, 6), st.integers(1, 5), st.data())
 def test_fast_check_agrees_with_the_torch_checks(rows: int, bins: int, data) -> None:
     shift = torch.tensor(data.draw(st.lists(numbers, min_size=rows, max_size=rows)))
