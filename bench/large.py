@@ -40,7 +40,7 @@ from bench.common import PeakRss, cell, machine, parser, save, timed_async
 from bench.compression import gradient, model_shapes
 from bench.gather import CONCURRENCY, VERSION, Boto3Raw, GatherRun, ObstoreRaw, _peer_server, _weed
 from bench.peers import KINDS, timed_row, upload
-from bench.shaped import LINKS, ShapedLink, in_namespace, loopback_up
+from bench.shaped import LINKS, in_namespace, loopback_up, shaped_link
 from core import payload_format
 from core.codec import Expected
 from core.compression import Compressed, cpu_fold, default_compressor
@@ -80,7 +80,7 @@ async def _run(quick: bool, link: dict | None = None) -> dict[str, object]:
         payload_bytes = await upload(buckets, [compressed])
         del compressed
         if link is not None:  # uploads go straight to the server; the gathers over the link
-            proxy = shaped.enter_context(ShapedLink(link, server.ports["s3.port"]))
+            proxy = shaped.enter_context(shaped_link(link, server.ports["s3.port"]))
             buckets = {u: attrs.evolve(b, endpoint=proxy.endpoint) for u, b in buckets.items()}
         expected = Expected(version=VERSION, codec=default_compressor(), shapes=shapes)
         runners = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -142,7 +144,7 @@ async def link_case(
 ) -> dict[str, object]:
     sizes = SIZES[:1] if quick else SIZES
     rounds = 1 if quick else ROUNDS
-    with ShapedLink(link, server_port) as proxy:
+    with shaped_link(link, server_port) as proxy:
         via = {u: attrs.evolve(b, endpoint=proxy.endpoint) for u, b in buckets.items()}
         kinds = {
             "raw_boto3": Boto3Raw,
@@ -258,28 +260,18 @@ def loopback_up() -> None:
     _sh(["ip", "link", "set", "lo", "up"])
 
 
-class ShapedLink:
-    """A delay proxy in front of 127.0.0.1:`upstream` and `link`'s rate on its port, inside
-    the namespace (`with`: shaped, then unshaped and the proxy stopped)."""
-
-    def __init__(self, link: dict, upstream: int) -> None:
-        self._link, self._upstream = link, upstream
-        self.proxy: ProxyProcess | None = None
-
-    def __enter__(self) -> ProxyProcess:
-        self.proxy = ProxyProcess(self._upstream, self._link["rtt_ms"] / 2e3)
-        try:
-            for cmd in shaping(self._link["mbit"], self.proxy.port):
-                _sh(cmd)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self.proxy
-
-    def __exit__(self, *exc: object) -> None:
+@contextlib.contextmanager
+def shaped_link(link: dict, upstream: int) -> Iterator[ProxyProcess]:
+    """A delay proxy in front of 127.0.0.1:`upstream` with `link`'s rate on its port, inside
+    the namespace; unshaped and stopped on the way out."""
+    proxy = ProxyProcess(upstream, link["rtt_ms"] / 2e3)
+    try:
+        for cmd in shaping(link["mbit"], proxy.port):
+            _sh(cmd)
+        yield proxy
+    finally:
         _sh(UNSHAPE, check=False)
-        if self.proxy is not None:
-            self.proxy.close()
+        proxy.close()
 
 
 def run(quick: bool = False) -> dict[str, object]:

@@ -31,7 +31,7 @@ import torch
 
 from core.compression import cpu_fold, dct, elias_fano, packing, select
 from core.compression.base import Checked, Compressed, Shape, Spec, TensorSpec
-from core.compression.bounds import MAX_ABS_VALUE, check_values, peak
+from core.compression.bounds import check_values, peak, table_sums_fine
 from core.compression.chunking import INDEX_BITS, Plan, PlanCache
 from core.compression.quantize import dequantize, quantize
 from core.invalid import InvalidPayload
@@ -72,23 +72,6 @@ class TopKParams:
     @property
     def value_bits(self) -> int:
         return packing.bit_width(self.quantization_bins) if self.quantized else 32
-
-
-def _tables_fine(shift: torch.Tensor, lookup: torch.Tensor) -> bool:
-    """Whether every `shift + lookup` is finite and within the bound, in numpy (a peer's
-    tables are a few hundred numbers, where each torch call costs more than the work). A
-    True answer is the checks below passing: each number of both tables is in some sum. False
-    leaves them to say what is wrong."""
-    try:  # a table numpy cannot view (another device, dtype or autograd) takes torch's path
-        s, lut = shift.numpy(), lookup.numpy()
-    except (TypeError, RuntimeError):
-        return False
-    if s.ndim != 1 or lut.ndim != 2 or lut.shape[0] != s.shape[0] or lut.size == 0:
-        return False
-    with np.errstate(invalid="ignore"):  # inf + -inf: a NaN the check refuses, no warning
-        sums = lut.astype(np.float64) + s.astype(np.float64)[:, None]
-    top = max(sums.max(), -sums.min())
-    return bool(np.isfinite(top)) and top <= MAX_ABS_VALUE
 
 
 class TopKCompressor:
@@ -451,7 +434,7 @@ class TopKCompressor:
         if not p.quantized:
             check_values("val", t["val"])
             return Checked(compressed, found)
-        if found is not None and _tables_fine(t["shift"], t["lookup"]):
+        if found is not None and table_sums_fine(t["shift"], t["lookup"]):
             return Checked(compressed, found)
         for name in ("shift", "lookup"):
             if not math.isfinite(peak(t[name])):

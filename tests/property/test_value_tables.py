@@ -10,8 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.compression.bounds import MAX_ABS_VALUE, check_values, peak
-from core.compression.topk import _tables_fine
+from core.compression.bounds import MAX_ABS_VALUE, check_values, peak, table_sums_fine
 from core.invalid import InvalidPayload
 
 special = st.sampled_from([math.nan, math.inf, -math.inf, 3.0e38, -3.0e38, MAX_ABS_VALUE])
@@ -35,12 +34,12 @@ def test_fast_check_agrees_with_the_torch_checks(rows: int, bins: int, data) -> 
     flat = data.draw(st.lists(numbers, min_size=rows * bins, max_size=rows * bins))
     lookup = torch.tensor(flat, dtype=torch.float32).view(rows, bins)
     shift = shift.to(torch.float32)
-    fine = _tables_fine(shift, lookup)
+    fine = table_sums_fine(shift, lookup)
     # True only when the torch checks pass; the decoder runs those whenever it is False.
     assert fine == _torch_accepts(shift, lookup)
 
 
 def test_tables_numpy_cannot_view_take_the_torch_path() -> None:
-    assert not _tables_fine(torch.zeros(2, requires_grad=True), torch.zeros(2, 3))
-    assert not _tables_fine(torch.zeros(2), torch.zeros(3, 3))  # rows do not match
-    assert not _tables_fine(torch.zeros(2), torch.zeros(2, 0))  # no sums to check
+    assert not table_sums_fine(torch.zeros(2, requires_grad=True), torch.zeros(2, 3))
+    assert not table_sums_fine(torch.zeros(2), torch.zeros(3, 3))  # rows do not match
+    assert not table_sums_fine(torch.zeros(2), torch.zeros(2, 0))  # no sums to check
