@@ -53,6 +53,7 @@ from adapters.storage.s3 import S3Settings, S3StoreOpener, build_client
 from adapters.storage.seaweedfs import Identity, SeaweedServer, bucket_actions, weed_binary
 from bench.common import PeakRss, machine, parser, save, stats, timed, timed_async
 from bench.compression import gradient, model_shapes
+from bench.peers import VERSION, WINDOW, payload, upload
 from core import codec, keys
 from core.codec import Expected, PayloadMeta
 from core.compression import Compressed, default_compressor
@@ -64,8 +65,6 @@ from core.keys import KeyKind
 from core.windows import TimeWindow
 from ports import Bucket, StoreOpener
 
-VERSION = "bench"
-WINDOW = 1
 BUCKETS = 8
 DISTINCT = 8
 CONCURRENCY = 32
@@ -137,7 +136,7 @@ class Bench:
 
         async def one(uid: int) -> None:
             compressed = self.compressed[uid % DISTINCT]
-            data = _payload(compressed, uid)
+            data = payload(compressed, uid)
             buf = io.BytesIO()
             torch.save(dict(compressed.tensors), buf)
             store = self.opener.open(self.bucket_of(uid))
@@ -191,7 +190,9 @@ class Bench:
             self.opener, buckets, Expected(version=VERSION, codec=self.comp, shapes=self.shapes)
         )
 
-    async def case(self, n: int, repeats: int) -> dict[str, object]:
+    async def case(self, n: int, repeats: int, baseline: bool = True) -> dict[str, object]:
+        """`baseline`: also time the torch.save path (~40 ms a peer: most of a quick run's
+        64-peer case)."""
         payload_bytes, torch_bytes = await self.upload(n)
         await self.raw(n)  # warm connections before timing anything
         # One untimed gather first: it builds the per-model caches and grows the allocator's
@@ -210,12 +211,15 @@ class Bench:
                 peaks += p
         late_raw = await _lateness(lambda: self.raw(n), LATENESS_RUNS)
         late_gather = await _lateness(lambda: self.gather(n), LATENESS_RUNS)
-        base_t, base_rss = await _repeated(lambda: self.torch_path(n), repeats)
+        base_t, base_rss = (
+            await _repeated(lambda: self.torch_path(n), repeats) if baseline else ([], [])
+        )
         dense_bytes = 4 * sum(torch.Size(s).numel() for s in self.shapes.values())
         # The sum's buffer outlives a gather (kept for the next one): it counts as the
         # gather's memory although it was resident before the timed runs began.
         kept = BUFFERS.kept_bytes()
-        g, r, b = stats(gat_t), stats(raw_t), stats(base_t)
+        g, r = stats(gat_t), stats(raw_t)
+        b = stats(base_t) if base_t else None
         return {
             "peers": n,
             "payload_bytes": payload_bytes,
@@ -224,14 +228,14 @@ class Bench:
             "raw_get": r,
             "torch_save_baseline": b,
             "ratio_vs_raw": g["median_s"] / r["median_s"],
-            "speedup_vs_baseline": b["median_s"] / g["median_s"],
+            "speedup_vs_baseline": b["median_s"] / g["median_s"] if b else None,
             "gather_mb_per_s": n * payload_bytes / g["median_s"] / 1e6,
             "raw_mb_per_s": n * payload_bytes / r["median_s"] / 1e6,
             "kept_buffer_bytes": kept,
             "peak_rss_growth_bytes": {
                 "gather": max(gat_rss) + kept,
                 "raw_get": max(raw_rss),
-                "torch_save_baseline": max(base_rss),
+                "torch_save_baseline": max(base_rss, default=None),
             },
             "rss_budget_bytes": int(1.2 * (dense_bytes + CONCURRENCY * payload_bytes)),
             "loop_lateness": {"gather": _late(late_gather), "raw_get": _late(late_raw)},
@@ -255,11 +259,6 @@ async def _gather(opener: StoreOpener, buckets: dict[int, Bucket], expected: Exp
     )
     if len(result.uids) != len(buckets):
         raise RuntimeError(f"gather lost peers: {result.skipped}")
-
-
-def _payload(compressed: Compressed, uid: int) -> bytes:
-    meta = PayloadMeta(window=WINDOW, uid=uid, hotkey=f"hk{uid}", global_step=1, version=VERSION)
-    return codec.encode(compressed, meta)
 
 
 def _rss() -> int:
@@ -366,11 +365,7 @@ async def cold_window_case(binary: str, peers: int, runs: int) -> dict[str, obje
     try:
         comp, shapes = default_compressor(), model_shapes()
         compressed = [comp.encode(gradient(shapes, "cpu", seed)) for seed in range(DISTINCT)]
-        writer = S3StoreOpener(S3Settings(max_pool_connections=CONCURRENCY))
-        for uid, bucket in buckets.items():
-            key = keys.gradient(WINDOW, uid, VERSION)
-            await writer.open(bucket).put(key, _payload(compressed[uid % DISTINCT], uid))
-        writer.close()
+        await upload(buckets, compressed)
         expected = Expected(version=VERSION, codec=comp, shapes=shapes)
         creation = client_creation(list(buckets.values()))
         # Untimed: the sum buffers and per-model caches a neuron builds once per process.
@@ -404,7 +399,7 @@ async def put_case(bench: Bench, repeats: int) -> dict[str, object]:
     store = bench.opener.open(bench.bucket_of(0))
     me = Exchange(store, bench.opener, bench.clock, VERSION)
     meta = PayloadMeta(window=WINDOW, uid=0, hotkey="hk0", global_step=1, version=VERSION)
-    data = _payload(bench.compressed[0], 0)
+    data = payload(bench.compressed[0], 0)
 
     async def raw() -> None:
         await store.put("raw-put-bench.bin", data)
@@ -556,12 +551,7 @@ async def clients_case(binary: str, quick: bool) -> dict[str, object]:
     try:
         comp, shapes = default_compressor(), model_shapes()
         compressed = [comp.encode(gradient(shapes, "cpu", seed)) for seed in range(DISTINCT)]
-        writer = ObstoreStoreOpener()
-        payload = b""
-        for uid, bucket in buckets.items():
-            payload = _payload(compressed[uid % DISTINCT], uid)
-            await writer.open(bucket).put(keys.gradient(WINDOW, uid, VERSION), payload)
-        writer.close()
+        payload_bytes = await upload(buckets, compressed)
         expected = Expected(version=VERSION, codec=comp, shapes=shapes)
         kinds: dict[str, Callable[[], object]] = {
             "raw_boto3": Boto3Raw,
@@ -610,7 +600,7 @@ async def clients_case(binary: str, quick: bool) -> dict[str, object]:
         "quick": quick,
         "concurrency": CONCURRENCY,
         "rounds": rounds,
-        "payload_bytes": len(payload),
+        "payload_bytes": payload_bytes,
         "distinct_credentials": True,
         "rows": rows,
         "peak_rss_growth_bytes": {f"{k}_{n}": max(v) for (k, n), v in rss.items()},
@@ -660,8 +650,8 @@ def clients_markdown(c: dict) -> str:
 
 
 def _cold_size(quick: bool) -> tuple[int, int]:
-    """Peers and openers of the cold-window case (--quick: 64 peers, one opener)."""
-    return (64, 1) if quick else (COLD_PEERS, COLD_RUNS)
+    """Peers and openers of the cold-window case (--quick: 20 peers, one opener)."""
+    return (20, 1) if quick else (COLD_PEERS, COLD_RUNS)
 
 
 def _weed() -> str:
@@ -679,7 +669,8 @@ async def _run(quick: bool) -> dict[str, object]:
         bench = Bench(server, quick)
         sizes = (20, 64) if quick else (20, 64, 256)
         repeats = 5
-        cases = [await bench.case(n, repeats) for n in sizes]
+        # --quick times the torch.save path at the fewest peers only.
+        cases = [await bench.case(n, repeats, not quick or n == sizes[0]) for n in sizes]
         put = await put_case(bench, max(repeats, 5) * 2)
         bench.opener.close()
     finally:
@@ -722,10 +713,11 @@ def markdown(result: dict) -> str:
     ]
     for c in result["cases"]:
         g, r, b = c["gather"], c["raw_get"], c["torch_save_baseline"]
+        base = f"{b['median_s']:.3f} ({b['min_s']:.3f})" if b else "-"
+        speedup = f"{c['speedup_vs_baseline']:.1f}x" if b else "-"
         lines.append(
             f"| {c['peers']} | {g['median_s']:.3f} ({g['min_s']:.3f}) | {r['median_s']:.3f} "
-            f"({r['min_s']:.3f}) | {b['median_s']:.3f} ({b['min_s']:.3f}) | "
-            f"{c['ratio_vs_raw']:.2f}x | {c['speedup_vs_baseline']:.1f}x | "
+            f"({r['min_s']:.3f}) | {base} | {c['ratio_vs_raw']:.2f}x | {speedup} | "
             f"{c['gather_mb_per_s']:.0f} | {c['peak_rss_growth_bytes']['gather'] / 1e6:.0f} "
             f"({c['rss_budget_bytes'] / 1e6:.0f}) | {_late_cell(c)} |"
         )

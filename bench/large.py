@@ -38,8 +38,8 @@ import torch
 from adapters.storage.obstore_store import ObstoreStoreOpener
 from bench.common import PeakRss, cell, machine, parser, save, timed_async
 from bench.compression import gradient, model_shapes
-from bench.gather import CONCURRENCY, VERSION, Boto3Raw, GatherRun, ObstoreRaw, _peer_server, _weed
-from bench.peers import KINDS, timed_row, upload
+from bench.gather import CONCURRENCY, Boto3Raw, GatherRun, ObstoreRaw, _peer_server, _weed
+from bench.peers import KINDS, VERSION, timed_row, upload
 from bench.shaped import LINKS, in_namespace, loopback_up, shaped_link
 from core import payload_format
 from core.codec import Expected

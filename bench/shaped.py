@@ -43,7 +43,6 @@ from bench.compression import gradient, model_shapes
 from bench.gather import (
     CONCURRENCY,
     DISTINCT,
-    VERSION,
     Boto3Raw,
     GatherRun,
     ObstoreRaw,
@@ -51,7 +50,7 @@ from bench.gather import (
     _two_windows,
     _weed,
 )
-from bench.peers import KINDS, timed_row, upload
+from bench.peers import KINDS, VERSION, timed_row, upload
 from core.codec import Expected
 from core.compression import default_compressor
 from ports import Bucket
