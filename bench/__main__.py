@@ -1,7 +1,8 @@
 """Every benchmark in one command: `python -m bench [--quick]` (or `make bench`).
 
-Runs the compression, gather, checkpoint, shaped-network and large-model benchmarks, each
-figure beside its baseline measured in the same run, and writes bench/results/latest.json
+Runs the compression, gather, checkpoint, shaped-network and large-model benchmarks and
+(the full run only) boto3 against obstore with a bucket per peer, each figure beside its
+baseline measured in the same run, and writes bench/results/latest.json
 (schema in docs/benchmarks.md), bench/results/latest.md and, when matplotlib is installed
 (`pip install -e .[bench]`), bench/results/gather.png (gather time against peers, with both
 baselines). `--vm-workarounds` turns on the checkpoint benchmark's workarounds for VMs whose
@@ -15,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import checkpoint, compression, gather, large, shaped
+from bench import checkpoint, clients, compression, gather, large, shaped
 from bench.common import machine, parser, vm_workarounds_flag
 
 SCHEMA = 1
@@ -72,6 +73,7 @@ def render(latest: dict, out: Path) -> str:
     for name, title, module in (
         ("shaped", "Shaped networks", shaped),
         ("large", "Large model", large),
+        ("clients", "S3 clients (a bucket and keys per peer)", clients),
     ):
         if name in results:  # results from before these benchmarks have none
             sections += ["", f"## {title}", "", module.markdown(results[name])]
@@ -99,7 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
         ("checkpoint", checkpoint),
         ("shaped", shaped),
         ("large", large),
+        ("clients", clients),
     ):
+        # The clients' case runs 20 to 256 peers four ways, cold and warm (~2.5 minutes):
+        # too long for a quick run, whose shaped and large cases use the default client.
+        if args.quick and name == "clients":
+            continue
         t0 = time.perf_counter()
         extra = {"vm_workarounds": args.vm_workarounds} if module is checkpoint else {}
         results[name] = module.run(quick=args.quick, **extra)

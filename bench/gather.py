@@ -427,6 +427,9 @@ async def put_case(bench: Bench, repeats: int) -> dict[str, object]:
 # -- the two S3 clients ------------------------------------------------------------------------
 
 CLIENT_SIZES = (20, 64, 256)
+# Issue #24's goals for the gather on the default client (obstore), each peer count, cold
+# and warm: less time than a raw boto3 GET, at most 1.5x a raw obstore GET, peak RSS flat.
+CLIENT_GOALS = {"vs_raw_boto3_below": 1.0, "vs_raw_obstore_max": 1.5}
 CLIENT_ROUNDS = 5
 LARGE_BYTES = 64 << 20
 
@@ -593,7 +596,16 @@ async def clients_case(binary: str, quick: bool) -> dict[str, object]:
             row["gather_boto3_vs_raw_boto3"] = med["gather_boto3"] / med["raw_boto3"]
             row["gather_obstore_vs_gather_boto3"] = med["gather_obstore"] / med["gather_boto3"]
             row["raw_obstore_vs_raw_boto3"] = med["raw_obstore"] / med["raw_boto3"]
+            row["goals_met"] = (
+                row["gather_obstore_vs_raw_boto3"] < CLIENT_GOALS["vs_raw_boto3_below"]
+                and row["gather_obstore_vs_raw_obstore"] <= CLIENT_GOALS["vs_raw_obstore_max"]
+            )
             rows.append(row)
+    # The sum's buffer is kept from the untimed gathers on: it counts, as in `Bench.case`.
+    kept = BUFFERS.kept_bytes()
+    gathered = {n: max(rss[("gather_obstore", n)]) + kept for n in sizes}
+    dense_bytes = 4 * sum(torch.Size(s).numel() for s in shapes.values())
+    budget = int(1.2 * (dense_bytes + CONCURRENCY * payload_bytes))
     return {
         "benchmark": "clients",
         "machine": machine("cpu"),
@@ -604,6 +616,11 @@ async def clients_case(binary: str, quick: bool) -> dict[str, object]:
         "distinct_credentials": True,
         "rows": rows,
         "peak_rss_growth_bytes": {f"{k}_{n}": max(v) for (k, n), v in rss.items()},
+        "goals": CLIENT_GOALS,
+        # Flat in peers: every peer count's peak within one budget, the main gather case's.
+        "gather_obstore_peak_rss_bytes": gathered,
+        "rss_budget_bytes": budget,
+        "rss_flat": max(gathered.values()) <= budget,
         "large": large,
     }
 
@@ -637,6 +654,22 @@ def clients_markdown(c: dict) -> str:
         times = " | ".join(cell(r[k]) for k in KINDS)
         ratios = " | ".join(f"{r[k]:.2f}x" for k in RATIOS)
         lines.append(f"| {r['peers']} | {r['window']} | {times} | {ratios} |")
+    goals = c.get("goals")
+    if goals:
+        missed = [f"{r['peers']} {r['window']}" for r in c["rows"] if not r["goals_met"]]
+        peaks = list(c["gather_obstore_peak_rss_bytes"].values())
+        lines += [
+            "",
+            f"Goals (gather obstore, every row): < {goals['vs_raw_boto3_below']:g}x a raw boto3 "
+            f"GET and <= {goals['vs_raw_obstore_max']:g}x a raw obstore GET: "
+            + (f"NOT met in {', '.join(missed)}" if missed else "met")
+            + f". Peak RSS growth of the gather, kept sum included, "
+            f"{min(peaks) / 1e6:,.0f}-{max(peaks) / 1e6:,.0f}"
+            f" MB over {', '.join(str(n) for n in sorted({r['peers'] for r in c['rows']}))} "
+            f"peers: {'within' if c['rss_flat'] else 'NOT within'} one budget for every count "
+            f"({c['rss_budget_bytes'] / 1e6:,.0f} MB: the sum and {c['concurrency']} payloads, "
+            "+ 20%).",
+        ]
     big = c["large"]
     mib = big["bytes"] >> 20
     lines += [
